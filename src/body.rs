@@ -1,0 +1,333 @@
+//! The body types, and the wrappers that forward frames as they come.
+//!
+//! A frame is handed on the moment it arrives: nothing here waits, collects or parses. The
+//! wrappers only count bytes, watch the gap between frames (the idle timeout), the whole
+//! exchange's deadline, and the request body's size limit. When one of those ends a body early
+//! it yields an error, so hyper ends the message abnormally (a chunked body without its last
+//! chunk, or an HTTP/2 reset) and the client sees a failure, never a clean but short answer.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::exchange::{Exchange, Outcome};
+
+/// Why a forwarded body ended early.
+#[derive(Debug)]
+pub enum BodyError {
+    IdleTimeout(Duration),
+    TotalTimeout,
+    TooLarge { limit: u64 },
+    /// The side we read from failed: the client's upload or the upstream's answer.
+    Source(hyper::Error),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::IdleTimeout(t) => write!(f, "no body data for {t:?} (PROXY_IDLE_TIMEOUT)"),
+            BodyError::TotalTimeout => f.write_str("exchange exceeded PROXY_TOTAL_TIMEOUT"),
+            BodyError::TooLarge { limit } => write!(f, "body exceeds PROXY_MAX_BODY_BYTES ({limit})"),
+            BodyError::Source(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Source(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Watches the time between frames and the exchange's deadline. Timers are only armed when
+/// the inner body has nothing ready, so a body whose frames are all ready never touches them.
+pub struct FrameClock {
+    idle: Duration,
+    last_frame: Instant,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    deadline: Option<Instant>,
+    deadline_timer: Option<Pin<Box<Sleep>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    Idle,
+    Total,
+}
+
+impl FrameClock {
+    pub fn new(idle: Duration, deadline: Option<Instant>) -> FrameClock {
+        FrameClock {
+            idle,
+            last_frame: Instant::now(),
+            idle_timer: None,
+            deadline,
+            deadline_timer: None,
+        }
+    }
+
+    fn frame_arrived(&mut self) {
+        self.last_frame = Instant::now();
+    }
+
+    /// Called when the inner body is pending: is it time to give up?
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        if let Some(deadline) = self.deadline {
+            let timer = self
+                .deadline_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Expired::Total);
+            }
+        }
+        let idle_deadline = self.last_frame + self.idle;
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(idle_deadline)));
+        if timer.deadline() != idle_deadline {
+            // Moving a deadline later is cheap in tokio's timer: no wheel work until it fires.
+            timer.as_mut().reset(idle_deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Expired::Idle)
+    }
+}
+
+/// What the request side tells the response side: bytes read, and why it stopped early.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub bytes: AtomicU64,
+    pub too_large: AtomicBool,
+    pub client_failed: AtomicBool,
+    pub timed_out: AtomicBool,
+}
+
+/// The client's request body on its way upstream, with the size limit and idle timeout.
+pub struct RequestBody {
+    inner: Incoming,
+    clock: FrameClock,
+    limit: u64,
+    stats: Arc<RequestStats>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, clock: FrameClock, limit: u64, stats: Arc<RequestStats>) -> RequestBody {
+        RequestBody {
+            inner,
+            clock,
+            limit,
+            stats,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.clock.frame_arrived();
+                if let Some(data) = frame.data_ref() {
+                    let total = this.stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > this.limit {
+                        this.stats.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.stats.client_failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(BodyError::Source(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let expired = ready!(this.clock.poll_expired(cx));
+                this.stats.timed_out.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(match expired {
+                    Expired::Idle => BodyError::IdleTimeout(this.clock.idle),
+                    Expired::Total => BodyError::TotalTimeout,
+                })))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's answer on its way to the client. It owns the exchange's record, which
+/// writes the access log line when the body is done or dropped.
+pub struct ResponseBody {
+    inner: Incoming,
+    clock: FrameClock,
+    exchange: Exchange,
+    /// Whether to count SSE events (`text/event-stream`), and whether the last byte seen
+    /// ended a line, since an event's closing blank line may straddle two frames.
+    sse: Option<bool>,
+}
+
+impl ResponseBody {
+    pub fn new(inner: Incoming, clock: FrameClock, exchange: Exchange, is_sse: bool) -> ResponseBody {
+        ResponseBody {
+            inner,
+            clock,
+            exchange,
+            sse: is_sse.then_some(false),
+        }
+    }
+}
+
+/// Counts the blank lines that end SSE events in `data`; `after_newline` carries across frames.
+fn count_sse_events(data: &[u8], after_newline: &mut bool) -> u64 {
+    let mut events = 0;
+    for &byte in data {
+        match byte {
+            b'\n' => {
+                if *after_newline {
+                    events += 1;
+                }
+                *after_newline = true;
+            }
+            b'\r' => {}
+            _ => *after_newline = false,
+        }
+    }
+    events
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.clock.frame_arrived();
+                if let Some(data) = frame.data_ref() {
+                    this.exchange.response_bytes += data.len() as u64;
+                    if let Some(after_newline) = &mut this.sse {
+                        this.exchange.sse_events += count_sse_events(data, after_newline);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.exchange.finish(Outcome::UpstreamFailed);
+                Poll::Ready(Some(Err(BodyError::Source(e))))
+            }
+            Poll::Ready(None) => {
+                this.exchange.finish(Outcome::Completed);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let expired = ready!(this.clock.poll_expired(cx));
+                Poll::Ready(Some(Err(match expired {
+                    Expired::Idle => {
+                        this.exchange.finish(Outcome::IdleTimeout);
+                        BodyError::IdleTimeout(this.clock.idle)
+                    }
+                    Expired::Total => {
+                        this.exchange.finish(Outcome::TotalTimeout);
+                        BodyError::TotalTimeout
+                    }
+                })))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended, so an ended body is complete.
+        if self.inner.is_end_stream() {
+            self.exchange.finish(Outcome::Completed);
+        }
+    }
+}
+
+/// The one body type the service returns: either the upstream's, forwarded, or a small one
+/// the proxy made itself.
+pub enum ProxyBody {
+    Local(Option<Bytes>),
+    Forwarded(Box<ResponseBody>),
+}
+
+impl ProxyBody {
+    pub fn local(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Local((!bytes.is_empty()).then_some(bytes))
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Local(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut *self {
+            ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Forwarded(body) => Pin::new(body.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(bytes) => bytes.is_none(),
+            ProxyBody::Forwarded(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Forwarded(body) => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_counted_across_frames() {
+        let mut state = false;
+        assert_eq!(count_sse_events(b"data: a\n\ndata: b\n", &mut state), 1);
+        assert_eq!(count_sse_events(b"\ndata: c\r\n\r\n", &mut state), 2);
+        assert_eq!(count_sse_events(b"data: [DONE]\n\n", &mut state), 1);
+        assert_eq!(count_sse_events(b"no events here", &mut state), 0);
+    }
+}

@@ -1,0 +1,493 @@
+//! Settings: the environment (over an optional `.env` file) turned once, at start, into typed
+//! values. A bad value is reported with the name of the setting and never reaches a socket.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
+use serde::Deserialize;
+
+use crate::routes::{ExtraRoute, Routes};
+
+/// The proxy's whole configuration. Built by [`Config::from_vars`] or [`Config::load`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `Bearer $OPENAI_API_KEY`, marked sensitive so that neither `Debug` nor HTTP/2's HPACK
+    /// table ever holds it in the clear.
+    pub authorization: HeaderValue,
+    /// Where every proxied request goes.
+    pub upstream: Upstream,
+    /// Sent as `OpenAI-Organization` when set; the client's own value is never forwarded.
+    pub organization: Option<HeaderValue>,
+    /// Sent as `OpenAI-Project` when set; the client's own value is never forwarded.
+    pub project: Option<HeaderValue>,
+    /// `HOST`:`PORT`, the address `main` binds.
+    pub listen: SocketAddr,
+    /// The upstream and client timeouts.
+    pub timeouts: Timeouts,
+    /// The largest request body forwarded; above it the client gets 413.
+    pub max_body_bytes: u64,
+    /// Inbound connections held at once. Further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// After the shutdown signal, how long `/ready` reports 503 while we still accept.
+    pub shutdown_delay: Duration,
+    /// After the delay, how long in-flight exchanges may run before they are cut.
+    pub shutdown_grace: Duration,
+    /// Bearer tokens that clients must present; empty means no inbound check.
+    pub client_keys: ClientKeys,
+    /// Browser origins allowed by CORS; `None` means no CORS headers at all.
+    pub cors_origins: Option<CorsOrigins>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// The routes forwarded upstream: the two built-in ones plus `PROXY_EXTRA_ROUTES`.
+    pub routes: Routes,
+}
+
+/// The parsed `OPENAI_BASE_URL`.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The base URL's path without a trailing slash, such as `/v1`, or empty.
+    pub base_path: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// TCP plus TLS connect to the upstream.
+    pub connect: Duration,
+    /// From the start of the request to the upstream's response head.
+    pub first_byte: Duration,
+    /// Longest gap between two body frames once a body flows, in either direction.
+    pub idle: Duration,
+    /// Optional cap on a whole exchange.
+    pub total: Option<Duration>,
+    /// A client must send its whole request head within this.
+    pub header_read: Duration,
+}
+
+/// Client bearer tokens. `Debug` shows only how many there are.
+#[derive(Clone, Default)]
+pub struct ClientKeys(pub Vec<Box<[u8]>>);
+
+impl fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientKeys({} keys)", self.0.len())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A setting that could not be used, named as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The settings exactly as found, before validation. envy fills it from `NAME=value` pairs.
+#[derive(Deserialize, Default)]
+struct RawConfig {
+    openai_api_key: Option<String>,
+    openai_base_url: Option<String>,
+    openai_organization: Option<String>,
+    openai_project: Option<String>,
+    host: Option<String>,
+    port: Option<String>,
+    proxy_connect_timeout: Option<String>,
+    proxy_first_byte_timeout: Option<String>,
+    proxy_idle_timeout: Option<String>,
+    proxy_total_timeout: Option<String>,
+    proxy_header_read_timeout: Option<String>,
+    proxy_max_body_bytes: Option<String>,
+    proxy_max_connections: Option<String>,
+    proxy_shutdown_delay: Option<String>,
+    proxy_shutdown_grace: Option<String>,
+    proxy_client_keys: Option<String>,
+    proxy_cors_origins: Option<String>,
+    proxy_log_format: Option<String>,
+    proxy_extra_routes: Option<String>,
+}
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+impl Config {
+    /// Reads the process environment over `.env` in the working directory, if there is one.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        // `vars_os` because `vars` panics on a variable that is not UTF-8; such a variable
+        // cannot be one of ours, so it is skipped.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Config::load(env, Some(Path::new(".env")))
+    }
+
+    /// Merges `dotenv` (when the file exists) under `env`, whose values win, and validates.
+    pub fn load(
+        env: impl IntoIterator<Item = (String, String)>,
+        dotenv: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        if let Some(path) = dotenv.filter(|p| p.exists()) {
+            let entries = dotenvy::from_path_iter(path)
+                .map_err(|e| invalid(".env", format!("cannot read {}: {e}", path.display())))?;
+            for entry in entries {
+                let (k, v) = entry.map_err(|e| invalid(".env", e.to_string()))?;
+                vars.insert(k, v);
+            }
+        }
+        vars.extend(env);
+        Config::from_vars(vars)
+    }
+
+    /// Validates settings given as `NAME=value` pairs. Tests call this with a map.
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Config, ConfigError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        // Only our own names go to envy, so that unrelated variables never cause errors; a
+        // later pair wins over an earlier one with the same name.
+        let ours: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _)| is_our_setting(k))
+            .collect();
+        let raw: RawConfig = envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
+        raw.validate()
+    }
+}
+
+fn is_our_setting(name: &str) -> bool {
+    name.starts_with("OPENAI_") || name.starts_with("PROXY_") || name == "HOST" || name == "PORT"
+}
+
+/// Treats an empty value like an absent one, as `.env` templates leave optional ones blank.
+fn present(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl RawConfig {
+    fn validate(&self) -> Result<Config, ConfigError> {
+        let key = present(&self.openai_api_key).ok_or_else(|| {
+            invalid(
+                "OPENAI_API_KEY",
+                "is required; set it in the environment or in .env (see config/example.env)",
+            )
+        })?;
+        let mut authorization = HeaderValue::try_from(format!("Bearer {key}"))
+            .map_err(|_| invalid("OPENAI_API_KEY", "contains characters not allowed in a header"))?;
+        authorization.set_sensitive(true);
+
+        let upstream = parse_base_url(present(&self.openai_base_url).unwrap_or(DEFAULT_BASE_URL))?;
+        let organization = optional_header("OPENAI_ORGANIZATION", &self.openai_organization)?;
+        let project = optional_header("OPENAI_PROJECT", &self.openai_project)?;
+
+        let host = present(&self.host).unwrap_or("0.0.0.0");
+        let host: IpAddr = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| invalid("HOST", format!("{host:?} is not an IP address")))?;
+        let port = parse_number::<u16>("PORT", &self.port, 8000)?;
+
+        let timeouts = Timeouts {
+            connect: duration("PROXY_CONNECT_TIMEOUT", &self.proxy_connect_timeout, 10)?,
+            first_byte: duration("PROXY_FIRST_BYTE_TIMEOUT", &self.proxy_first_byte_timeout, 600)?,
+            idle: duration("PROXY_IDLE_TIMEOUT", &self.proxy_idle_timeout, 300)?,
+            total: match present(&self.proxy_total_timeout) {
+                None => None,
+                Some(v) => Some(parse_duration(v).map_err(|m| invalid("PROXY_TOTAL_TIMEOUT", m))?),
+            },
+            header_read: duration("PROXY_HEADER_READ_TIMEOUT", &self.proxy_header_read_timeout, 10)?,
+        };
+        for (setting, value) in [
+            ("PROXY_CONNECT_TIMEOUT", timeouts.connect),
+            ("PROXY_FIRST_BYTE_TIMEOUT", timeouts.first_byte),
+            ("PROXY_IDLE_TIMEOUT", timeouts.idle),
+            ("PROXY_TOTAL_TIMEOUT", timeouts.total.unwrap_or(Duration::MAX)),
+            ("PROXY_HEADER_READ_TIMEOUT", timeouts.header_read),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(setting, "must be greater than zero"));
+            }
+        }
+
+        let max_body_bytes = parse_number::<u64>("PROXY_MAX_BODY_BYTES", &self.proxy_max_body_bytes, 32 << 20)?;
+        let max_connections = parse_number::<usize>("PROXY_MAX_CONNECTIONS", &self.proxy_max_connections, 10_000)?;
+        if max_connections == 0 {
+            return Err(invalid("PROXY_MAX_CONNECTIONS", "must be at least 1"));
+        }
+
+        Ok(Config {
+            authorization,
+            upstream,
+            organization,
+            project,
+            listen: SocketAddr::new(host, port),
+            timeouts,
+            max_body_bytes,
+            max_connections,
+            shutdown_delay: duration("PROXY_SHUTDOWN_DELAY", &self.proxy_shutdown_delay, 0)?,
+            shutdown_grace: duration("PROXY_SHUTDOWN_GRACE", &self.proxy_shutdown_grace, 30)?,
+            client_keys: parse_client_keys(&self.proxy_client_keys)?,
+            cors_origins: parse_cors_origins(&self.proxy_cors_origins)?,
+            log_format: match present(&self.proxy_log_format).unwrap_or("text") {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(invalid("PROXY_LOG_FORMAT", format!("{other:?} is neither \"text\" nor \"json\""))),
+            },
+            routes: Routes::with_extra(parse_extra_routes(&self.proxy_extra_routes)?),
+        })
+    }
+}
+
+fn parse_base_url(value: &str) -> Result<Upstream, ConfigError> {
+    const NAME: &str = "OPENAI_BASE_URL";
+    let uri: Uri = value
+        .parse()
+        .map_err(|e| invalid(NAME, format!("{value:?} is not a URL: {e}")))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
+        _ => return Err(invalid(NAME, format!("{value:?} must start with http:// or https://"))),
+    };
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .cloned()
+        .ok_or_else(|| invalid(NAME, format!("{value:?} has no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(NAME, "must not carry credentials; the key goes in OPENAI_API_KEY"));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(NAME, "must not have a query string"));
+    }
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn optional_header(setting: &'static str, value: &Option<String>) -> Result<Option<HeaderValue>, ConfigError> {
+    present(value)
+        .map(|v| HeaderValue::from_str(v).map_err(|_| invalid(setting, "contains characters not allowed in a header")))
+        .transpose()
+}
+
+fn parse_number<T: std::str::FromStr>(setting: &'static str, value: &Option<String>, default: T) -> Result<T, ConfigError> {
+    match present(value) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| invalid(setting, format!("{v:?} is not a valid whole number in range"))),
+    }
+}
+
+fn duration(setting: &'static str, value: &Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
+    match present(value) {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(v) => parse_duration(v).map_err(|m| invalid(setting, m)),
+    }
+}
+
+/// Parses `30` (seconds), `30s`, `250ms`, `5m` or `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration such as 30, 30s, 250ms or 5m"))?;
+    let millis_per_unit = match unit.trim() {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{value:?} has an unknown unit; use ms, s, m or h")),
+    };
+    amount
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+fn comma_list(value: &Option<String>) -> impl Iterator<Item = &str> {
+    present(value)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn parse_client_keys(value: &Option<String>) -> Result<ClientKeys, ConfigError> {
+    let mut keys = Vec::new();
+    for key in comma_list(value) {
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("PROXY_CLIENT_KEYS", "a key contains spaces or non-printable characters"));
+        }
+        keys.push(Box::from(key.as_bytes()));
+    }
+    Ok(ClientKeys(keys))
+}
+
+fn parse_cors_origins(value: &Option<String>) -> Result<Option<CorsOrigins>, ConfigError> {
+    let origins: Vec<&str> = comma_list(value).collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    if origins.contains(&"*") {
+        return Ok(Some(CorsOrigins::Any));
+    }
+    let mut list = Vec::with_capacity(origins.len());
+    for origin in origins {
+        let uri: Uri = origin
+            .parse()
+            .map_err(|_| invalid("PROXY_CORS_ORIGINS", format!("{origin:?} is not an origin")))?;
+        let is_origin = matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.authority().is_some()
+            && !origin.trim_start_matches("http://").trim_start_matches("https://").contains('/');
+        if !is_origin {
+            return Err(invalid(
+                "PROXY_CORS_ORIGINS",
+                format!("{origin:?} is not an origin such as https://app.example.com"),
+            ));
+        }
+        list.push(HeaderValue::from_str(origin).map_err(|_| invalid("PROXY_CORS_ORIGINS", "bad characters"))?);
+    }
+    Ok(Some(CorsOrigins::List(list)))
+}
+
+fn parse_extra_routes(value: &Option<String>) -> Result<Vec<ExtraRoute>, ConfigError> {
+    comma_list(value)
+        .map(|entry| ExtraRoute::parse(entry).map_err(|m| invalid("PROXY_EXTRA_ROUTES", m)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut vars = vec![("OPENAI_API_KEY", "sk-test")];
+        vars.extend_from_slice(extra);
+        Config::from_vars(vars)
+    }
+
+    #[test]
+    fn defaults_are_those_documented() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(c.upstream.scheme, Scheme::HTTPS);
+        assert_eq!(c.upstream.authority.as_str(), "api.openai.com");
+        assert_eq!(c.upstream.base_path, "/v1");
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+        assert_eq!(c.timeouts.first_byte, Duration::from_secs(600));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(c.timeouts.total, None);
+        assert_eq!(c.max_body_bytes, 33_554_432);
+        assert_eq!(c.max_connections, 10_000);
+        assert!(c.client_keys.0.is_empty());
+        assert!(c.cors_origins.is_none());
+    }
+
+    #[test]
+    fn missing_key_names_the_setting() {
+        let err = Config::from_vars(Vec::<(String, String)>::new()).unwrap_err();
+        assert_eq!(err.setting, "OPENAI_API_KEY");
+        let err = with(&[("OPENAI_API_KEY", "  ")]).unwrap_err();
+        assert_eq!(err.setting, "OPENAI_API_KEY");
+    }
+
+    #[test]
+    fn malformed_values_name_their_setting() {
+        for (name, value) in [
+            ("PORT", "eighty"),
+            ("PORT", "70000"),
+            ("HOST", "localhost:1"),
+            ("OPENAI_BASE_URL", "ftp://x/v1"),
+            ("OPENAI_BASE_URL", "not a url"),
+            ("OPENAI_BASE_URL", "/v1"),
+            ("PROXY_IDLE_TIMEOUT", "5 parsecs"),
+            ("PROXY_CONNECT_TIMEOUT", "0"),
+            ("PROXY_MAX_BODY_BYTES", "-1"),
+            ("PROXY_LOG_FORMAT", "xml"),
+            ("PROXY_CORS_ORIGINS", "example.com"),
+            ("PROXY_MAX_CONNECTIONS", "0"),
+        ] {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert_eq!(err.setting, name, "{name}={value}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn http_base_url_keeps_its_path() {
+        let c = with(&[("OPENAI_BASE_URL", "http://127.0.0.1:9000/openai/v1/")]).unwrap();
+        assert_eq!(c.upstream.scheme, Scheme::HTTP);
+        assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:9000");
+        assert_eq!(c.upstream.base_path, "/openai/v1");
+    }
+
+    #[test]
+    fn debug_never_shows_keys() {
+        let c = with(&[("OPENAI_API_KEY", "sk-very-secret"), ("PROXY_CLIENT_KEYS", "ck-one,ck-two")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk-very-secret"), "{shown}");
+        assert!(!shown.contains("ck-one"), "{shown}");
+        assert!(shown.contains("2 keys"));
+    }
+
+    #[test]
+    fn dotenv_is_read_and_the_environment_wins() {
+        let dir = std::env::temp_dir().join(format!("memoctopus-dotenv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".env");
+        std::fs::write(&path, "OPENAI_API_KEY=sk-from-file\nPORT=9001\nHOST=127.0.0.1\n").unwrap();
+        let env = vec![("PORT".to_string(), "9002".to_string())];
+        let c = Config::load(env, Some(&path)).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9002".parse().unwrap());
+        assert_eq!(c.authorization.as_bytes(), b"Bearer sk-from-file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

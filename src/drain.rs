@@ -1,0 +1,60 @@
+//! What graceful shutdown needs to know about exchanges in flight.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Shared by the accept loop, the service and every exchange.
+#[derive(Debug, Default)]
+pub struct DrainState {
+    /// Set at the shutdown signal: `/ready` answers 503 from then on.
+    draining: AtomicBool,
+    /// Set when the grace period ran out: exchanges still running are being cut.
+    cutting: AtomicBool,
+    /// Exchanges that ended normally after the shutdown signal.
+    finished: AtomicU64,
+    /// Exchanges ended by the grace period running out.
+    cut: AtomicU64,
+}
+
+/// How a drain ended, for the last log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Exchanges that were in flight or started after the signal and ended by themselves.
+    pub finished: u64,
+    /// Exchanges cut when `PROXY_SHUTDOWN_GRACE` ran out.
+    pub cut: u64,
+}
+
+impl DrainState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn start_cutting(&self) {
+        self.cutting.store(true, Ordering::Relaxed);
+    }
+
+    /// Records an exchange's end; returns whether it was cut by the shutdown.
+    pub fn exchange_ended(&self) -> bool {
+        if !self.is_draining() {
+            return false;
+        }
+        if self.cutting.load(Ordering::Relaxed) {
+            self.cut.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.finished.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    pub fn report(&self) -> DrainReport {
+        DrainReport {
+            finished: self.finished.load(Ordering::Relaxed),
+            cut: self.cut.load(Ordering::Relaxed),
+        }
+    }
+}

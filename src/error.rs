@@ -1,0 +1,176 @@
+//! Every answer the proxy makes up itself when something goes wrong, in OpenAI's error shape.
+//!
+//! Each error records who is at fault, and the status follows from that: the client (4xx), the
+//! upstream (502, or 504 for a timeout), or the proxy itself (500).
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+#[derive(Debug)]
+pub enum ProxyError {
+    // The client's fault.
+    NotFound { method: Method, path: String },
+    MethodNotAllowed { method: Method, allow: String },
+    InvalidClientKey,
+    OriginNotAllowed,
+    BodyTooLarge { limit: u64 },
+    /// The client's upload stalled for longer than the idle timeout.
+    RequestBodyTimeout(Duration),
+    /// The client's upload broke off; usually the client is gone and reads nothing.
+    ClientBodyFailed,
+    BadRequest(&'static str),
+    // The upstream's fault.
+    UpstreamUnreachable(String),
+    UpstreamConnectTimeout(Duration),
+    FirstByteTimeout(Duration),
+    TotalTimeout(Duration),
+    UpstreamFailed(String),
+    UpstreamRejectedKey,
+    // Ours.
+    Internal(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::InvalidClientKey => StatusCode::UNAUTHORIZED,
+            ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BadRequest(_) | ProxyError::ClientBodyFailed => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamFailed(_)
+            | ProxyError::UpstreamRejectedKey => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout(_)
+            | ProxyError::FirstByteTimeout(_)
+            | ProxyError::TotalTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `code` field: a stable word that clients can match on.
+    fn code(&self) -> Option<&'static str> {
+        Some(match self {
+            ProxyError::NotFound { .. } => return None,
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::InvalidClientKey => "invalid_api_key",
+            ProxyError::OriginNotAllowed => "origin_not_allowed",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
+            ProxyError::ClientBodyFailed => "request_body_incomplete",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamConnectTimeout(_) => "upstream_connect_timeout",
+            ProxyError::FirstByteTimeout(_) => "upstream_first_byte_timeout",
+            ProxyError::TotalTimeout(_) => "total_timeout",
+            ProxyError::UpstreamFailed(_) => "upstream_error",
+            ProxyError::UpstreamRejectedKey => "upstream_auth_failed",
+            ProxyError::Internal(_) => "internal_error",
+        })
+    }
+
+    fn message(&self) -> String {
+        match self {
+            // The same words OpenAI uses for a URL it does not serve.
+            ProxyError::NotFound { method, path } => format!("Invalid URL ({method} {path})"),
+            ProxyError::MethodNotAllowed { method, allow } => {
+                format!("Method {method} is not allowed on this path; use {allow}")
+            }
+            ProxyError::InvalidClientKey => {
+                "Incorrect or missing API key for this proxy. Send it as 'Authorization: Bearer <key>'.".to_owned()
+            }
+            ProxyError::OriginNotAllowed => "This origin is not allowed by PROXY_CORS_ORIGINS".to_owned(),
+            ProxyError::RequestBodyTimeout(t) => {
+                format!("The request body stalled for longer than {t:?} (PROXY_IDLE_TIMEOUT)")
+            }
+            ProxyError::ClientBodyFailed => "The request body ended before it was complete".to_owned(),
+            ProxyError::BodyTooLarge { limit } => {
+                format!("The request body is larger than this proxy's limit of {limit} bytes (PROXY_MAX_BODY_BYTES)")
+            }
+            ProxyError::BadRequest(why) => (*why).to_owned(),
+            ProxyError::UpstreamUnreachable(why) => format!("Could not reach the upstream API: {why}"),
+            ProxyError::UpstreamConnectTimeout(t) => {
+                format!("Timed out after {t:?} connecting to the upstream API (PROXY_CONNECT_TIMEOUT)")
+            }
+            ProxyError::FirstByteTimeout(t) => {
+                format!("The upstream API sent no response within {t:?} (PROXY_FIRST_BYTE_TIMEOUT)")
+            }
+            ProxyError::TotalTimeout(t) => {
+                format!("The exchange took longer than {t:?} (PROXY_TOTAL_TIMEOUT)")
+            }
+            ProxyError::UpstreamFailed(why) => format!("The upstream API failed: {why}"),
+            ProxyError::UpstreamRejectedKey => {
+                "The upstream rejected the proxy's API key. This is a server configuration problem; contact the operator of this proxy.".to_owned()
+            }
+            ProxyError::Internal(why) => format!("Internal proxy error: {why}"),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status().as_u16() {
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message(),
+                "type": self.kind(),
+                "param": null,
+                "code": self.code(),
+            }
+        });
+        let mut response = json_response(status, body.to_string());
+        if let ProxyError::MethodNotAllowed { allow, .. } = &self {
+            if let Ok(allow) = HeaderValue::from_str(allow) {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+        }
+        response
+    }
+}
+
+/// A small JSON answer made by the proxy itself.
+pub fn json_response(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::local(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_who_is_at_fault() {
+        assert_eq!(ProxyError::UpstreamUnreachable("refused".into()).status(), 502);
+        assert_eq!(ProxyError::FirstByteTimeout(Duration::from_secs(1)).status(), 504);
+        assert_eq!(ProxyError::UpstreamConnectTimeout(Duration::from_secs(1)).status(), 504);
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(ProxyError::InvalidClientKey.status(), 401);
+        assert_eq!(ProxyError::UpstreamRejectedKey.status(), 502);
+        assert_eq!(ProxyError::Internal("x").status(), 500);
+    }
+
+    #[test]
+    fn not_found_message_escapes_the_path() {
+        let e = ProxyError::NotFound {
+            method: Method::GET,
+            path: "/a\"b".into(),
+        };
+        let response = e.into_response();
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

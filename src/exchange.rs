@@ -1,0 +1,150 @@
+//! One client request and its answer, from the head to the last byte: its id, its counters,
+//! and the access log line written when it ends, however it ends.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, StatusCode};
+use tokio::time::Instant;
+
+use crate::body::RequestStats;
+use crate::drain::DrainState;
+
+/// How an exchange ended, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    ClientCancelled,
+    /// The proxy answered the client itself with a 4xx (no route, bad key, ...).
+    Rejected,
+    BodyTooLarge,
+    ConnectTimeout,
+    FirstByteTimeout,
+    IdleTimeout,
+    TotalTimeout,
+    UpstreamUnreachable,
+    UpstreamFailed,
+    /// Cut when the shutdown grace period ran out.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::ClientCancelled => "client_cancelled",
+            Outcome::Rejected => "rejected",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::ConnectTimeout => "connect_timeout",
+            Outcome::FirstByteTimeout => "first_byte_timeout",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::TotalTimeout => "total_timeout",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fresh request id: random per process, then a counter, so ids never repeat within a
+/// process and almost surely not across processes.
+pub fn new_request_id() -> HeaderValue {
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| std::collections::hash_map::RandomState::new().build_hasher().finish());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("memo-{process:016x}-{n:x}");
+    // Only hex digits and dashes: always a valid header value.
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("memo-invalid"))
+}
+
+/// The record of one proxied exchange. Dropping it writes the access log line.
+pub struct Exchange {
+    pub id: HeaderValue,
+    method: Method,
+    route: Arc<str>,
+    started: Instant,
+    /// The status the client got.
+    pub status: Option<StatusCode>,
+    /// The status the upstream sent, when it answered.
+    pub upstream_status: Option<StatusCode>,
+    /// Time from the request's start to the upstream's response head.
+    pub head_after: Option<Duration>,
+    /// OpenAI's own `x-request-id`, logged beside ours for support.
+    pub upstream_id: Option<HeaderValue>,
+    pub request: Arc<RequestStats>,
+    pub response_bytes: u64,
+    pub sse_events: u64,
+    outcome: Option<Outcome>,
+    drain: Arc<DrainState>,
+}
+
+impl Exchange {
+    pub fn start(id: HeaderValue, method: Method, route: Arc<str>, started: Instant, drain: Arc<DrainState>) -> Exchange {
+        Exchange {
+            id,
+            method,
+            route,
+            started,
+            status: None,
+            upstream_status: None,
+            head_after: None,
+            upstream_id: None,
+            request: Arc::default(),
+            response_bytes: 0,
+            sse_events: 0,
+            outcome: None,
+            drain,
+        }
+    }
+
+    /// Records how the exchange ended; the first call wins.
+    pub fn finish(&mut self, outcome: Outcome) {
+        self.outcome.get_or_insert(outcome);
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let cut = self.drain.exchange_ended();
+        let outcome = match self.outcome {
+            Some(outcome) => outcome,
+            None if cut => Outcome::Shutdown,
+            None => Outcome::ClientCancelled,
+        };
+        let status = self.status.map_or(0, |s| s.as_u16());
+        let upstream_status = self.upstream_status.map_or(0, |s| s.as_u16());
+        let id = self.id.to_str().unwrap_or("-");
+        let upstream_id = self.upstream_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let head_ms = self.head_after.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
+        let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(
+            target: "memoctopus::access",
+            method = %self.method,
+            route = %self.route,
+            status,
+            upstream_status,
+            request_bytes = self.request.bytes.load(Ordering::Relaxed),
+            response_bytes = self.response_bytes,
+            sse_events = self.sse_events,
+            head_ms,
+            total_ms,
+            request_id = id,
+            upstream_request_id = upstream_id,
+            outcome = outcome.as_str(),
+        );
+    }
+}

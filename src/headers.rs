@@ -1,0 +1,176 @@
+//! Header rewriting, in both directions. Pure: no sockets.
+//!
+//! Hop-by-hop headers describe one connection and die with it; everything else passes through
+//! untouched, so `Content-Type` keeps its multipart boundary and a gzip answer stays gzip.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Client-Request-Id`: the header OpenAI records for support, sent both ways.
+pub static CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The headers the proxy itself puts on every upstream request.
+#[derive(Debug, Clone)]
+pub struct UpstreamIdentity {
+    /// `Bearer $OPENAI_API_KEY`, already marked sensitive.
+    pub authorization: HeaderValue,
+    pub organization: Option<HeaderValue>,
+    pub project: Option<HeaderValue>,
+}
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are collected first: removing while iterating would borrow
+    // the map twice. Values that are not tokens name nothing we could remove.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Makes a client's request headers fit to send upstream.
+pub fn rewrite_request(headers: &mut HeaderMap, identity: &UpstreamIdentity, request_id: &HeaderValue) {
+    remove_hop_by_hop(headers);
+    // The client's Host names us. hyper-util's client sets the upstream's authority itself:
+    // `Host` on HTTP/1.1, `:authority` on HTTP/2, where a Host header does not belong.
+    headers.remove(header::HOST);
+    // hyper has already answered `Expect: 100-continue` on the client's side.
+    headers.remove(header::EXPECT);
+    headers.insert(header::AUTHORIZATION, identity.authorization.clone());
+    // The server's key decides the organization and project, never the client.
+    headers.remove(&OPENAI_ORGANIZATION);
+    headers.remove(&OPENAI_PROJECT);
+    if let Some(org) = &identity.organization {
+        headers.insert(OPENAI_ORGANIZATION.clone(), org.clone());
+    }
+    if let Some(project) = &identity.project {
+        headers.insert(OPENAI_PROJECT.clone(), project.clone());
+    }
+    headers.insert(CLIENT_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Makes an upstream's response headers fit to send to the client.
+pub fn rewrite_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    remove_hop_by_hop(headers);
+    headers.insert(CLIENT_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// The client's own request id, if it sent a sane one: `X-Client-Request-Id`, else
+/// `X-Request-Id`, printable ASCII and at most 512 bytes (OpenAI's own limit).
+pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    [&CLIENT_REQUEST_ID, &REQUEST_ID]
+        .into_iter()
+        .filter_map(|name| headers.get(name))
+        .find(|v| is_sane_request_id(v.as_bytes()))
+        .cloned()
+}
+
+fn is_sane_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 512 && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// OpenAI's own `x-request-id` on a response, for the access log.
+pub fn upstream_request_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> UpstreamIdentity {
+        let mut authorization = HeaderValue::from_static("Bearer sk-server");
+        authorization.set_sensitive(true);
+        UpstreamIdentity {
+            authorization,
+            organization: Some(HeaderValue::from_static("org-server")),
+            project: None,
+        }
+    }
+
+    #[test]
+    fn request_gets_our_key_and_loses_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer client"));
+        h.insert(header::HOST, HeaderValue::from_static("localhost:8000"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("openai-project", HeaderValue::from_static("proj-client"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("multipart/form-data; boundary=abc"));
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert("x-request-id", HeaderValue::from_static("client-req"));
+        let id = HeaderValue::from_static("req-1");
+        rewrite_request(&mut h, &identity(), &id);
+
+        assert_eq!(h[header::AUTHORIZATION], "Bearer sk-server");
+        assert!(h[header::AUTHORIZATION].is_sensitive());
+        for gone in ["host", "connection", "x-secret-hop", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization", "openai-project"] {
+            assert!(!h.contains_key(gone), "{gone} survived");
+        }
+        assert_eq!(h["openai-organization"], "org-server");
+        assert_eq!(h[header::CONTENT_TYPE], "multipart/form-data; boundary=abc");
+        assert_eq!(h[header::ACCEPT_ENCODING], "gzip");
+        assert_eq!(h["x-request-id"], "client-req");
+        assert_eq!(h["x-client-request-id"], "req-1");
+    }
+
+    #[test]
+    fn response_keeps_end_to_end_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("99"));
+        h.insert("openai-processing-ms", HeaderValue::from_static("12"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        rewrite_response(&mut h, &HeaderValue::from_static("req-1"));
+        assert_eq!(h[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "99");
+        assert_eq!(h["openai-processing-ms"], "12");
+        assert!(!h.contains_key(header::TRANSFER_ENCODING));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert_eq!(h["x-client-request-id"], "req-1");
+    }
+
+    #[test]
+    fn request_ids_must_be_sane() {
+        let mut h = HeaderMap::new();
+        assert_eq!(client_request_id(&h), None);
+        h.insert("x-request-id", HeaderValue::from_static("abc-1"));
+        assert_eq!(client_request_id(&h).unwrap(), "abc-1");
+        h.insert("x-client-request-id", HeaderValue::from_static("with space"));
+        assert_eq!(client_request_id(&h).unwrap(), "abc-1");
+        h.insert("x-client-request-id", HeaderValue::from_str(&"a".repeat(513)).unwrap());
+        assert_eq!(client_request_id(&h).unwrap(), "abc-1");
+        h.insert("x-client-request-id", HeaderValue::from_static("mine"));
+        assert_eq!(client_request_id(&h).unwrap(), "mine");
+        h.insert("x-client-request-id", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert_eq!(client_request_id(&h).unwrap(), "abc-1");
+    }
+}

@@ -1,0 +1,39 @@
+//! Memoctopus: a small, fast OpenAI passthrough proxy on hyper.
+//!
+//! It keeps a server-held OpenAI key out of clients: each request to a known route is
+//! forwarded with the server's key in `Authorization`, and the answer, JSON or Server-Sent
+//! Events, is streamed back frame by frame. Bodies are never collected or parsed.
+//!
+//! # Layout
+//! - [`config`]: the environment and `.env` to a validated [`Config`].
+//! - [`routes`]: which method and path go where; pure.
+//! - [`headers`]: hop-by-hop removal, the key swap, request ids; pure.
+//! - [`client_keys`]: the optional inbound bearer check.
+//! - [`cors`]: browser preflights and origin headers.
+//! - [`upstream`]: the pooled HTTP/1.1 + HTTP/2 client over rustls, and its error kinds.
+//! - [`body`]: the body types and the frame-forwarding wrappers (limits, timeouts, counting).
+//! - [`exchange`]: one request and its answer, and the access log line it writes.
+//! - [`proxy`]: the service that ties these together.
+//! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
+//! - [`drain`]: what graceful shutdown counts.
+//! - [`server`]: the accept loop, connection limit and drain; [`run`] is the entry point.
+//! - [`telemetry`]: log setup.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod body;
+pub mod client_keys;
+pub mod config;
+pub mod cors;
+pub mod drain;
+pub mod error;
+pub mod exchange;
+pub mod headers;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Config;
+pub use drain::DrainReport;
+pub use server::run;

@@ -1,0 +1,89 @@
+//! The `memoctopus` binary: read the settings, bind, serve until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use memoctopus::{telemetry, Config};
+use tokio::net::TcpListener;
+
+/// EX_USAGE from sysexits.h: the configuration is unusable.
+const EXIT_CONFIG: u8 = 64;
+/// EX_UNAVAILABLE: the address could not be bound, or the runtime could not start.
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("memoctopus: configuration error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(config.log_format);
+
+    // Pinned to one core (taskset, a CPU limit of 1), one thread does all the work without
+    // hand-offs; otherwise one worker per core.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("memoctopus: cannot start the runtime: {error}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(address = %config.listen, %error, "cannot bind HOST:PORT");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    if config.client_keys.0.is_empty() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            address = %config.listen,
+            "PROXY_CLIENT_KEYS is unset and HOST is not loopback: anyone who can reach this port spends the server's OpenAI key"
+        );
+    }
+    tracing::info!(
+        address = %config.listen,
+        upstream = %format_args!("{}://{}{}", config.upstream.scheme, config.upstream.authority, config.upstream.base_path),
+        "memoctopus listening"
+    );
+    match memoctopus::run(listener, config, shutdown_signal()).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// Completes at the first SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

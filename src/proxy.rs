@@ -1,0 +1,246 @@
+//! The service: route, check, rewrite, forward, and stream the answer back.
+
+use std::sync::Arc;
+
+use http::header;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
+use crate::config::Config;
+use crate::cors;
+use crate::drain::DrainState;
+use crate::error::{json_response, ProxyError};
+use crate::exchange::{new_request_id, Exchange, Outcome};
+use crate::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
+use crate::routes::{upstream_target, Route, RouteError};
+use crate::upstream::{self, FailureKind, UpstreamClient};
+
+/// The proxy's request handler. Cheap to clone: one per connection.
+#[derive(Clone)]
+pub struct Proxy(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    identity: UpstreamIdentity,
+    client: UpstreamClient,
+    drain: Arc<DrainState>,
+}
+
+impl Proxy {
+    pub fn new(config: Config, drain: Arc<DrainState>) -> Result<Proxy, rustls::Error> {
+        let client = upstream::client(config.timeouts.connect)?;
+        let identity = UpstreamIdentity {
+            authorization: config.authorization.clone(),
+            organization: config.organization.clone(),
+            project: config.project.clone(),
+        };
+        Ok(Proxy(Arc::new(Inner {
+            config,
+            identity,
+            client,
+            drain,
+        })))
+    }
+
+    /// Answers one request. Never fails: every problem becomes an OpenAI-style error answer.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let origin = self
+            .0
+            .config
+            .cors_origins
+            .as_ref()
+            .and_then(|cors| cors.allowed_origin(request.headers()));
+        let mut response = self.dispatch(request, origin.is_some()).await;
+        if let Some(origin) = origin {
+            cors::allow_origin(response.headers_mut(), origin);
+        }
+        response
+    }
+
+    async fn dispatch(&self, request: Request<Incoming>, origin_allowed: bool) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let config = &self.0.config;
+        let path = request.uri().path();
+
+        if config.cors_origins.is_some() && cors::is_preflight(request.method(), request.headers()) {
+            let methods = config.routes.methods_for(path);
+            return if methods.is_empty() {
+                not_found(&request)
+            } else if origin_allowed {
+                cors::preflight_response(request.headers(), &methods)
+            } else {
+                ProxyError::OriginNotAllowed.into_response()
+            };
+        }
+
+        match config.routes.route(request.method(), path) {
+            Ok(Route::Health) => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+            Ok(Route::Ready) if self.0.drain.is_draining() => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+            }
+            Ok(Route::Ready) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
+            Ok(Route::Forward { name }) => {
+                let route = Arc::from(name);
+                self.forward(request, route, started).await
+            }
+            Err(RouteError::NotFound) => not_found(&request),
+            Err(RouteError::MethodNotAllowed { allow }) => ProxyError::MethodNotAllowed {
+                method: request.method().clone(),
+                allow,
+            }
+            .into_response(),
+        }
+    }
+
+    async fn forward(&self, request: Request<Incoming>, route: Arc<str>, started: Instant) -> Response<ProxyBody> {
+        let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
+        let mut exchange = Exchange::start(id.clone(), request.method().clone(), route, started, self.0.drain.clone());
+
+        let upstream_response = match self.call_upstream(request, &exchange).await {
+            Ok(response) => response,
+            Err(error) => {
+                exchange.finish(outcome_of(&error));
+                let mut response = error.into_response();
+                exchange.status = Some(response.status());
+                response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
+                return response;
+            }
+        };
+
+        let (mut parts, body) = upstream_response.into_parts();
+        exchange.upstream_status = Some(parts.status);
+        exchange.status = Some(parts.status);
+        exchange.head_after = Some(started.elapsed());
+        exchange.upstream_id = parts.headers.get("x-request-id").cloned();
+        headers::rewrite_response(&mut parts.headers, &id);
+        parts.version = Version::HTTP_11;
+        let is_sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
+        let body = ResponseBody::new(body, clock, exchange, is_sse);
+        Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
+    }
+
+    fn total_deadline(&self, started: Instant) -> Option<Instant> {
+        self.0.config.timeouts.total.map(|total| started + total)
+    }
+
+    /// Sends the request upstream and waits for the response head.
+    async fn call_upstream(&self, request: Request<Incoming>, exchange: &Exchange) -> Result<Response<Incoming>, ProxyError> {
+        let config = &self.0.config;
+        let (mut parts, body) = request.into_parts();
+
+        if !config.client_keys.admit(&parts.headers) {
+            return Err(ProxyError::InvalidClientKey);
+        }
+        let declared_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|len| len > config.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge {
+                limit: config.max_body_bytes,
+            });
+        }
+
+        let target = upstream_target(&config.upstream.base_path, parts.uri.path(), parts.uri.query());
+        parts.uri = Uri::builder()
+            .scheme(config.upstream.scheme.clone())
+            .authority(config.upstream.authority.clone())
+            .path_and_query(target)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded"))?;
+        // hyper-util picks HTTP/1.1 or HTTP/2 per upstream connection; a request that insists
+        // on the client's version would be refused by a connection of the other kind.
+        parts.version = Version::HTTP_11;
+        parts.extensions.clear();
+        headers::rewrite_request(&mut parts.headers, &self.0.identity, &exchange.id);
+
+        let started = exchange.started();
+        let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
+        let body = RequestBody::new(body, clock, config.max_body_bytes, exchange.request.clone());
+        let sending = self.0.client.request(Request::from_parts(parts, body));
+
+        let first_byte_deadline = started + config.timeouts.first_byte;
+        let total_deadline = self.total_deadline(started);
+        let wait_until = total_deadline.map_or(first_byte_deadline, |total| total.min(first_byte_deadline));
+        let response = match tokio::time::timeout_at(wait_until, sending).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(self.upstream_error(&error, exchange)),
+            Err(_) if total_deadline.is_some_and(|total| total <= first_byte_deadline) => {
+                return Err(ProxyError::TotalTimeout(config.timeouts.total.unwrap_or_default()))
+            }
+            Err(_) => return Err(ProxyError::FirstByteTimeout(config.timeouts.first_byte)),
+        };
+
+        if response.status() == StatusCode::UNAUTHORIZED {
+            // OpenAI's 401 means our key was refused, and its message echoes part of the key:
+            // the body is dropped unread and the client learns only that the proxy is broken.
+            tracing::error!(
+                request_id = exchange.id.to_str().unwrap_or("-"),
+                "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY"
+            );
+            return Err(ProxyError::UpstreamRejectedKey);
+        }
+        Ok(response)
+    }
+
+    /// Whose fault a failed upstream call was: the request body's (too large, broken, stalled)
+    /// or the upstream's.
+    fn upstream_error(&self, error: &hyper_util::client::legacy::Error, exchange: &Exchange) -> ProxyError {
+        use std::sync::atomic::Ordering::Relaxed;
+        let config = &self.0.config;
+        let stats = &exchange.request;
+        if stats.too_large.load(Relaxed) {
+            return ProxyError::BodyTooLarge {
+                limit: config.max_body_bytes,
+            };
+        }
+        if stats.timed_out.load(Relaxed) {
+            return ProxyError::RequestBodyTimeout(config.timeouts.idle);
+        }
+        if stats.client_failed.load(Relaxed) {
+            return ProxyError::ClientBodyFailed;
+        }
+        let description = upstream::describe(error);
+        tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
+        match upstream::classify(error) {
+            FailureKind::ConnectTimeout => ProxyError::UpstreamConnectTimeout(config.timeouts.connect),
+            FailureKind::Connect | FailureKind::Tls => ProxyError::UpstreamUnreachable(description),
+            FailureKind::Reset => ProxyError::UpstreamFailed(description),
+        }
+    }
+}
+
+fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
+    ProxyError::NotFound {
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+    }
+    .into_response()
+}
+
+fn outcome_of(error: &ProxyError) -> Outcome {
+    match error {
+        ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
+        ProxyError::ClientBodyFailed => Outcome::ClientCancelled,
+        ProxyError::RequestBodyTimeout(_) => Outcome::IdleTimeout,
+        ProxyError::UpstreamConnectTimeout(_) => Outcome::ConnectTimeout,
+        ProxyError::FirstByteTimeout(_) => Outcome::FirstByteTimeout,
+        ProxyError::TotalTimeout(_) => Outcome::TotalTimeout,
+        ProxyError::UpstreamUnreachable(_) => Outcome::UpstreamUnreachable,
+        ProxyError::UpstreamFailed(_) | ProxyError::UpstreamRejectedKey | ProxyError::Internal(_) => {
+            Outcome::UpstreamFailed
+        }
+        ProxyError::NotFound { .. }
+        | ProxyError::MethodNotAllowed { .. }
+        | ProxyError::InvalidClientKey
+        | ProxyError::OriginNotAllowed
+        | ProxyError::BadRequest(_) => Outcome::Rejected,
+    }
+}

@@ -1,0 +1,266 @@
+//! Which requests the proxy answers, and which it forwards. Pure: no sockets.
+//!
+//! Paths are compared exactly, as the client sent them. Nothing is decoded or normalised, so
+//! `/v1/chat/completions/../x`, `/v1/%2e%2e/x` or `//v1/chat/completions` match no route, and
+//! the upstream only ever sees a path that names a route.
+
+use http::Method;
+
+/// The two routes every deployment forwards; `PROXY_EXTRA_ROUTES` adds more.
+const BUILT_IN: [(Method, &str); 2] = [
+    (Method::POST, "/v1/chat/completions"),
+    (Method::POST, "/v1/audio/transcriptions"),
+];
+
+/// What the proxy does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /health`: 200 while the process lives.
+    Health,
+    /// `GET /ready`: 200 while serving, 503 while draining.
+    Ready,
+    /// Forwarded to the upstream. `name` is the configured pattern, for logs and metrics.
+    Forward { name: &'a str },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    NotFound,
+    /// The path exists with other methods, listed for the `Allow` header.
+    MethodNotAllowed { allow: String },
+}
+
+/// One `METHOD /v1/path` entry; a trailing `/*` matches one or more segments below the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraRoute {
+    method: Method,
+    pattern: String,
+}
+
+impl ExtraRoute {
+    /// Parses `POST /v1/embeddings` or `GET /v1/models/*`.
+    pub fn parse(entry: &str) -> Result<ExtraRoute, String> {
+        let mut parts = entry.split_whitespace();
+        let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("{entry:?} is not of the form \"METHOD /v1/path\""));
+        };
+        let method = match method {
+            "GET" => Method::GET,
+            "POST" => Method::POST,
+            "PUT" => Method::PUT,
+            "PATCH" => Method::PATCH,
+            "DELETE" => Method::DELETE,
+            _ => return Err(format!("{entry:?}: unknown method {method:?}")),
+        };
+        let fixed = path.strip_suffix("/*").unwrap_or(path);
+        let segments_ok = fixed
+            .strip_prefix("/v1/")
+            .is_some_and(|rest| rest.split('/').all(is_plain_segment));
+        if !segments_ok {
+            return Err(format!(
+                "{entry:?}: the path must be under /v1/, without empty, '.', '..' or encoded segments"
+            ));
+        }
+        Ok(ExtraRoute {
+            method,
+            pattern: path.to_owned(),
+        })
+    }
+}
+
+/// A path segment that no server could read as a step elsewhere.
+fn is_plain_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && !segment.contains('%')
+        && !segment.contains('\\')
+}
+
+/// The route table, built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    forwarded: Vec<(Method, String)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes::with_extra(Vec::new())
+    }
+}
+
+impl Routes {
+    pub fn with_extra(extra: Vec<ExtraRoute>) -> Routes {
+        let mut forwarded: Vec<(Method, String)> =
+            BUILT_IN.iter().map(|(m, p)| (m.clone(), (*p).to_owned())).collect();
+        for route in extra {
+            if !forwarded.iter().any(|(m, p)| *m == route.method && *p == route.pattern) {
+                forwarded.push((route.method, route.pattern));
+            }
+        }
+        Routes { forwarded }
+    }
+
+    /// Matches a request's method and path (without its query).
+    pub fn route(&self, method: &Method, path: &str) -> Result<Route<'_>, RouteError> {
+        let own = match path {
+            "/health" => Some(Route::Health),
+            "/ready" => Some(Route::Ready),
+            _ => None,
+        };
+        if let Some(own) = own {
+            return if method == Method::GET || method == Method::HEAD {
+                Ok(own)
+            } else {
+                Err(RouteError::MethodNotAllowed {
+                    allow: "GET, HEAD".to_owned(),
+                })
+            };
+        }
+
+        let mut allow: Vec<&str> = Vec::new();
+        for (m, pattern) in &self.forwarded {
+            if matches_pattern(pattern, path) {
+                if m == method {
+                    return Ok(Route::Forward { name: pattern });
+                }
+                if !allow.contains(&m.as_str()) {
+                    allow.push(m.as_str());
+                }
+            }
+        }
+        if allow.is_empty() {
+            Err(RouteError::NotFound)
+        } else {
+            Err(RouteError::MethodNotAllowed {
+                allow: allow.join(", "),
+            })
+        }
+    }
+
+    /// The methods forwarded on `path`, for CORS preflights.
+    pub fn methods_for(&self, path: &str) -> Vec<&Method> {
+        self.forwarded
+            .iter()
+            .filter(|(_, pattern)| matches_pattern(pattern, path))
+            .map(|(m, _)| m)
+            .collect()
+    }
+}
+
+fn matches_pattern(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix("/*") {
+        None => pattern == path,
+        Some(prefix) => path
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| rest.split('/').all(is_plain_segment)),
+    }
+}
+
+/// The upstream request target for a forwarded request: the base URL's path, then the
+/// client's path after `/v1`, then the client's query unchanged. Every forwarded route starts
+/// with `/v1/`, which [`ExtraRoute::parse`] checks.
+pub fn upstream_target(base_path: &str, client_path: &str, query: Option<&str>) -> String {
+    let rest = client_path.strip_prefix("/v1").unwrap_or(client_path);
+    let mut target = String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    target.push_str(base_path);
+    target.push_str(rest);
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Routes {
+        Routes::with_extra(vec![
+            ExtraRoute::parse("GET /v1/models").unwrap(),
+            ExtraRoute::parse("GET /v1/models/*").unwrap(),
+            ExtraRoute::parse("POST /v1/embeddings").unwrap(),
+        ])
+    }
+
+    #[test]
+    fn built_in_routes_match_exactly() {
+        let r = Routes::default();
+        assert_eq!(
+            r.route(&Method::POST, "/v1/chat/completions"),
+            Ok(Route::Forward { name: "/v1/chat/completions" })
+        );
+        assert_eq!(
+            r.route(&Method::POST, "/v1/audio/transcriptions"),
+            Ok(Route::Forward { name: "/v1/audio/transcriptions" })
+        );
+        assert_eq!(r.route(&Method::GET, "/health"), Ok(Route::Health));
+        assert_eq!(r.route(&Method::GET, "/ready"), Ok(Route::Ready));
+    }
+
+    #[test]
+    fn path_tricks_match_nothing() {
+        let r = Routes::default();
+        for path in [
+            "/v1/chat/completions/",
+            "/v1/chat/completions/../x",
+            "/v1/chat/../chat/completions",
+            "/v1/%63hat/completions",
+            "/v1/chat/completions%2f..",
+            "//v1/chat/completions",
+            "/V1/chat/completions",
+            "/v1/chat/completions;x",
+            "/v1/embeddings",
+            "",
+            "*",
+        ] {
+            assert_eq!(r.route(&Method::POST, path), Err(RouteError::NotFound), "{path}");
+        }
+    }
+
+    #[test]
+    fn wrong_method_lists_the_allowed_ones() {
+        let r = Routes::default();
+        assert_eq!(
+            r.route(&Method::GET, "/v1/chat/completions"),
+            Err(RouteError::MethodNotAllowed { allow: "POST".into() })
+        );
+        assert_eq!(
+            r.route(&Method::POST, "/health"),
+            Err(RouteError::MethodNotAllowed { allow: "GET, HEAD".into() })
+        );
+    }
+
+    #[test]
+    fn extra_routes_and_wildcards() {
+        let r = table();
+        assert_eq!(r.route(&Method::GET, "/v1/models"), Ok(Route::Forward { name: "/v1/models" }));
+        assert_eq!(
+            r.route(&Method::GET, "/v1/models/gpt-4o"),
+            Ok(Route::Forward { name: "/v1/models/*" })
+        );
+        assert_eq!(
+            r.route(&Method::GET, "/v1/models/ft:gpt-4o:org/x"),
+            Ok(Route::Forward { name: "/v1/models/*" })
+        );
+        for path in ["/v1/models/", "/v1/models/..", "/v1/models/a//b", "/v1/models/%2e%2e", "/v1/modelsx"] {
+            assert_eq!(r.route(&Method::GET, path), Err(RouteError::NotFound), "{path}");
+        }
+    }
+
+    #[test]
+    fn extra_route_entries_are_validated() {
+        for bad in ["FETCH /v1/x", "GET /v2/x", "GET /v1/../x", "GET /v1/", "GET", "GET /v1/x extra", "GET /v1/%2e"] {
+            assert!(ExtraRoute::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_target_swaps_the_v1_prefix_for_the_base_path_and_keeps_the_query() {
+        assert_eq!(upstream_target("/v1", "/v1/chat/completions", None), "/v1/chat/completions");
+        assert_eq!(upstream_target("", "/v1/models/x", Some("a=1&b")), "/models/x?a=1&b");
+        assert_eq!(upstream_target("/openai/v1", "/v1/embeddings", Some("")), "/openai/v1/embeddings?");
+    }
+}

@@ -1,0 +1,153 @@
+//! The accept loop: HTTP/1.1 and h2c on one port, the connection limit, and graceful drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::drain::{DrainReport, DrainState};
+use crate::proxy::Proxy;
+
+/// The largest request head (request line plus headers) a client may send; beyond it hyper
+/// answers 431. Real OpenAI requests carry well under 8 KiB of headers.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams one client connection may have open at once.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The largest HTTP/2 header list a client may send.
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// Streams a client may open and reset before we read them (the "rapid reset" attack).
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams we may reset for a client's protocol errors before the connection is closed.
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
+/// Serves `listener` until `shutdown` completes, then drains: `/ready` answers 503 for
+/// `PROXY_SHUTDOWN_DELAY` while we still accept, then the listener closes, idle connections are
+/// closed, and exchanges in flight get `PROXY_SHUTDOWN_GRACE` to finish before they are cut.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> io::Result<DrainReport> {
+    let drain = Arc::new(DrainState::default());
+    let proxy = Proxy::new(config.clone(), drain.clone()).map_err(io::Error::other)?;
+    let mut acceptor = Acceptor {
+        listener,
+        proxy,
+        builder: connection_builder(&config),
+        graceful: GracefulShutdown::new(),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        connections: JoinSet::new(),
+    };
+
+    acceptor.accept_until(shutdown).await;
+    drain.start_draining();
+    tracing::info!(delay = ?config.shutdown_delay, "shutdown signal received; /ready answers 503");
+    acceptor.accept_until(tokio::time::sleep(config.shutdown_delay)).await;
+
+    let Acceptor {
+        listener,
+        graceful,
+        mut connections,
+        ..
+    } = acceptor;
+    drop(listener);
+    tracing::info!(
+        connections = connections.len(),
+        grace = ?config.shutdown_grace,
+        "listener closed; waiting for exchanges in flight"
+    );
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await.is_err() {
+        drain.start_cutting();
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
+    let report = drain.report();
+    tracing::info!(finished = report.finished, cut = report.cut, "drained");
+    Ok(report)
+}
+
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.header_read)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+    builder
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    proxy: Proxy,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    /// One permit per open connection: at the limit, new clients wait in the listen backlog
+    /// and the connections already open are untouched.
+    slots: Arc<Semaphore>,
+    connections: JoinSet<()>,
+}
+
+impl Acceptor {
+    async fn accept_until(&mut self, stop: impl Future<Output = ()>) {
+        let mut stop = pin!(stop);
+        loop {
+            let slot = tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                slot = self.slots.clone().acquire_owned() => slot,
+            };
+            let Ok(slot) = slot else { return };
+            let accepted = tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Each SSE event must leave at once, not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+
+            let proxy = self.proxy.clone();
+            let service = service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+            });
+            let connection = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = self.graceful.watch(connection);
+            self.connections.spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error, "connection ended with an error");
+                }
+                drop(slot);
+            });
+            while let Some(ended) = self.connections.try_join_next() {
+                if let Err(error) = ended {
+                    if error.is_panic() {
+                        tracing::error!("a connection task panicked; the proxy goes on serving");
+                    }
+                }
+            }
+        }
+    }
+}
