@@ -1,0 +1,129 @@
+//! Test support: the proxy on 127.0.0.1:0 in front of an in-process hyper mock upstream that
+//! records what it received, and a few client helpers.
+#![allow(dead_code)]
+
+pub mod mock;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use memoctopus::{Config, DrainReport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use mock::MockUpstream;
+
+pub const SERVER_KEY: &str = "sk-server-secret-0123456789";
+
+/// A running proxy. Dropping it leaves the server running until the test's runtime ends.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub handle: JoinHandle<std::io::Result<DrainReport>>,
+}
+
+impl TestProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends the shutdown signal, as SIGTERM would.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the proxy in front of `upstream` with extra settings.
+pub async fn spawn_proxy(upstream: &MockUpstream, extra: &[(&str, &str)]) -> TestProxy {
+    let base_url = format!("http://{}/v1", upstream.addr);
+    let mut vars: Vec<(String, String)> = vec![
+        ("OPENAI_API_KEY".into(), SERVER_KEY.into()),
+        ("OPENAI_BASE_URL".into(), base_url),
+        ("HOST".into(), "127.0.0.1".into()),
+        ("PORT".into(), "0".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    spawn_proxy_with(Config::from_vars(vars).expect("test configuration")).await
+}
+
+pub async fn spawn_proxy_with(config: Config) -> TestProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(memoctopus::run(listener, config, async {
+        let _ = rx.await;
+    }));
+    TestProxy {
+        addr,
+        shutdown: Some(tx),
+        handle,
+    }
+}
+
+pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// A JSON POST with a client Authorization that must never reach the upstream.
+pub fn chat_request(url: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer client-key-never-forwarded")
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap()
+}
+
+pub async fn body_bytes(response: Response<Incoming>) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+pub async fn body_string(response: Response<Incoming>) -> String {
+    String::from_utf8(body_bytes(response).await.to_vec()).unwrap()
+}
+
+/// Parses an OpenAI-style error body and returns `error.code` and `error.message`.
+pub fn error_fields(body: &str) -> (serde_json::Value, String) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let error = &v["error"];
+    assert!(error.is_object(), "no error object: {body}");
+    for field in ["message", "type", "param", "code"] {
+        assert!(error.get(field).is_some(), "error.{field} missing: {body}");
+    }
+    (error["code"].clone(), error["message"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Writes raw bytes on a fresh connection and reads until the server closes or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Opens a raw HTTP/1.1 connection for tests that need to abort at an exact moment.
+pub async fn raw_connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+pub fn io(stream: TcpStream) -> TokioIo<TcpStream> {
+    TokioIo::new(stream)
+}
