@@ -1,0 +1,41 @@
+//! The binary's start-up: a bad configuration stops it before it binds, with exit 64 and one
+//! line naming the setting. The child process gets its own environment; ours is untouched.
+
+use std::process::Command;
+
+fn memoctopus(vars: &[(&str, &str)]) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!("memoctopus-cli-{}-{}", std::process::id(), vars.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    output
+}
+
+#[test]
+fn missing_key_exits_64_naming_the_setting() {
+    let out = memoctopus(&[]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("OPENAI_API_KEY"), "{stderr}");
+}
+
+#[test]
+fn malformed_settings_exit_64_naming_the_setting() {
+    for (name, value) in [
+        ("PORT", "http"),
+        ("OPENAI_BASE_URL", "api.openai.com/v1"),
+        ("PROXY_IDLE_TIMEOUT", "soon"),
+        ("PROXY_EXTRA_ROUTES", "GET /v1/../admin"),
+    ] {
+        let out = memoctopus(&[("OPENAI_API_KEY", "sk-cli-secret"), (name, value), ("HOST", "127.0.0.1")]);
+        assert_eq!(out.status.code(), Some(64), "{name}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(!stderr.contains("sk-cli-secret"), "{stderr}");
+    }
+}
