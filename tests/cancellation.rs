@@ -1,0 +1,143 @@
+//! When the client goes away, the upstream exchange is dropped at once, in every phase, so no
+//! tokens are generated for nobody.
+
+mod support;
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep, Instant};
+
+const LIMIT: Duration = Duration::from_millis(100);
+
+fn head(extra: &str, length: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n"
+    )
+}
+
+async fn assert_dropped_within_limit(mock: &MockUpstream, aborted: Instant) {
+    let dropped = mock.wait_for_drop(aborted, Duration::from_secs(2)).await;
+    let dropped = dropped.expect("the upstream never saw the exchange dropped");
+    let after = dropped - aborted;
+    assert!(after <= LIMIT, "the upstream saw the drop {after:?} after the client left");
+}
+
+#[tokio::test]
+async fn client_leaving_while_waiting_for_the_first_byte_drops_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(format!("{}{{}}", head("x-mock-head-delay-ms: 3000\r\n", 2)).as_bytes())
+        .await
+        .unwrap();
+    // Wait until the mock has the request, then leave.
+    while mock.requests().is_empty() {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let aborted = Instant::now();
+    drop(stream);
+    assert_dropped_within_limit(&mock, aborted).await;
+}
+
+#[tokio::test]
+async fn client_leaving_mid_stream_drops_the_upstream_stream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(format!("{}{{}}", head("x-mock-events: 100\r\nx-mock-interval-ms: 50\r\n", 2)).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("tok1") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let aborted = Instant::now();
+    drop(stream);
+    assert_dropped_within_limit(&mock, aborted).await;
+    // The mock stopped producing events.
+    assert_eq!(mock.log.lock().unwrap().streams_completed, 0);
+    assert_eq!(mock.cancelled_streams().len(), 1);
+}
+
+#[tokio::test]
+async fn client_leaving_during_the_upload_aborts_the_upstream_request() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    stream.write_all(head("", 1_000_000).as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'a'; 100_000]).await.unwrap();
+    // Give the proxy time to open the upstream exchange and forward what it has.
+    while mock.log.lock().unwrap().connections_opened == 0 {
+        sleep(Duration::from_millis(5)).await;
+    }
+    sleep(Duration::from_millis(50)).await;
+    let aborted = Instant::now();
+    drop(stream);
+    assert_dropped_within_limit(&mock, aborted).await;
+    // Nothing was half-sent as if it were complete.
+    assert!(mock.requests().iter().all(|s| s.body.is_none()));
+}
+
+#[tokio::test]
+async fn client_leaving_while_a_plain_answer_is_read_drops_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(format!("{}{{}}", head("x-mock-chunks: 5\r\nx-mock-interval-ms: 300\r\n", 2)).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let aborted = Instant::now();
+    drop(stream);
+    assert_dropped_within_limit(&mock, aborted).await;
+}
+
+#[tokio::test]
+async fn h2_client_resetting_a_stream_drops_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
+    request.headers_mut().insert("x-mock-events", "100".parse().unwrap());
+    request.headers_mut().insert("x-mock-interval-ms", "50".parse().unwrap());
+    let client = h2c_client();
+    let response = client.request(request).await.unwrap();
+    let mut body = response.into_body();
+    let _first = body.frame().await.unwrap().unwrap();
+    let aborted = Instant::now();
+    drop(body); // RST_STREAM; the connection itself stays open.
+    assert_dropped_within_limit(&mock, aborted).await;
+    // The same h2 connection still serves.
+    let response = client.request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_dropped_upstream_connection_is_not_reused() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(format!("{}{{}}", head("x-mock-events: 100\r\nx-mock-interval-ms: 20\r\n", 2)).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let _ = stream.read(&mut buf).await.unwrap();
+    drop(stream);
+    let _ = mock.wait_for_drop(Instant::now() - Duration::from_secs(1), Duration::from_secs(2)).await;
+    // A new exchange must work on a fresh connection, not the broken one.
+    let response = client().request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_string(response).await, support::mock::CHAT_JSON);
+    assert_eq!(mock.log.lock().unwrap().connections_opened, 2);
+}
