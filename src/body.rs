@@ -26,7 +26,9 @@ use crate::exchange::{Exchange, Outcome};
 pub enum BodyError {
     IdleTimeout(Duration),
     TotalTimeout,
-    TooLarge { limit: u64 },
+    TooLarge {
+        limit: u64,
+    },
     /// The side we read from failed: the client's upload or the upstream's answer.
     Source(hyper::Error),
 }
@@ -36,7 +38,9 @@ impl fmt::Display for BodyError {
         match self {
             BodyError::IdleTimeout(t) => write!(f, "no body data for {t:?} (PROXY_IDLE_TIMEOUT)"),
             BodyError::TotalTimeout => f.write_str("exchange exceeded PROXY_TOTAL_TIMEOUT"),
-            BodyError::TooLarge { limit } => write!(f, "body exceeds PROXY_MAX_BODY_BYTES ({limit})"),
+            BodyError::TooLarge { limit } => {
+                write!(f, "body exceeds PROXY_MAX_BODY_BYTES ({limit})")
+            }
             BodyError::Source(e) => write!(f, "{e}"),
         }
     }
@@ -123,7 +127,12 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, clock: FrameClock, limit: u64, stats: Arc<RequestStats>) -> RequestBody {
+    pub fn new(
+        inner: Incoming,
+        clock: FrameClock,
+        limit: u64,
+        stats: Arc<RequestStats>,
+    ) -> RequestBody {
         RequestBody {
             inner,
             clock,
@@ -137,13 +146,20 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.clock.frame_arrived();
                 if let Some(data) = frame.data_ref() {
-                    let total = this.stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    let total = this
+                        .stats
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
                     if total > this.limit {
                         this.stats.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
@@ -188,7 +204,12 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn new(inner: Incoming, clock: FrameClock, exchange: Exchange, is_sse: bool) -> ResponseBody {
+    pub fn new(
+        inner: Incoming,
+        clock: FrameClock,
+        exchange: Exchange,
+        is_sse: bool,
+    ) -> ResponseBody {
         ResponseBody {
             inner,
             clock,
@@ -220,7 +241,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -296,7 +320,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut *self {
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Forwarded(body) => Pin::new(body.as_mut()).poll_frame(cx),
@@ -312,7 +339,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ProxyBody::Forwarded(body) => body.size_hint(),
         }
     }

@@ -13,7 +13,10 @@ impl ClientKeys {
         if self.0.is_empty() {
             return true;
         }
-        let Some(presented) = headers.get(header::AUTHORIZATION).and_then(|v| bearer_token(v.as_bytes())) else {
+        let Some(presented) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| bearer_token(v.as_bytes()))
+        else {
             return false;
         };
         let mut matched = Choice::from(0);
@@ -27,7 +30,9 @@ impl ClientKeys {
 /// The token of a `Bearer <token>` credential; the scheme is case-insensitive.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, token) = value.split_at_checked(7)?;
-    scheme.eq_ignore_ascii_case(b"bearer ").then(|| token.trim_ascii())
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
 }
 
 #[cfg(test)]

@@ -181,7 +181,8 @@ impl Config {
             .map(|(k, v)| (k.into(), v.into()))
             .filter(|(k, _)| is_our_setting(k))
             .collect();
-        let raw: RawConfig = envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
+        let raw: RawConfig =
+            envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
         raw.validate()
     }
 }
@@ -203,8 +204,12 @@ impl RawConfig {
                 "is required; set it in the environment or in .env (see config/example.env)",
             )
         })?;
-        let mut authorization = HeaderValue::try_from(format!("Bearer {key}"))
-            .map_err(|_| invalid("OPENAI_API_KEY", "contains characters not allowed in a header"))?;
+        let mut authorization = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
+            invalid(
+                "OPENAI_API_KEY",
+                "contains characters not allowed in a header",
+            )
+        })?;
         authorization.set_sensitive(true);
 
         let upstream = parse_base_url(present(&self.openai_base_url).unwrap_or(DEFAULT_BASE_URL))?;
@@ -221,19 +226,30 @@ impl RawConfig {
 
         let timeouts = Timeouts {
             connect: duration("PROXY_CONNECT_TIMEOUT", &self.proxy_connect_timeout, 10)?,
-            first_byte: duration("PROXY_FIRST_BYTE_TIMEOUT", &self.proxy_first_byte_timeout, 600)?,
+            first_byte: duration(
+                "PROXY_FIRST_BYTE_TIMEOUT",
+                &self.proxy_first_byte_timeout,
+                600,
+            )?,
             idle: duration("PROXY_IDLE_TIMEOUT", &self.proxy_idle_timeout, 300)?,
             total: match present(&self.proxy_total_timeout) {
                 None => None,
                 Some(v) => Some(parse_duration(v).map_err(|m| invalid("PROXY_TOTAL_TIMEOUT", m))?),
             },
-            header_read: duration("PROXY_HEADER_READ_TIMEOUT", &self.proxy_header_read_timeout, 10)?,
+            header_read: duration(
+                "PROXY_HEADER_READ_TIMEOUT",
+                &self.proxy_header_read_timeout,
+                10,
+            )?,
         };
         for (setting, value) in [
             ("PROXY_CONNECT_TIMEOUT", timeouts.connect),
             ("PROXY_FIRST_BYTE_TIMEOUT", timeouts.first_byte),
             ("PROXY_IDLE_TIMEOUT", timeouts.idle),
-            ("PROXY_TOTAL_TIMEOUT", timeouts.total.unwrap_or(Duration::MAX)),
+            (
+                "PROXY_TOTAL_TIMEOUT",
+                timeouts.total.unwrap_or(Duration::MAX),
+            ),
             ("PROXY_HEADER_READ_TIMEOUT", timeouts.header_read),
         ] {
             if value.is_zero() {
@@ -241,8 +257,10 @@ impl RawConfig {
             }
         }
 
-        let max_body_bytes = parse_number::<u64>("PROXY_MAX_BODY_BYTES", &self.proxy_max_body_bytes, 32 << 20)?;
-        let max_connections = parse_number::<usize>("PROXY_MAX_CONNECTIONS", &self.proxy_max_connections, 10_000)?;
+        let max_body_bytes =
+            parse_number::<u64>("PROXY_MAX_BODY_BYTES", &self.proxy_max_body_bytes, 32 << 20)?;
+        let max_connections =
+            parse_number::<usize>("PROXY_MAX_CONNECTIONS", &self.proxy_max_connections, 10_000)?;
         if max_connections == 0 {
             return Err(invalid("PROXY_MAX_CONNECTIONS", "must be at least 1"));
         }
@@ -263,7 +281,12 @@ impl RawConfig {
             log_format: match present(&self.proxy_log_format).unwrap_or("text") {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
-                other => return Err(invalid("PROXY_LOG_FORMAT", format!("{other:?} is neither \"text\" nor \"json\""))),
+                other => {
+                    return Err(invalid(
+                        "PROXY_LOG_FORMAT",
+                        format!("{other:?} is neither \"text\" nor \"json\""),
+                    ))
+                }
             },
             routes: Routes::with_extra(parse_extra_routes(&self.proxy_extra_routes)?),
         })
@@ -278,7 +301,12 @@ fn parse_base_url(value: &str) -> Result<Upstream, ConfigError> {
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => Scheme::HTTPS,
-        _ => return Err(invalid(NAME, format!("{value:?} must start with http:// or https://"))),
+        _ => {
+            return Err(invalid(
+                NAME,
+                format!("{value:?} must start with http:// or https://"),
+            ))
+        }
     };
     let authority = uri
         .authority()
@@ -286,7 +314,10 @@ fn parse_base_url(value: &str) -> Result<Upstream, ConfigError> {
         .cloned()
         .ok_or_else(|| invalid(NAME, format!("{value:?} has no host")))?;
     if authority.as_str().contains('@') {
-        return Err(invalid(NAME, "must not carry credentials; the key goes in OPENAI_API_KEY"));
+        return Err(invalid(
+            NAME,
+            "must not carry credentials; the key goes in OPENAI_API_KEY",
+        ));
     }
     if uri.query().is_some() {
         return Err(invalid(NAME, "must not have a query string"));
@@ -298,22 +329,39 @@ fn parse_base_url(value: &str) -> Result<Upstream, ConfigError> {
     })
 }
 
-fn optional_header(setting: &'static str, value: &Option<String>) -> Result<Option<HeaderValue>, ConfigError> {
+fn optional_header(
+    setting: &'static str,
+    value: &Option<String>,
+) -> Result<Option<HeaderValue>, ConfigError> {
     present(value)
-        .map(|v| HeaderValue::from_str(v).map_err(|_| invalid(setting, "contains characters not allowed in a header")))
+        .map(|v| {
+            HeaderValue::from_str(v)
+                .map_err(|_| invalid(setting, "contains characters not allowed in a header"))
+        })
         .transpose()
 }
 
-fn parse_number<T: std::str::FromStr>(setting: &'static str, value: &Option<String>, default: T) -> Result<T, ConfigError> {
+fn parse_number<T: std::str::FromStr>(
+    setting: &'static str,
+    value: &Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
     match present(value) {
         None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| invalid(setting, format!("{v:?} is not a valid whole number in range"))),
+        Some(v) => v.parse().map_err(|_| {
+            invalid(
+                setting,
+                format!("{v:?} is not a valid whole number in range"),
+            )
+        }),
     }
 }
 
-fn duration(setting: &'static str, value: &Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
+fn duration(
+    setting: &'static str,
+    value: &Option<String>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
     match present(value) {
         None => Ok(Duration::from_secs(default_secs)),
         Some(v) => parse_duration(v).map_err(|m| invalid(setting, m)),
@@ -323,7 +371,9 @@ fn duration(setting: &'static str, value: &Option<String>, default_secs: u64) ->
 /// Parses `30` (seconds), `30s`, `250ms`, `5m` or `1h`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
-    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     let (digits, unit) = value.split_at(split);
     let amount: u64 = digits
         .parse()
@@ -353,7 +403,10 @@ fn parse_client_keys(value: &Option<String>) -> Result<ClientKeys, ConfigError> 
     let mut keys = Vec::new();
     for key in comma_list(value) {
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid("PROXY_CLIENT_KEYS", "a key contains spaces or non-printable characters"));
+            return Err(invalid(
+                "PROXY_CLIENT_KEYS",
+                "a key contains spaces or non-printable characters",
+            ));
         }
         keys.push(Box::from(key.as_bytes()));
     }
@@ -375,14 +428,20 @@ fn parse_cors_origins(value: &Option<String>) -> Result<Option<CorsOrigins>, Con
             .map_err(|_| invalid("PROXY_CORS_ORIGINS", format!("{origin:?} is not an origin")))?;
         let is_origin = matches!(uri.scheme_str(), Some("http" | "https"))
             && uri.authority().is_some()
-            && !origin.trim_start_matches("http://").trim_start_matches("https://").contains('/');
+            && !origin
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .contains('/');
         if !is_origin {
             return Err(invalid(
                 "PROXY_CORS_ORIGINS",
                 format!("{origin:?} is not an origin such as https://app.example.com"),
             ));
         }
-        list.push(HeaderValue::from_str(origin).map_err(|_| invalid("PROXY_CORS_ORIGINS", "bad characters"))?);
+        list.push(
+            HeaderValue::from_str(origin)
+                .map_err(|_| invalid("PROXY_CORS_ORIGINS", "bad characters"))?,
+        );
     }
     Ok(Some(CorsOrigins::List(list)))
 }
@@ -471,7 +530,11 @@ mod tests {
 
     #[test]
     fn debug_never_shows_keys() {
-        let c = with(&[("OPENAI_API_KEY", "sk-very-secret"), ("PROXY_CLIENT_KEYS", "ck-one,ck-two")]).unwrap();
+        let c = with(&[
+            ("OPENAI_API_KEY", "sk-very-secret"),
+            ("PROXY_CLIENT_KEYS", "ck-one,ck-two"),
+        ])
+        .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("sk-very-secret"), "{shown}");
         assert!(!shown.contains("ck-one"), "{shown}");
@@ -483,7 +546,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("memoctopus-dotenv-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(".env");
-        std::fs::write(&path, "OPENAI_API_KEY=sk-from-file\nPORT=9001\nHOST=127.0.0.1\n").unwrap();
+        std::fs::write(
+            &path,
+            "OPENAI_API_KEY=sk-from-file\nPORT=9001\nHOST=127.0.0.1\n",
+        )
+        .unwrap();
         let env = vec![("PORT".to_string(), "9002".to_string())];
         let c = Config::load(env, Some(&path)).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9002".parse().unwrap());

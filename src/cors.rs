@@ -26,7 +26,9 @@ impl CorsOrigins {
         let origin = headers.get(header::ORIGIN)?;
         let allowed = match self {
             CorsOrigins::Any => true,
-            CorsOrigins::List(list) => list.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes())),
+            CorsOrigins::List(list) => list
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes())),
         };
         allowed.then(|| origin.clone())
     }
@@ -42,7 +44,11 @@ pub fn preflight_response(request: &HeaderMap, methods: &[&Method]) -> Response<
     let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
-    let methods = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+    let methods = methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     if let Ok(methods) = HeaderValue::from_str(&methods) {
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
     }
@@ -50,10 +56,16 @@ pub fn preflight_response(request: &HeaderMap, methods: &[&Method]) -> Response<
     // but only if it is a plain list of header names.
     let asked = request
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .filter(|v| v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(b)));
+        .filter(|v| {
+            v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(b))
+        });
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        asked.cloned().unwrap_or_else(|| DEFAULT_ALLOW_HEADERS.clone()),
+        asked
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_ALLOW_HEADERS.clone()),
     );
     h.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE.clone());
     response
@@ -62,6 +74,9 @@ pub fn preflight_response(request: &HeaderMap, methods: &[&Method]) -> Response<
 /// Adds the headers that let a browser read an answer, whoever made it.
 pub fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS.clone());
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        EXPOSE_HEADERS.clone(),
+    );
     headers.append(header::VARY, VARY_ORIGIN.clone());
 }

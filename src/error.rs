@@ -12,11 +12,19 @@ use crate::body::ProxyBody;
 #[derive(Debug)]
 pub enum ProxyError {
     // The client's fault.
-    NotFound { method: Method, path: String },
-    MethodNotAllowed { method: Method, allow: String },
+    NotFound {
+        method: Method,
+        path: String,
+    },
+    MethodNotAllowed {
+        method: Method,
+        allow: String,
+    },
     InvalidClientKey,
     OriginNotAllowed,
-    BodyTooLarge { limit: u64 },
+    BodyTooLarge {
+        limit: u64,
+    },
     /// The client's upload stalled for longer than the idle timeout.
     RequestBodyTimeout(Duration),
     /// The client's upload broke off; usually the client is gone and reads nothing.
@@ -142,9 +150,10 @@ impl ProxyError {
 pub fn json_response(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::local(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -154,9 +163,18 @@ mod tests {
 
     #[test]
     fn statuses_follow_who_is_at_fault() {
-        assert_eq!(ProxyError::UpstreamUnreachable("refused".into()).status(), 502);
-        assert_eq!(ProxyError::FirstByteTimeout(Duration::from_secs(1)).status(), 504);
-        assert_eq!(ProxyError::UpstreamConnectTimeout(Duration::from_secs(1)).status(), 504);
+        assert_eq!(
+            ProxyError::UpstreamUnreachable("refused".into()).status(),
+            502
+        );
+        assert_eq!(
+            ProxyError::FirstByteTimeout(Duration::from_secs(1)).status(),
+            504
+        );
+        assert_eq!(
+            ProxyError::UpstreamConnectTimeout(Duration::from_secs(1)).status(),
+            504
+        );
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(ProxyError::InvalidClientKey.status(), 401);
         assert_eq!(ProxyError::UpstreamRejectedKey.status(), 502);

@@ -60,7 +60,11 @@ impl fmt::Display for Outcome {
 pub fn new_request_id() -> HeaderValue {
     static PROCESS: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let process = *PROCESS.get_or_init(|| std::collections::hash_map::RandomState::new().build_hasher().finish());
+    let process = *PROCESS.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let id = format!("memo-{process:016x}-{n:x}");
     // Only hex digits and dashes: always a valid header value.
@@ -89,7 +93,13 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn start(id: HeaderValue, method: Method, route: Arc<str>, started: Instant, drain: Arc<DrainState>) -> Exchange {
+    pub fn start(
+        id: HeaderValue,
+        method: Method,
+        route: Arc<str>,
+        started: Instant,
+        drain: Arc<DrainState>,
+    ) -> Exchange {
         Exchange {
             id,
             method,
@@ -128,7 +138,11 @@ impl Drop for Exchange {
         let status = self.status.map_or(0, |s| s.as_u16());
         let upstream_status = self.upstream_status.map_or(0, |s| s.as_u16());
         let id = self.id.to_str().unwrap_or("-");
-        let upstream_id = self.upstream_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let upstream_id = self
+            .upstream_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         let head_ms = self.head_after.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
         let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
         tracing::info!(

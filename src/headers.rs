@@ -51,7 +51,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Makes a client's request headers fit to send upstream.
-pub fn rewrite_request(headers: &mut HeaderMap, identity: &UpstreamIdentity, request_id: &HeaderValue) {
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    identity: &UpstreamIdentity,
+    request_id: &HeaderValue,
+) {
     remove_hop_by_hop(headers);
     // The client's Host names us. hyper-util's client sets the upstream's authority itself:
     // `Host` on HTTP/1.1, `:authority` on HTTP/2, where a Host header does not belong.
@@ -113,17 +117,32 @@ mod tests {
     #[test]
     fn request_gets_our_key_and_loses_hop_by_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer client"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer client"),
+        );
         h.insert(header::HOST, HeaderValue::from_static("localhost:8000"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
         h.insert("openai-project", HeaderValue::from_static("proj-client"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("multipart/form-data; boundary=abc"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("multipart/form-data; boundary=abc"),
+        );
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         h.insert("x-request-id", HeaderValue::from_static("client-req"));
         let id = HeaderValue::from_static("req-1");
@@ -131,7 +150,17 @@ mod tests {
 
         assert_eq!(h[header::AUTHORIZATION], "Bearer sk-server");
         assert!(h[header::AUTHORIZATION].is_sensitive());
-        for gone in ["host", "connection", "x-secret-hop", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization", "openai-project"] {
+        for gone in [
+            "host",
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "openai-project",
+        ] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }
         assert_eq!(h["openai-organization"], "org-server");
@@ -145,9 +174,15 @@ mod tests {
     fn response_keeps_end_to_end_headers() {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        h.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("99"));
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("99"),
+        );
         h.insert("openai-processing-ms", HeaderValue::from_static("12"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         rewrite_response(&mut h, &HeaderValue::from_static("req-1"));
         assert_eq!(h[header::CONTENT_ENCODING], "gzip");
@@ -164,13 +199,22 @@ mod tests {
         assert_eq!(client_request_id(&h), None);
         h.insert("x-request-id", HeaderValue::from_static("abc-1"));
         assert_eq!(client_request_id(&h).unwrap(), "abc-1");
-        h.insert("x-client-request-id", HeaderValue::from_static("with space"));
+        h.insert(
+            "x-client-request-id",
+            HeaderValue::from_static("with space"),
+        );
         assert_eq!(client_request_id(&h).unwrap(), "abc-1");
-        h.insert("x-client-request-id", HeaderValue::from_str(&"a".repeat(513)).unwrap());
+        h.insert(
+            "x-client-request-id",
+            HeaderValue::from_str(&"a".repeat(513)).unwrap(),
+        );
         assert_eq!(client_request_id(&h).unwrap(), "abc-1");
         h.insert("x-client-request-id", HeaderValue::from_static("mine"));
         assert_eq!(client_request_id(&h).unwrap(), "mine");
-        h.insert("x-client-request-id", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        h.insert(
+            "x-client-request-id",
+            HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
         assert_eq!(client_request_id(&h).unwrap(), "abc-1");
     }
 }

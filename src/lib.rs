@@ -18,7 +18,10 @@
 //! - [`drain`]: what graceful shutdown counts.
 //! - [`server`]: the accept loop, connection limit and drain; [`run`] is the entry point.
 //! - [`telemetry`]: log setup.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod body;
 pub mod client_keys;

@@ -24,9 +24,14 @@ fn main() -> ExitCode {
     // hand-offs; otherwise one worker per core.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = if cores == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,

@@ -59,12 +59,17 @@ impl Proxy {
         response
     }
 
-    async fn dispatch(&self, request: Request<Incoming>, origin_allowed: bool) -> Response<ProxyBody> {
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        origin_allowed: bool,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let config = &self.0.config;
         let path = request.uri().path();
 
-        if config.cors_origins.is_some() && cors::is_preflight(request.method(), request.headers()) {
+        if config.cors_origins.is_some() && cors::is_preflight(request.method(), request.headers())
+        {
             let methods = config.routes.methods_for(path);
             return if methods.is_empty() {
                 not_found(&request)
@@ -94,9 +99,20 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, request: Request<Incoming>, route: Arc<str>, started: Instant) -> Response<ProxyBody> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        route: Arc<str>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
         let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
-        let mut exchange = Exchange::start(id.clone(), request.method().clone(), route, started, self.0.drain.clone());
+        let mut exchange = Exchange::start(
+            id.clone(),
+            request.method().clone(),
+            route,
+            started,
+            self.0.drain.clone(),
+        );
 
         let upstream_response = match self.call_upstream(request, &exchange).await {
             Ok(response) => response,
@@ -130,7 +146,11 @@ impl Proxy {
     }
 
     /// Sends the request upstream and waits for the response head.
-    async fn call_upstream(&self, request: Request<Incoming>, exchange: &Exchange) -> Result<Response<Incoming>, ProxyError> {
+    async fn call_upstream(
+        &self,
+        request: Request<Incoming>,
+        exchange: &Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let config = &self.0.config;
         let (mut parts, body) = request.into_parts();
 
@@ -148,7 +168,11 @@ impl Proxy {
             });
         }
 
-        let target = upstream_target(&config.upstream.base_path, parts.uri.path(), parts.uri.query());
+        let target = upstream_target(
+            &config.upstream.base_path,
+            parts.uri.path(),
+            parts.uri.query(),
+        );
         parts.uri = Uri::builder()
             .scheme(config.upstream.scheme.clone())
             .authority(config.upstream.authority.clone())
@@ -168,12 +192,15 @@ impl Proxy {
 
         let first_byte_deadline = started + config.timeouts.first_byte;
         let total_deadline = self.total_deadline(started);
-        let wait_until = total_deadline.map_or(first_byte_deadline, |total| total.min(first_byte_deadline));
+        let wait_until =
+            total_deadline.map_or(first_byte_deadline, |total| total.min(first_byte_deadline));
         let response = match tokio::time::timeout_at(wait_until, sending).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(self.upstream_error(&error, exchange)),
             Err(_) if total_deadline.is_some_and(|total| total <= first_byte_deadline) => {
-                return Err(ProxyError::TotalTimeout(config.timeouts.total.unwrap_or_default()))
+                return Err(ProxyError::TotalTimeout(
+                    config.timeouts.total.unwrap_or_default(),
+                ))
             }
             Err(_) => return Err(ProxyError::FirstByteTimeout(config.timeouts.first_byte)),
         };
@@ -192,7 +219,11 @@ impl Proxy {
 
     /// Whose fault a failed upstream call was: the request body's (too large, broken, stalled)
     /// or the upstream's.
-    fn upstream_error(&self, error: &hyper_util::client::legacy::Error, exchange: &Exchange) -> ProxyError {
+    fn upstream_error(
+        &self,
+        error: &hyper_util::client::legacy::Error,
+        exchange: &Exchange,
+    ) -> ProxyError {
         use std::sync::atomic::Ordering::Relaxed;
         let config = &self.0.config;
         let stats = &exchange.request;
@@ -210,7 +241,9 @@ impl Proxy {
         let description = upstream::describe(error);
         tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
         match upstream::classify(error) {
-            FailureKind::ConnectTimeout => ProxyError::UpstreamConnectTimeout(config.timeouts.connect),
+            FailureKind::ConnectTimeout => {
+                ProxyError::UpstreamConnectTimeout(config.timeouts.connect)
+            }
             FailureKind::Connect | FailureKind::Tls => ProxyError::UpstreamUnreachable(description),
             FailureKind::Reset => ProxyError::UpstreamFailed(description),
         }
@@ -234,9 +267,9 @@ fn outcome_of(error: &ProxyError) -> Outcome {
         ProxyError::FirstByteTimeout(_) => Outcome::FirstByteTimeout,
         ProxyError::TotalTimeout(_) => Outcome::TotalTimeout,
         ProxyError::UpstreamUnreachable(_) => Outcome::UpstreamUnreachable,
-        ProxyError::UpstreamFailed(_) | ProxyError::UpstreamRejectedKey | ProxyError::Internal(_) => {
-            Outcome::UpstreamFailed
-        }
+        ProxyError::UpstreamFailed(_)
+        | ProxyError::UpstreamRejectedKey
+        | ProxyError::Internal(_) => Outcome::UpstreamFailed,
         ProxyError::NotFound { .. }
         | ProxyError::MethodNotAllowed { .. }
         | ProxyError::InvalidClientKey

@@ -27,7 +27,9 @@ pub enum Route<'a> {
 pub enum RouteError {
     NotFound,
     /// The path exists with other methods, listed for the `Allow` header.
-    MethodNotAllowed { allow: String },
+    MethodNotAllowed {
+        allow: String,
+    },
 }
 
 /// One `METHOD /v1/path` entry; a trailing `/*` matches one or more segments below the path.
@@ -91,10 +93,15 @@ impl Default for Routes {
 
 impl Routes {
     pub fn with_extra(extra: Vec<ExtraRoute>) -> Routes {
-        let mut forwarded: Vec<(Method, String)> =
-            BUILT_IN.iter().map(|(m, p)| (m.clone(), (*p).to_owned())).collect();
+        let mut forwarded: Vec<(Method, String)> = BUILT_IN
+            .iter()
+            .map(|(m, p)| (m.clone(), (*p).to_owned()))
+            .collect();
         for route in extra {
-            if !forwarded.iter().any(|(m, p)| *m == route.method && *p == route.pattern) {
+            if !forwarded
+                .iter()
+                .any(|(m, p)| *m == route.method && *p == route.pattern)
+            {
                 forwarded.push((route.method, route.pattern));
             }
         }
@@ -163,7 +170,8 @@ fn matches_pattern(pattern: &str, path: &str) -> bool {
 /// with `/v1/`, which [`ExtraRoute::parse`] checks.
 pub fn upstream_target(base_path: &str, client_path: &str, query: Option<&str>) -> String {
     let rest = client_path.strip_prefix("/v1").unwrap_or(client_path);
-    let mut target = String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    let mut target =
+        String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     target.push_str(base_path);
     target.push_str(rest);
     if let Some(query) = query {
@@ -190,11 +198,15 @@ mod tests {
         let r = Routes::default();
         assert_eq!(
             r.route(&Method::POST, "/v1/chat/completions"),
-            Ok(Route::Forward { name: "/v1/chat/completions" })
+            Ok(Route::Forward {
+                name: "/v1/chat/completions"
+            })
         );
         assert_eq!(
             r.route(&Method::POST, "/v1/audio/transcriptions"),
-            Ok(Route::Forward { name: "/v1/audio/transcriptions" })
+            Ok(Route::Forward {
+                name: "/v1/audio/transcriptions"
+            })
         );
         assert_eq!(r.route(&Method::GET, "/health"), Ok(Route::Health));
         assert_eq!(r.route(&Method::GET, "/ready"), Ok(Route::Ready));
@@ -216,7 +228,11 @@ mod tests {
             "",
             "*",
         ] {
-            assert_eq!(r.route(&Method::POST, path), Err(RouteError::NotFound), "{path}");
+            assert_eq!(
+                r.route(&Method::POST, path),
+                Err(RouteError::NotFound),
+                "{path}"
+            );
         }
     }
 
@@ -225,42 +241,80 @@ mod tests {
         let r = Routes::default();
         assert_eq!(
             r.route(&Method::GET, "/v1/chat/completions"),
-            Err(RouteError::MethodNotAllowed { allow: "POST".into() })
+            Err(RouteError::MethodNotAllowed {
+                allow: "POST".into()
+            })
         );
         assert_eq!(
             r.route(&Method::POST, "/health"),
-            Err(RouteError::MethodNotAllowed { allow: "GET, HEAD".into() })
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, HEAD".into()
+            })
         );
     }
 
     #[test]
     fn extra_routes_and_wildcards() {
         let r = table();
-        assert_eq!(r.route(&Method::GET, "/v1/models"), Ok(Route::Forward { name: "/v1/models" }));
+        assert_eq!(
+            r.route(&Method::GET, "/v1/models"),
+            Ok(Route::Forward { name: "/v1/models" })
+        );
         assert_eq!(
             r.route(&Method::GET, "/v1/models/gpt-4o"),
-            Ok(Route::Forward { name: "/v1/models/*" })
+            Ok(Route::Forward {
+                name: "/v1/models/*"
+            })
         );
         assert_eq!(
             r.route(&Method::GET, "/v1/models/ft:gpt-4o:org/x"),
-            Ok(Route::Forward { name: "/v1/models/*" })
+            Ok(Route::Forward {
+                name: "/v1/models/*"
+            })
         );
-        for path in ["/v1/models/", "/v1/models/..", "/v1/models/a//b", "/v1/models/%2e%2e", "/v1/modelsx"] {
-            assert_eq!(r.route(&Method::GET, path), Err(RouteError::NotFound), "{path}");
+        for path in [
+            "/v1/models/",
+            "/v1/models/..",
+            "/v1/models/a//b",
+            "/v1/models/%2e%2e",
+            "/v1/modelsx",
+        ] {
+            assert_eq!(
+                r.route(&Method::GET, path),
+                Err(RouteError::NotFound),
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn extra_route_entries_are_validated() {
-        for bad in ["FETCH /v1/x", "GET /v2/x", "GET /v1/../x", "GET /v1/", "GET", "GET /v1/x extra", "GET /v1/%2e"] {
+        for bad in [
+            "FETCH /v1/x",
+            "GET /v2/x",
+            "GET /v1/../x",
+            "GET /v1/",
+            "GET",
+            "GET /v1/x extra",
+            "GET /v1/%2e",
+        ] {
             assert!(ExtraRoute::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn upstream_target_swaps_the_v1_prefix_for_the_base_path_and_keeps_the_query() {
-        assert_eq!(upstream_target("/v1", "/v1/chat/completions", None), "/v1/chat/completions");
-        assert_eq!(upstream_target("", "/v1/models/x", Some("a=1&b")), "/models/x?a=1&b");
-        assert_eq!(upstream_target("/openai/v1", "/v1/embeddings", Some("")), "/openai/v1/embeddings?");
+        assert_eq!(
+            upstream_target("/v1", "/v1/chat/completions", None),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_target("", "/v1/models/x", Some("a=1&b")),
+            "/models/x?a=1&b"
+        );
+        assert_eq!(
+            upstream_target("/openai/v1", "/v1/embeddings", Some("")),
+            "/openai/v1/embeddings?"
+        );
     }
 }

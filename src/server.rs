@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -34,7 +34,11 @@ pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 /// Serves `listener` until `shutdown` completes, then drains: `/ready` answers 503 for
 /// `PROXY_SHUTDOWN_DELAY` while we still accept, then the listener closes, idle connections are
 /// closed, and exchanges in flight get `PROXY_SHUTDOWN_GRACE` to finish before they are cut.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> io::Result<DrainReport> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<DrainReport> {
     let drain = Arc::new(DrainState::default());
     let proxy = Proxy::new(config.clone(), drain.clone()).map_err(io::Error::other)?;
     let mut acceptor = Acceptor {
@@ -44,12 +48,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         graceful: GracefulShutdown::new(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         connections: JoinSet::new(),
+        header_read: config.timeouts.header_read,
     };
 
     acceptor.accept_until(shutdown).await;
     drain.start_draining();
     tracing::info!(delay = ?config.shutdown_delay, "shutdown signal received; /ready answers 503");
-    acceptor.accept_until(tokio::time::sleep(config.shutdown_delay)).await;
+    acceptor
+        .accept_until(tokio::time::sleep(config.shutdown_delay))
+        .await;
 
     let Acceptor {
         listener,
@@ -63,7 +70,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         grace = ?config.shutdown_grace,
         "listener closed; waiting for exchanges in flight"
     );
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         drain.start_cutting();
         connections.abort_all();
     }
@@ -99,6 +109,8 @@ struct Acceptor {
     /// and the connections already open are untouched.
     slots: Arc<Semaphore>,
     connections: JoinSet<()>,
+    /// `PROXY_HEADER_READ_TIMEOUT`, for the bytes before hyper takes over.
+    header_read: Duration,
 }
 
 impl Acceptor {
@@ -128,15 +140,26 @@ impl Acceptor {
             // Each SSE event must leave at once, not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
 
+            let header_read = self.header_read;
+            let builder = self.builder.clone();
+            let watcher = self.graceful.watcher();
             let proxy = self.proxy.clone();
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-            });
-            let connection = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            let connection = self.graceful.watch(connection);
             self.connections.spawn(async move {
-                if let Err(error) = connection.await {
+                // hyper's header read timeout starts only once it knows the protocol; a
+                // client that sends nothing, or a lone prefix of the HTTP/2 preface, would
+                // otherwise hold the connection and its slot forever.
+                if tokio::time::timeout(header_read, protocol_decided(&stream))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let service = service_fn(move |request| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(error) = watcher.watch(connection).await {
                     tracing::debug!(error = %error, "connection ended with an error");
                 }
                 drop(slot);
@@ -149,5 +172,24 @@ impl Acceptor {
                 }
             }
         }
+    }
+}
+
+/// The HTTP/2 connection preface; anything else is HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, without consuming anything, until the client has sent enough to tell HTTP/1 from
+/// HTTP/2, or has closed.
+async fn protocol_decided(stream: &TcpStream) {
+    let mut buf = [0u8; 24];
+    loop {
+        let Ok(n) = stream.peek(&mut buf).await else {
+            return;
+        };
+        if n == 0 || n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            return;
+        }
+        // A prefix of the preface and nothing more yet: peek would return at once, so wait.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

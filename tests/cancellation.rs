@@ -22,7 +22,10 @@ async fn assert_dropped_within_limit(mock: &MockUpstream, aborted: Instant) {
     let dropped = mock.wait_for_drop(aborted, Duration::from_secs(2)).await;
     let dropped = dropped.expect("the upstream never saw the exchange dropped");
     let after = dropped - aborted;
-    assert!(after <= LIMIT, "the upstream saw the drop {after:?} after the client left");
+    assert!(
+        after <= LIMIT,
+        "the upstream saw the drop {after:?} after the client left"
+    );
 }
 
 #[tokio::test]
@@ -49,7 +52,13 @@ async fn client_leaving_mid_stream_drops_the_upstream_stream() {
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut stream = raw_connect(proxy.addr).await;
     stream
-        .write_all(format!("{}{{}}", head("x-mock-events: 100\r\nx-mock-interval-ms: 50\r\n", 2)).as_bytes())
+        .write_all(
+            format!(
+                "{}{{}}",
+                head("x-mock-events: 100\r\nx-mock-interval-ms: 50\r\n", 2)
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
@@ -72,7 +81,10 @@ async fn client_leaving_during_the_upload_aborts_the_upstream_request() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut stream = raw_connect(proxy.addr).await;
-    stream.write_all(head("", 1_000_000).as_bytes()).await.unwrap();
+    stream
+        .write_all(head("", 1_000_000).as_bytes())
+        .await
+        .unwrap();
     stream.write_all(&vec![b'a'; 100_000]).await.unwrap();
     // Give the proxy time to open the upstream exchange and forward what it has.
     while mock.log.lock().unwrap().connections_opened == 0 {
@@ -92,7 +104,13 @@ async fn client_leaving_while_a_plain_answer_is_read_drops_the_upstream() {
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut stream = raw_connect(proxy.addr).await;
     stream
-        .write_all(format!("{}{{}}", head("x-mock-chunks: 5\r\nx-mock-interval-ms: 300\r\n", 2)).as_bytes())
+        .write_all(
+            format!(
+                "{}{{}}",
+                head("x-mock-chunks: 5\r\nx-mock-interval-ms: 300\r\n", 2)
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
@@ -108,8 +126,12 @@ async fn h2_client_resetting_a_stream_drops_the_upstream() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
-    request.headers_mut().insert("x-mock-events", "100".parse().unwrap());
-    request.headers_mut().insert("x-mock-interval-ms", "50".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-events", "100".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", "50".parse().unwrap());
     let client = h2c_client();
     let response = client.request(request).await.unwrap();
     let mut body = response.into_body();
@@ -118,7 +140,10 @@ async fn h2_client_resetting_a_stream_drops_the_upstream() {
     drop(body); // RST_STREAM; the connection itself stays open.
     assert_dropped_within_limit(&mock, aborted).await;
     // The same h2 connection still serves.
-    let response = client.request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    let response = client
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 }
 
@@ -128,15 +153,29 @@ async fn the_dropped_upstream_connection_is_not_reused() {
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut stream = raw_connect(proxy.addr).await;
     stream
-        .write_all(format!("{}{{}}", head("x-mock-events: 100\r\nx-mock-interval-ms: 20\r\n", 2)).as_bytes())
+        .write_all(
+            format!(
+                "{}{{}}",
+                head("x-mock-events: 100\r\nx-mock-interval-ms: 20\r\n", 2)
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
     let _ = stream.read(&mut buf).await.unwrap();
     drop(stream);
-    let _ = mock.wait_for_drop(Instant::now() - Duration::from_secs(1), Duration::from_secs(2)).await;
+    let _ = mock
+        .wait_for_drop(
+            Instant::now() - Duration::from_secs(1),
+            Duration::from_secs(2),
+        )
+        .await;
     // A new exchange must work on a fresh connection, not the broken one.
-    let response = client().request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(body_string(response).await, support::mock::CHAT_JSON);
     assert_eq!(mock.log.lock().unwrap().connections_opened, 2);

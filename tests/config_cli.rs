@@ -4,7 +4,11 @@
 use std::process::Command;
 
 fn memoctopus(vars: &[(&str, &str)]) -> std::process::Output {
-    let dir = std::env::temp_dir().join(format!("memoctopus-cli-{}-{}", std::process::id(), vars.len()));
+    let dir = std::env::temp_dir().join(format!(
+        "memoctopus-cli-{}-{}",
+        std::process::id(),
+        vars.len()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
         .env_clear()
@@ -32,7 +36,11 @@ fn malformed_settings_exit_64_naming_the_setting() {
         ("PROXY_IDLE_TIMEOUT", "soon"),
         ("PROXY_EXTRA_ROUTES", "GET /v1/../admin"),
     ] {
-        let out = memoctopus(&[("OPENAI_API_KEY", "sk-cli-secret"), (name, value), ("HOST", "127.0.0.1")]);
+        let out = memoctopus(&[
+            ("OPENAI_API_KEY", "sk-cli-secret"),
+            (name, value),
+            ("HOST", "127.0.0.1"),
+        ]);
         assert_eq!(out.status.code(), Some(64), "{name}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(name), "{stderr}");

@@ -13,7 +13,10 @@ use support::*;
 async fn unknown_path_gets_404_in_openai_shape() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let response = client().request(chat_request(&proxy.url("/v1/embeddings"), "{}")).await.unwrap();
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/embeddings"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["content-type"], "application/json");
     let body = body_string(response).await;
@@ -30,13 +33,18 @@ async fn unknown_path_gets_404_in_openai_shape() {
 async fn wrong_method_gets_405_with_allow() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let response = client().get(proxy.url("/v1/chat/completions").parse().unwrap()).await.unwrap();
+    let response = client()
+        .get(proxy.url("/v1/chat/completions").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "POST");
     let (code, _) = error_fields(&body_string(response).await);
     assert_eq!(code, "method_not_allowed");
 
-    let request = Request::delete(proxy.url("/health")).body(Full::default()).unwrap();
+    let request = Request::delete(proxy.url("/health"))
+        .body(Full::default())
+        .unwrap();
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "GET, HEAD");
@@ -46,25 +54,42 @@ async fn wrong_method_gets_405_with_allow() {
 #[tokio::test]
 async fn closed_upstream_port_gets_502_at_once() {
     // Bind and drop: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mock = MockUpstream::start().await;
     let base = format!("http://127.0.0.1:{port}/v1");
     let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", &base)]).await;
     let started = std::time::Instant::now();
-    let response = client().request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(response.status(), 502);
     assert!(response.headers().contains_key("x-client-request-id"));
     let (code, message) = error_fields(&body_string(response).await);
     assert_eq!(code, "upstream_unreachable");
-    assert!(message.contains("Could not reach the upstream"), "{message}");
+    assert!(
+        message.contains("Could not reach the upstream"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn unresolvable_upstream_host_gets_502() {
     let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", "http://no-such-host.invalid/v1")]).await;
-    let response = client().request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    let proxy = spawn_proxy(
+        &mock,
+        &[("OPENAI_BASE_URL", "http://no-such-host.invalid/v1")],
+    )
+    .await;
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
     let (code, _) = error_fields(&body_string(response).await);
     assert_eq!(code, "upstream_unreachable");
@@ -99,7 +124,11 @@ async fn path_tricks_never_reach_the_upstream() {
             "{target} was answered {status_line:?}"
         );
     }
-    assert!(mock.requests().is_empty(), "reached the upstream: {:?}", mock.requests().iter().map(|s| &s.uri).collect::<Vec<_>>());
+    assert!(
+        mock.requests().is_empty(),
+        "reached the upstream: {:?}",
+        mock.requests().iter().map(|s| &s.uri).collect::<Vec<_>>()
+    );
 
     // Absolute-form naming another host on a real route still goes only to our upstream.
     let raw = "POST http://evil.example/v1/chat/completions HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
@@ -114,10 +143,20 @@ async fn path_tricks_never_reach_the_upstream() {
 async fn the_proxy_keeps_serving_after_bad_requests() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    for garbage in [&b"GARBAGE\r\n\r\n"[..], b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n", b"\x00\x01\x02\x03\r\n\r\n"] {
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"\x00\x01\x02\x03\r\n\r\n",
+    ] {
         let answer = raw_exchange(proxy.addr, garbage, Duration::from_secs(2)).await;
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
     }
-    let response = client().request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 }

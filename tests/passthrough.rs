@@ -36,20 +36,41 @@ async fn chat_json_round_trip_swaps_the_key_and_keeps_end_to_end_headers() {
     assert_eq!(h["openai-processing-ms"], "42");
     assert_eq!(h["x-ratelimit-remaining-requests"], "4999");
     assert_eq!(h["x-client-request-id"], "client-chosen-id");
-    assert!(!h.contains_key("keep-alive"), "hop-by-hop Keep-Alive came back to the client");
+    assert!(
+        !h.contains_key("keep-alive"),
+        "hop-by-hop Keep-Alive came back to the client"
+    );
     assert_eq!(body_string(response).await, CHAT_JSON);
 
     let seen = mock.last_request();
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.uri, "/v1/chat/completions");
-    assert_eq!(seen.headers["authorization"], format!("Bearer {SERVER_KEY}"));
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {SERVER_KEY}")
+    );
     assert_eq!(seen.headers.get_all("authorization").iter().count(), 1);
     assert_eq!(seen.headers["host"], mock.addr.to_string());
-    for gone in ["x-hop", "keep-alive", "te", "openai-project", "proxy-authorization"] {
-        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream");
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "te",
+        "openai-project",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream"
+        );
     }
-    let connection = seen.headers.get("connection").map(|v| v.to_str().unwrap().to_owned());
-    assert!(connection.is_none() || connection.as_deref() == Some("keep-alive"), "{connection:?}");
+    let connection = seen
+        .headers
+        .get("connection")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(
+        connection.is_none() || connection.as_deref() == Some("keep-alive"),
+        "{connection:?}"
+    );
     assert_eq!(seen.headers["content-type"], "application/json");
     assert_eq!(seen.headers["accept-encoding"], "gzip, br");
     assert_eq!(seen.headers["openai-beta"], "assistants=v2");
@@ -62,7 +83,14 @@ async fn chat_json_round_trip_swaps_the_key_and_keeps_end_to_end_headers() {
 #[tokio::test]
 async fn organization_and_project_come_from_the_server_settings() {
     let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock, &[("OPENAI_ORGANIZATION", "org-server"), ("OPENAI_PROJECT", "proj_server")]).await;
+    let proxy = spawn_proxy(
+        &mock,
+        &[
+            ("OPENAI_ORGANIZATION", "org-server"),
+            ("OPENAI_PROJECT", "proj_server"),
+        ],
+    )
+    .await;
     let request = Request::post(proxy.url("/v1/chat/completions"))
         .header("openai-organization", "org-client")
         .body(Full::from(CHAT_BODY))
@@ -80,11 +108,17 @@ async fn query_string_is_kept_and_base_path_is_used() {
     let base = format!("http://{}/openai/v1/", mock.addr);
     let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", &base)]).await;
     let response = client()
-        .request(chat_request(&proxy.url("/v1/chat/completions?api-version=2024-06-01&x=a%20b"), CHAT_BODY))
+        .request(chat_request(
+            &proxy.url("/v1/chat/completions?api-version=2024-06-01&x=a%20b"),
+            CHAT_BODY,
+        ))
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(mock.last_request().uri, "/openai/v1/chat/completions?api-version=2024-06-01&x=a%20b");
+    assert_eq!(
+        mock.last_request().uri,
+        "/openai/v1/chat/completions?api-version=2024-06-01&x=a%20b"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +134,9 @@ async fn upstream_errors_pass_through_with_their_body() {
         let body = body_string(response).await;
         assert_eq!(
             body,
-            format!(r#"{{"error":{{"message":"mock error {status}","type":"requests","param":null,"code":"rate_limit_exceeded"}}}}"#)
+            format!(
+                r#"{{"error":{{"message":"mock error {status}","type":"requests","param":null,"code":"rate_limit_exceeded"}}}}"#
+            )
         );
     }
 }
@@ -110,11 +146,18 @@ async fn gzip_answers_stay_gzip() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), CHAT_BODY);
-    request.headers_mut().insert("x-mock-gzip", "1".parse().unwrap());
-    request.headers_mut().insert("accept-encoding", "gzip".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-gzip", "1".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("accept-encoding", "gzip".parse().unwrap());
     let response = client().request(request).await.unwrap();
     assert_eq!(response.headers()["content-encoding"], "gzip");
-    assert_eq!(response.headers()["content-length"], GZIP_BYTES.len().to_string());
+    assert_eq!(
+        response.headers()["content-length"],
+        GZIP_BYTES.len().to_string()
+    );
     assert_eq!(body_bytes(response).await, GZIP_BYTES);
 }
 
@@ -122,11 +165,17 @@ async fn gzip_answers_stay_gzip() {
 async fn health_and_ready_answer_without_the_upstream() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let response = client().get(proxy.url("/health").parse().unwrap()).await.unwrap();
+    let response = client()
+        .get(proxy.url("/health").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     assert_eq!(body_string(response).await, r#"{"status":"ok"}"#);
-    let response = client().get(proxy.url("/ready").parse().unwrap()).await.unwrap();
+    let response = client()
+        .get(proxy.url("/ready").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(mock.requests().is_empty());
 }
@@ -144,7 +193,10 @@ async fn h2c_prior_knowledge_works() {
     assert_eq!(response.headers()["x-request-id"], "req_mock_upstream_1");
     assert_eq!(body_string(response).await, CHAT_JSON);
     let seen = mock.last_request();
-    assert_eq!(seen.headers["authorization"], format!("Bearer {SERVER_KEY}"));
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {SERVER_KEY}")
+    );
     assert_eq!(seen.body.unwrap(), CHAT_BODY.as_bytes());
 }
 
@@ -154,7 +206,10 @@ async fn upstream_connections_are_reused() {
     let proxy = spawn_proxy(&mock, &[]).await;
     let client = client();
     for _ in 0..5 {
-        let response = client.request(chat_request(&proxy.url("/v1/chat/completions"), CHAT_BODY)).await.unwrap();
+        let response = client
+            .request(chat_request(&proxy.url("/v1/chat/completions"), CHAT_BODY))
+            .await
+            .unwrap();
         assert_eq!(body_string(response).await, CHAT_JSON);
     }
     assert_eq!(mock.requests().len(), 5);

@@ -13,13 +13,25 @@ use tokio::time::{sleep, Instant};
 #[tokio::test]
 async fn a_stream_in_flight_finishes_while_ready_reports_draining() {
     let mock = MockUpstream::start().await;
-    let mut proxy = spawn_proxy(&mock, &[("PROXY_SHUTDOWN_DELAY", "500ms"), ("PROXY_SHUTDOWN_GRACE", "10s")]).await;
+    let mut proxy = spawn_proxy(
+        &mock,
+        &[
+            ("PROXY_SHUTDOWN_DELAY", "500ms"),
+            ("PROXY_SHUTDOWN_GRACE", "10s"),
+        ],
+    )
+    .await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), r#"{"stream":true}"#);
     // 30 events 100 ms apart: a 3-second stream.
-    request.headers_mut().insert("x-mock-events", "30".parse().unwrap());
-    request.headers_mut().insert("x-mock-interval-ms", "100".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-events", "30".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", "100".parse().unwrap());
     let response = client().request(request).await.unwrap();
-    let reader = tokio::spawn(async move { response.into_body().collect().await.map(|c| c.to_bytes()) });
+    let reader =
+        tokio::spawn(async move { response.into_body().collect().await.map(|c| c.to_bytes()) });
 
     sleep(Duration::from_millis(200)).await;
     let signalled = Instant::now();
@@ -27,19 +39,31 @@ async fn a_stream_in_flight_finishes_while_ready_reports_draining() {
     sleep(Duration::from_millis(50)).await;
 
     // During the delay: still accepting, and /ready says 503 while /health says 200.
-    let ready = client().get(proxy.url("/ready").parse().unwrap()).await.unwrap();
+    let ready = client()
+        .get(proxy.url("/ready").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
-    let health = client().get(proxy.url("/health").parse().unwrap()).await.unwrap();
+    let health = client()
+        .get(proxy.url("/health").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
 
     // After the delay: new connections are refused.
     sleep(Duration::from_millis(600)).await;
     let refused = tokio::net::TcpStream::connect(proxy.addr).await;
-    assert!(refused.is_err(), "the listener is still open after the delay");
+    assert!(
+        refused.is_err(),
+        "the listener is still open after the delay"
+    );
 
     // The stream in flight completes byte-identical.
     let body = reader.await.unwrap().expect("the stream was cut");
-    assert_eq!(String::from_utf8(body.to_vec()).unwrap(), expected_chat_sse(30));
+    assert_eq!(
+        String::from_utf8(body.to_vec()).unwrap(),
+        expected_chat_sse(30)
+    );
     let report = proxy.handle.await.unwrap().unwrap();
     assert!(signalled.elapsed() < Duration::from_secs(5));
     assert_eq!(report.cut, 0);
@@ -51,8 +75,12 @@ async fn exchanges_beyond_the_grace_period_are_cut_and_counted() {
     let mock = MockUpstream::start().await;
     let mut proxy = spawn_proxy(&mock, &[("PROXY_SHUTDOWN_GRACE", "300ms")]).await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), r#"{"stream":true}"#);
-    request.headers_mut().insert("x-mock-events", "100".parse().unwrap());
-    request.headers_mut().insert("x-mock-interval-ms", "100".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-events", "100".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", "100".parse().unwrap());
     let response = client().request(request).await.unwrap();
     let reader = tokio::spawn(async move { response.into_body().collect().await.is_ok() });
     sleep(Duration::from_millis(100)).await;
@@ -60,11 +88,20 @@ async fn exchanges_beyond_the_grace_period_are_cut_and_counted() {
     proxy.shutdown();
     let report = proxy.handle.await.unwrap().unwrap();
     let took = signalled.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     assert_eq!(report.cut, 1, "{report:?}");
-    assert!(!reader.await.unwrap(), "a cut stream must not look complete");
+    assert!(
+        !reader.await.unwrap(),
+        "a cut stream must not look complete"
+    );
     // The upstream was dropped too.
-    assert!(mock.wait_for_drop(signalled, Duration::from_secs(1)).await.is_some());
+    assert!(mock
+        .wait_for_drop(signalled, Duration::from_secs(1))
+        .await
+        .is_some());
 }
 
 #[tokio::test]
@@ -73,12 +110,17 @@ async fn idle_keep_alive_connections_are_closed_at_drain() {
     let mock = MockUpstream::start().await;
     let mut proxy = spawn_proxy(&mock, &[]).await;
     let mut stream = raw_connect(proxy.addr).await;
-    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 1024];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     proxy.shutdown();
-    let report = tokio::time::timeout(Duration::from_secs(2), proxy.handle).await.expect("drain hung on an idle connection");
+    let report = tokio::time::timeout(Duration::from_secs(2), proxy.handle)
+        .await
+        .expect("drain hung on an idle connection");
     assert_eq!(report.unwrap().unwrap().cut, 0);
     let n = stream.read(&mut buf).await.unwrap_or(0);
     assert_eq!(n, 0, "the idle connection was not closed");

@@ -9,15 +9,20 @@ use support::mock::expected_chat_sse;
 use support::*;
 use tokio::time::Instant;
 
-const STREAM_BODY: &str = r#"{"model":"gpt-4","stream":true,"messages":[{"role":"user","content":"Hello!"}]}"#;
+const STREAM_BODY: &str =
+    r#"{"model":"gpt-4","stream":true,"messages":[{"role":"user","content":"Hello!"}]}"#;
 
 #[tokio::test]
 async fn sse_events_arrive_before_the_stream_ends_and_byte_identical() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), STREAM_BODY);
-    request.headers_mut().insert("x-mock-events", "10".parse().unwrap());
-    request.headers_mut().insert("x-mock-interval-ms", "100".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-events", "10".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", "100".parse().unwrap());
 
     let sent = Instant::now();
     let response = client().request(request).await.unwrap();
@@ -35,8 +40,16 @@ async fn sse_events_arrive_before_the_stream_ends_and_byte_identical() {
         }
     }
     // The mock sends the last of 11 frames (10 events and [DONE]) 1000 ms after the first.
-    assert!(arrivals[0] < Duration::from_millis(500), "first event after {:?}", arrivals[0]);
-    assert!(arrivals.len() >= 10, "events were merged: {} frames", arrivals.len());
+    assert!(
+        arrivals[0] < Duration::from_millis(500),
+        "first event after {:?}",
+        arrivals[0]
+    );
+    assert!(
+        arrivals.len() >= 10,
+        "events were merged: {} frames",
+        arrivals.len()
+    );
     assert!(*arrivals.last().unwrap() >= Duration::from_millis(900));
     assert_eq!(String::from_utf8(received).unwrap(), expected_chat_sse(10));
     assert_eq!(mock.log.lock().unwrap().streams_completed, 1);
@@ -47,8 +60,12 @@ async fn each_event_is_forwarded_within_a_few_milliseconds() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), STREAM_BODY);
-    request.headers_mut().insert("x-mock-events", "5".parse().unwrap());
-    request.headers_mut().insert("x-mock-interval-ms", "200".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-events", "5".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", "200".parse().unwrap());
     let response = client().request(request).await.unwrap();
     let mut body = response.into_body();
     let mut arrivals = Vec::new();
@@ -60,7 +77,10 @@ async fn each_event_is_forwarded_within_a_few_milliseconds() {
     // Frames are 200 ms apart at the mock; a buffering proxy would bunch them together.
     for pair in arrivals.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap > Duration::from_millis(150), "events bunched: gap {gap:?}");
+        assert!(
+            gap > Duration::from_millis(150),
+            "events bunched: gap {gap:?}"
+        );
     }
 }
 
@@ -73,7 +93,10 @@ async fn streamed_transcription_comes_back_as_sse() {
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\nID3fakeaudio\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-mini-transcribe\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--{boundary}--\r\n"
     );
     let request = http::Request::post(proxy.url("/v1/audio/transcriptions"))
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .header("x-mock-events", "3")
         .header("x-mock-interval-ms", "20")
         .body(http_body_util::Full::from(form.clone()))
@@ -82,11 +105,17 @@ async fn streamed_transcription_comes_back_as_sse() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let body = body_string(response).await;
-    assert!(body.starts_with("data: {\"type\":\"transcript.text.delta\",\"delta\":\" word0\"}\n\n"), "{body}");
+    assert!(
+        body.starts_with("data: {\"type\":\"transcript.text.delta\",\"delta\":\" word0\"}\n\n"),
+        "{body}"
+    );
     assert!(body.ends_with("data: [DONE]\n\n"));
     let seen = mock.last_request();
     assert_eq!(seen.uri, "/v1/audio/transcriptions");
-    assert_eq!(seen.headers["content-type"], format!("multipart/form-data; boundary={boundary}"));
+    assert_eq!(
+        seen.headers["content-type"],
+        format!("multipart/form-data; boundary={boundary}")
+    );
     assert_eq!(seen.body.unwrap(), form.as_bytes());
 }
 
@@ -95,8 +124,12 @@ async fn sse_streams_through_h2c_too() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), STREAM_BODY);
-    request.headers_mut().insert("x-mock-events", "4".parse().unwrap());
-    request.headers_mut().insert("x-mock-interval-ms", "10".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-events", "4".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", "10".parse().unwrap());
     let response = h2c_client().request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(body_string(response).await, expected_chat_sse(4));

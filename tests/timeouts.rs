@@ -9,10 +9,16 @@ use support::mock::expected_chat_sse;
 use support::*;
 use tokio::time::Instant;
 
-fn streaming(url: &str, events: u32, interval_ms: u32) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+fn streaming(
+    url: &str,
+    events: u32,
+    interval_ms: u32,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     let mut request = chat_request(url, r#"{"stream":true}"#);
     request.headers_mut().insert("x-mock-events", events.into());
-    request.headers_mut().insert("x-mock-interval-ms", interval_ms.into());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", interval_ms.into());
     request
 }
 
@@ -22,12 +28,25 @@ async fn connect_timeout_covers_the_tls_handshake_and_gives_504() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("https://{}/v1", silent.local_addr().unwrap());
     let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", &base), ("PROXY_CONNECT_TIMEOUT", "200ms")]).await;
+    let proxy = spawn_proxy(
+        &mock,
+        &[
+            ("OPENAI_BASE_URL", &base),
+            ("PROXY_CONNECT_TIMEOUT", "200ms"),
+        ],
+    )
+    .await;
     let started = Instant::now();
-    let response = client().request(chat_request(&proxy.url("/v1/chat/completions"), "{}")).await.unwrap();
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(response.status(), 504);
-    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     let (code, message) = error_fields(&body_string(response).await);
     assert_eq!(code, "upstream_connect_timeout");
     assert!(message.contains("PROXY_CONNECT_TIMEOUT"), "{message}");
@@ -38,7 +57,9 @@ async fn first_byte_timeout_gives_504_and_drops_the_upstream() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[("PROXY_FIRST_BYTE_TIMEOUT", "300ms")]).await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
-    request.headers_mut().insert("x-mock-head-delay-ms", "5000".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mock-head-delay-ms", "5000".parse().unwrap());
     let started = Instant::now();
     let response = client().request(request).await.unwrap();
     let answered = Instant::now();
@@ -47,7 +68,10 @@ async fn first_byte_timeout_gives_504_and_drops_the_upstream() {
     let (code, message) = error_fields(&body_string(response).await);
     assert_eq!(code, "upstream_first_byte_timeout");
     assert!(message.contains("PROXY_FIRST_BYTE_TIMEOUT"), "{message}");
-    let dropped = mock.wait_for_drop(started, Duration::from_secs(2)).await.expect("upstream not dropped");
+    let dropped = mock
+        .wait_for_drop(started, Duration::from_secs(2))
+        .await
+        .expect("upstream not dropped");
     assert!(dropped <= answered + Duration::from_millis(100));
 }
 
@@ -72,21 +96,30 @@ async fn read_all(response: http::Response<hyper::body::Incoming>) -> (Vec<u8>, 
 async fn idle_timeout_mid_stream_ends_the_response_abnormally() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
-    let response = client().request(streaming(&proxy.url("/v1/chat/completions"), 5, 1000)).await.unwrap();
+    let response = client()
+        .request(streaming(&proxy.url("/v1/chat/completions"), 5, 1000))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let started = Instant::now();
     let (got, clean) = read_all(response).await;
     assert!(!clean, "a cut stream must not look complete");
     assert!(started.elapsed() < Duration::from_millis(900));
     assert!(String::from_utf8_lossy(&got).contains("tok0"));
-    assert!(mock.wait_for_drop(started, Duration::from_secs(2)).await.is_some());
+    assert!(mock
+        .wait_for_drop(started, Duration::from_secs(2))
+        .await
+        .is_some());
 }
 
 #[tokio::test]
 async fn idle_timeout_also_ends_h2_streams_abnormally() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
-    let response = h2c_client().request(streaming(&proxy.url("/v1/chat/completions"), 5, 1000)).await.unwrap();
+    let response = h2c_client()
+        .request(streaming(&proxy.url("/v1/chat/completions"), 5, 1000))
+        .await
+        .unwrap();
     let (_, clean) = read_all(response).await;
     assert!(!clean);
 }
@@ -96,11 +129,17 @@ async fn total_timeout_cuts_a_long_stream_abnormally() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[("PROXY_TOTAL_TIMEOUT", "500ms")]).await;
     let started = Instant::now();
-    let response = client().request(streaming(&proxy.url("/v1/chat/completions"), 50, 50)).await.unwrap();
+    let response = client()
+        .request(streaming(&proxy.url("/v1/chat/completions"), 50, 50))
+        .await
+        .unwrap();
     let (_, clean) = read_all(response).await;
     assert!(!clean);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +147,10 @@ async fn a_live_stream_is_never_cut_by_the_idle_timeout() {
     let mock = MockUpstream::start().await;
     // Events every 100 ms, idle timeout 300 ms, stream 1.5 s: five times the idle timeout.
     let proxy = spawn_proxy(&mock, &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
-    let response = client().request(streaming(&proxy.url("/v1/chat/completions"), 15, 100)).await.unwrap();
+    let response = client()
+        .request(streaming(&proxy.url("/v1/chat/completions"), 15, 100))
+        .await
+        .unwrap();
     let (got, clean) = read_all(response).await;
     assert!(clean);
     assert_eq!(String::from_utf8(got).unwrap(), expected_chat_sse(15));

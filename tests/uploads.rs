@@ -37,7 +37,10 @@ struct Chunked {
 impl Body for Chunked {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.data.is_empty() {
             return Poll::Ready(None);
         }
@@ -54,14 +57,20 @@ async fn a_25_mib_transcription_upload_arrives_byte_identical() {
     let boundary = "------------------------d74496d66958873e";
     let body = multipart(25 << 20, boundary);
     let request = Request::post(proxy.url("/v1/audio/transcriptions"))
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(Full::from(body.clone()))
         .unwrap();
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(body_string(response).await, TRANSCRIPTION_JSON);
     let seen = mock.last_request();
-    assert_eq!(seen.headers["content-type"], format!("multipart/form-data; boundary={boundary}"));
+    assert_eq!(
+        seen.headers["content-type"],
+        format!("multipart/form-data; boundary={boundary}")
+    );
     assert_eq!(seen.headers["content-length"], body.len().to_string());
     let received = seen.body.unwrap();
     assert_eq!(received.len(), body.len());
@@ -76,7 +85,10 @@ async fn a_chunked_upload_arrives_byte_identical() {
     let client: Client<_, Chunked> = Client::builder(TokioExecutor::new()).build_http();
     let request = Request::post(proxy.url("/v1/audio/transcriptions"))
         .header("content-type", "multipart/form-data; boundary=b")
-        .body(Chunked { data: body.clone(), chunk: 64 * 1024 })
+        .body(Chunked {
+            data: body.clone(),
+            chunk: 64 * 1024,
+        })
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -106,7 +118,10 @@ async fn a_chunked_body_crossing_the_limit_is_stopped_with_413() {
     let client: Client<_, Chunked> = Client::builder(TokioExecutor::new()).build_http();
     let request = Request::post(proxy.url("/v1/audio/transcriptions"))
         .header("content-type", "multipart/form-data; boundary=b")
-        .body(Chunked { data: Bytes::from(vec![b'x'; 300_000]), chunk: 10_000 })
+        .body(Chunked {
+            data: Bytes::from(vec![b'x'; 300_000]),
+            chunk: 10_000,
+        })
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 413);
@@ -114,7 +129,11 @@ async fn a_chunked_body_crossing_the_limit_is_stopped_with_413() {
     assert_eq!(code, "request_too_large");
     // The upstream never received a complete body.
     for seen in mock.requests() {
-        assert!(seen.body.is_none(), "the upstream got a whole body of {} bytes", seen.body.unwrap().len());
+        assert!(
+            seen.body.is_none(),
+            "the upstream got a whole body of {} bytes",
+            seen.body.unwrap().len()
+        );
     }
     // And the proxy keeps serving.
     let ok = client_ok(&proxy).await;

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 pub const CHAT_JSON: &str = r#"{"id":"chatcmpl-123","object":"chat.completion","created":1741570283,"model":"gpt-4","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":9,"total_tokens":29}}"#;
 pub const TRANSCRIPTION_JSON: &str = r#"{"text":"Imagine the wildest idea that you've ever had.","usage":{"type":"tokens","input_tokens":14,"output_tokens":45,"total_tokens":59}}"#;
-pub const GZIP_BYTES: &[u8] = &[0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xab, 0x56, 0x2a];
+pub const GZIP_BYTES: &[u8] = &[
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xab, 0x56, 0x2a,
+];
 
 /// One request as the mock saw it.
 #[derive(Debug, Clone)]
@@ -68,10 +70,15 @@ impl MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(MockLog::default()));
-        let mock = MockUpstream { addr, log: log.clone() };
+        let mock = MockUpstream {
+            addr,
+            log: log.clone(),
+        };
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 stream.set_nodelay(true).unwrap();
                 log.lock().unwrap().connections_opened += 1;
                 let log = log.clone();
@@ -135,7 +142,10 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.parse().ok()
 }
 
-async fn answer(req: Request<Incoming>, log: Arc<Mutex<MockLog>>) -> Result<Response<MockBody>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    log: Arc<Mutex<MockLog>>,
+) -> Result<Response<MockBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(collected) => Some(collected.to_bytes()),
@@ -160,7 +170,8 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<MockLog>>) -> Result<Resp
     let status = header_number(&headers, "x-mock-status")
         .and_then(|s| StatusCode::from_u16(s as u16).ok())
         .unwrap_or(StatusCode::OK);
-    let interval = Duration::from_millis(header_number(&headers, "x-mock-interval-ms").unwrap_or(0));
+    let interval =
+        Duration::from_millis(header_number(&headers, "x-mock-interval-ms").unwrap_or(0));
     let is_transcription = parts.uri.path().ends_with("/audio/transcriptions");
 
     let mut builder = Response::builder()
@@ -197,24 +208,36 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<MockLog>>) -> Result<Resp
             })
             .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
             .collect();
-        builder = builder.header("content-type", "text/event-stream").header("cache-control", "no-cache");
-        return Ok(builder.body(MockBody::paced(frames, interval, log)).unwrap());
+        builder = builder
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache");
+        return Ok(builder
+            .body(MockBody::paced(frames, interval, log))
+            .unwrap());
     }
     if let Some(chunks) = header_number(&headers, "x-mock-chunks") {
         let json = CHAT_JSON.as_bytes();
         let size = json.len().div_ceil(chunks.max(1) as usize);
         let frames = json.chunks(size).map(Bytes::copy_from_slice).collect();
         builder = builder.header("content-type", "application/json");
-        return Ok(builder.body(MockBody::paced(frames, interval, log)).unwrap());
+        return Ok(builder
+            .body(MockBody::paced(frames, interval, log))
+            .unwrap());
     }
     if headers.contains_key("x-mock-gzip") {
         builder = builder
             .header("content-type", "application/json")
             .header("content-encoding", "gzip")
             .header("content-length", GZIP_BYTES.len());
-        return Ok(builder.body(MockBody::full(Bytes::from_static(GZIP_BYTES))).unwrap());
+        return Ok(builder
+            .body(MockBody::full(Bytes::from_static(GZIP_BYTES)))
+            .unwrap());
     }
-    let json = if is_transcription { TRANSCRIPTION_JSON } else { CHAT_JSON };
+    let json = if is_transcription {
+        TRANSCRIPTION_JSON
+    } else {
+        CHAT_JSON
+    };
     let response = builder
         .header("content-type", "application/json")
         .header("content-length", json.len())
@@ -263,7 +286,10 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut *self {
             MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Paced(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),

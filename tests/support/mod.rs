@@ -77,7 +77,9 @@ pub fn client() -> TestClient {
 }
 
 pub fn h2c_client() -> TestClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// A JSON POST with a client Authorization that must never reach the upstream.
@@ -99,13 +101,17 @@ pub async fn body_string(response: Response<Incoming>) -> String {
 
 /// Parses an OpenAI-style error body and returns `error.code` and `error.message`.
 pub fn error_fields(body: &str) -> (serde_json::Value, String) {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     let error = &v["error"];
     assert!(error.is_object(), "no error object: {body}");
     for field in ["message", "type", "param", "code"] {
         assert!(error.get(field).is_some(), "error.{field} missing: {body}");
     }
-    (error["code"].clone(), error["message"].as_str().unwrap_or_default().to_owned())
+    (
+        error["code"].clone(),
+        error["message"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 /// Writes raw bytes on a fresh connection and reads until the server closes or `wait` passes.
