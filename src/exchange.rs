@@ -143,8 +143,9 @@ impl Drop for Exchange {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        let head_ms = self.head_after.map_or(-1.0, |d| d.as_secs_f64() * 1e3);
-        let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let millis = |d: Duration| d.as_micros() as f64 / 1e3;
+        let head_ms = self.head_after.map_or(-1.0, millis);
+        let total_ms = millis(self.started.elapsed());
         tracing::info!(
             target: "memoctopus::access",
             method = %self.method,

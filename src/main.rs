@@ -57,8 +57,9 @@ async fn serve(config: Config) -> ExitCode {
             "PROXY_CLIENT_KEYS is unset and HOST is not loopback: anyone who can reach this port spends the server's OpenAI key"
         );
     }
+    let address = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        address = %config.listen,
+        %address,
         upstream = %format_args!("{}://{}{}", config.upstream.scheme, config.upstream.authority, config.upstream.base_path),
         "memoctopus listening"
     );

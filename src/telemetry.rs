@@ -3,6 +3,8 @@
 //! Nothing the proxy logs carries a header value other than request ids, so neither the key
 //! nor a client's `Authorization` can appear, whatever `RUST_LOG` says.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;

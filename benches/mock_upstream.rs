@@ -1,0 +1,330 @@
+//! A fast mock of the OpenAI API, for the benchmarks and the SDK compatibility suites.
+//!
+//! `cargo run --release --example mock-upstream -- 127.0.0.1:9100` prints
+//! `mock-upstream listening on ADDR` and serves until killed. Request headers script it:
+//! - `x-mock-events: N` (default 5) and `x-mock-interval-ms: D` (default 0): the size and pace
+//!   of a stream, for chat with `"stream": true` and transcriptions with `stream=true`;
+//! - `x-mock-status: 429`: answer that status with an OpenAI error body;
+//! - `x-mock-head-delay-ms: D`: wait before the response head.
+//!
+//! `GET /stats` answers its counters as JSON (requests, upload bytes, streams completed and
+//! cancelled by the other side); `POST /stats/reset` zeroes them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::time::Sleep;
+
+const CHAT_JSON: &str = r#"{"id":"chatcmpl-123","object":"chat.completion","created":1741570283,"model":"gpt-4","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":9,"total_tokens":29}}"#;
+const TRANSCRIPTION_JSON: &str = r#"{"text":"Imagine the wildest idea that you've ever had, and you're curious about how it might scale to something that's a 100, a 1,000 times bigger.","usage":{"type":"tokens","input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},"output_tokens":45,"total_tokens":59}}"#;
+const EMBEDDING_JSON: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,0.015797347]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+const MODELS_JSON: &str = r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1686935002,"owned_by":"openai"}]}"#;
+const MODEL_JSON: &str =
+    r#"{"id":"gpt-4o","object":"model","created":1686935002,"owned_by":"openai"}"#;
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    upload_bytes: AtomicU64,
+    streams_completed: AtomicU64,
+    streams_cancelled: AtomicU64,
+}
+
+fn main() {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9100".into())
+        .parse()
+        .expect("usage: mock-upstream [ADDR]");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(serve(addr));
+}
+
+async fn serve(addr: SocketAddr) {
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    println!(
+        "mock-upstream listening on {}",
+        listener.local_addr().unwrap()
+    );
+    let stats = Arc::new(Stats::default());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(req, stats.clone()));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// Reads a request body to its end, counting it and keeping at most `keep` bytes of it.
+async fn drain(mut body: Incoming, keep: usize, stats: &Stats) -> Vec<u8> {
+    let mut kept = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            stats.upload_bytes.fetch_add(data.len() as u64, Relaxed);
+            if kept.len() < keep {
+                kept.extend_from_slice(&data[..data.len().min(keep - kept.len())]);
+            }
+        }
+    }
+    kept
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    stats: Arc<Stats>,
+) -> Result<Response<MockBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    if path == "/stats" {
+        if parts.method == Method::POST {
+            for counter in [
+                &stats.requests,
+                &stats.upload_bytes,
+                &stats.streams_completed,
+                &stats.streams_cancelled,
+            ] {
+                counter.store(0, Relaxed);
+            }
+        }
+        let json = format!(
+            r#"{{"requests":{},"upload_bytes":{},"streams_completed":{},"streams_cancelled":{}}}"#,
+            stats.requests.load(Relaxed),
+            stats.upload_bytes.load(Relaxed),
+            stats.streams_completed.load(Relaxed),
+            stats.streams_cancelled.load(Relaxed)
+        );
+        return Ok(json_answer(StatusCode::OK, json));
+    }
+    stats.requests.fetch_add(1, Relaxed);
+    // Multipart uploads are counted and dropped; only their head is kept, where the small
+    // `stream` field of a test form sits after the file.
+    let head = drain(body, 64 * 1024, &stats).await;
+    let h = &parts.headers;
+    if let Some(ms) = number(h, "x-mock-head-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(status) =
+        number(h, "x-mock-status").and_then(|s| StatusCode::from_u16(s as u16).ok())
+    {
+        let error = format!(
+            r#"{{"error":{{"message":"mock upstream error {}","type":"requests","param":null,"code":"rate_limit_exceeded"}}}}"#,
+            status.as_u16()
+        );
+        return Ok(json_answer(status, error));
+    }
+    let events = number(h, "x-mock-events").unwrap_or(5);
+    let interval = Duration::from_millis(number(h, "x-mock-interval-ms").unwrap_or(0));
+
+    let response = if path.ends_with("/chat/completions") {
+        if contains(&head, b"\"stream\":true") || contains(&head, b"\"stream\": true") {
+            sse(Kind::Chat, events, interval, stats)
+        } else {
+            json_answer(StatusCode::OK, CHAT_JSON)
+        }
+    } else if path.ends_with("/audio/transcriptions") || path.ends_with("/audio/translations") {
+        if contains(&head, b"name=\"stream\"\r\n\r\ntrue") {
+            sse(Kind::Transcript, events, interval, stats)
+        } else {
+            json_answer(StatusCode::OK, TRANSCRIPTION_JSON)
+        }
+    } else if path.ends_with("/embeddings") {
+        json_answer(StatusCode::OK, EMBEDDING_JSON)
+    } else if path.ends_with("/models") {
+        json_answer(StatusCode::OK, MODELS_JSON)
+    } else if path.contains("/models/") {
+        json_answer(StatusCode::OK, MODEL_JSON)
+    } else if path.ends_with("/audio/speech") {
+        // Binary audio, chunked, in paced pieces: as OpenAI streams speech.
+        let mut response = Response::new(MockBody::paced(Kind::Audio, events, interval, stats));
+        response
+            .headers_mut()
+            .insert("content-type", "audio/mpeg".parse().unwrap());
+        response
+    } else {
+        json_answer(
+            StatusCode::NOT_FOUND,
+            format!(
+                r#"{{"error":{{"message":"Invalid URL ({} {path})","type":"invalid_request_error","param":null,"code":null}}}}"#,
+                parts.method
+            ),
+        )
+    };
+    Ok(with_openai_headers(response))
+}
+
+fn with_openai_headers(mut response: Response<MockBody>) -> Response<MockBody> {
+    let h = response.headers_mut();
+    h.insert("x-request-id", "req_mock_0123456789abcdef".parse().unwrap());
+    h.insert("openai-processing-ms", "7".parse().unwrap());
+    h.insert("x-ratelimit-remaining-requests", "4999".parse().unwrap());
+    response
+}
+
+fn json_answer(status: StatusCode, json: impl Into<Bytes>) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::Full(Some(json.into())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    with_openai_headers(response)
+}
+
+fn sse(kind: Kind, events: u64, interval: Duration, stats: Arc<Stats>) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::paced(kind, events, interval, stats));
+    let h = response.headers_mut();
+    h.insert(
+        "content-type",
+        "text/event-stream; charset=utf-8".parse().unwrap(),
+    );
+    h.insert("cache-control", "no-cache".parse().unwrap());
+    response
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Transcript,
+    Audio,
+}
+
+fn event(kind: Kind, i: u64, last: bool) -> Bytes {
+    match (kind, last) {
+        (Kind::Chat, false) => Bytes::from(format!(
+            "data: {{\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        )),
+        (Kind::Chat, true) => Bytes::from_static(
+            b"data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        ),
+        (Kind::Transcript, false) => Bytes::from(format!(
+            "data: {{\"type\":\"transcript.text.delta\",\"delta\":\" word{i}\",\"logprobs\":[]}}\n\n"
+        )),
+        (Kind::Transcript, true) => Bytes::from_static(
+            b"data: {\"type\":\"transcript.text.done\",\"text\":\"I see skies of blue\",\"logprobs\":[],\"usage\":{\"input_tokens\":14,\"output_tokens\":45,\"total_tokens\":59}}\n\n",
+        ),
+        (Kind::Audio, _) => Bytes::from(vec![(i % 251) as u8; 4096]),
+    }
+}
+
+/// A body that is all there at once, or a stream paced by a timer inside the body itself (no
+/// task per stream), which counts itself completed or cancelled.
+enum MockBody {
+    Full(Option<Bytes>),
+    Paced(Box<Paced>),
+}
+
+struct Paced {
+    kind: Kind,
+    next: u64,
+    events: u64,
+    interval: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    stats: Arc<Stats>,
+    done: bool,
+}
+
+impl MockBody {
+    fn paced(kind: Kind, events: u64, interval: Duration, stats: Arc<Stats>) -> MockBody {
+        MockBody::Paced(Box::new(Paced {
+            kind,
+            next: 0,
+            events,
+            interval,
+            timer: None,
+            stats,
+            done: false,
+        }))
+    }
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let p = match &mut *self {
+            MockBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Paced(p) => p,
+        };
+        if p.done {
+            return Poll::Ready(None);
+        }
+        if p.next > 0 && !p.interval.is_zero() {
+            let interval = p.interval;
+            let timer = p
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let next = timer.deadline() + interval;
+            timer.as_mut().reset(next);
+        }
+        let last = p.next + 1 >= p.events;
+        let frame = event(p.kind, p.next, last);
+        p.next += 1;
+        if last {
+            p.done = true;
+            p.stats.streams_completed.fetch_add(1, Relaxed);
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            MockBody::Full(bytes) => bytes.is_none(),
+            MockBody::Paced(p) => p.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            MockBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            MockBody::Full(None) => SizeHint::with_exact(0),
+            MockBody::Paced(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Paced {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats.streams_cancelled.fetch_add(1, Relaxed);
+        }
+    }
+}

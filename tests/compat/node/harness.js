@@ -1,0 +1,51 @@
+// Starts the real memoctopus binary in front of the project's mock upstream.
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+const release = path.join(root, "target", "release");
+export const SERVER_KEY = "sk-compat-server-key-000111";
+export const CLIENT_KEY = "ck-compat-client-key-222333";
+
+function start(cmd, args, env, ready) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(cmd, args, { env, stdio: ["ignore", "pipe", "inherit"] });
+    const timer = setTimeout(() => reject(new Error(`${cmd} did not start`)), 20000);
+    createInterface({ input: proc.stdout }).on("line", (line) => {
+      const found = ready(line);
+      if (found) {
+        clearTimeout(timer);
+        resolve({ proc, addr: found });
+      }
+    });
+    proc.on("exit", (code) => reject(new Error(`${cmd} exited with ${code}`)));
+  });
+}
+
+export function startMock() {
+  return start(path.join(release, "examples", "mock-upstream"), ["127.0.0.1:0"], process.env, (line) =>
+    line.includes("listening on ") ? line.split("listening on ")[1].trim() : null,
+  );
+}
+
+export function startProxy(mockAddr, extra = {}) {
+  const env = {
+    PATH: process.env.PATH,
+    OPENAI_API_KEY: SERVER_KEY,
+    OPENAI_BASE_URL: `http://${mockAddr}/v1`,
+    HOST: "127.0.0.1",
+    PORT: "0",
+    PROXY_LOG_FORMAT: "json",
+    ...extra,
+  };
+  return start(path.join(release, "memoctopus"), [], env, (line) => {
+    try {
+      const event = JSON.parse(line);
+      return event.message === "memoctopus listening" ? event.address : null;
+    } catch {
+      return null;
+    }
+  });
+}

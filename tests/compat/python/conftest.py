@@ -1,0 +1,76 @@
+"""Starts the real memoctopus binary in front of the project's mock upstream."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+RELEASE = ROOT / "target" / "release"
+SERVER_KEY = "sk-compat-server-key-000111"
+CLIENT_KEY = "ck-compat-client-key-222333"
+
+
+def _start(args, env, ready):
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        found = ready(line)
+        if found:
+            return proc, found
+    proc.kill()
+    raise RuntimeError(f"{args[0]} did not start")
+
+
+@pytest.fixture(scope="session")
+def mock_upstream():
+    proc, addr = _start(
+        [str(RELEASE / "examples" / "mock-upstream"), "127.0.0.1:0"],
+        dict(os.environ),
+        lambda line: line.split("listening on ")[1].strip() if "listening on" in line else None,
+    )
+    yield addr
+    proc.kill()
+
+
+def _proxy(mock_addr, extra=None):
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "OPENAI_API_KEY": SERVER_KEY,
+        "OPENAI_BASE_URL": f"http://{mock_addr}/v1",
+        "HOST": "127.0.0.1",
+        "PORT": "0",
+        "PROXY_LOG_FORMAT": "json",
+        **(extra or {}),
+    }
+
+    def ready(line):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        return event.get("address") if event.get("message") == "memoctopus listening" else None
+
+    return _start([str(RELEASE / "memoctopus")], env, ready)
+
+
+@pytest.fixture(scope="session")
+def proxy_url(mock_upstream):
+    proc, addr = _proxy(mock_upstream)
+    yield f"http://{addr}/v1"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def keyed_proxy_url(mock_upstream):
+    proc, addr = _proxy(mock_upstream, {"PROXY_CLIENT_KEYS": CLIENT_KEY})
+    yield f"http://{addr}/v1"
+    proc.terminate()
+    proc.wait(timeout=10)

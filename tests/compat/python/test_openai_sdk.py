@@ -1,0 +1,91 @@
+"""The official OpenAI Python SDK, pointed at memoctopus by base_url, as a user would."""
+
+import time
+
+import openai
+import pytest
+from openai import OpenAI
+
+from conftest import CLIENT_KEY
+
+MESSAGES = [
+    {"role": "developer", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Hello!"},
+]
+
+
+def client(base_url, **kwargs):
+    return OpenAI(base_url=base_url, api_key="client-side-placeholder", max_retries=0, **kwargs)
+
+
+def test_chat_completion(proxy_url):
+    completion = client(proxy_url).chat.completions.create(model="gpt-4", messages=MESSAGES)
+    assert completion.id == "chatcmpl-123"
+    assert completion.choices[0].message.content == "Hello! How can I help you today?"
+    assert completion.usage.total_tokens == 29
+
+
+def test_streamed_chat_arrives_incrementally(proxy_url):
+    c = client(proxy_url, default_headers={"x-mock-events": "10", "x-mock-interval-ms": "100"})
+    started = time.monotonic()
+    arrivals, text = [], ""
+    for chunk in c.chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True):
+        arrivals.append(time.monotonic() - started)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+    assert text.startswith("tok0 tok1 ")
+    assert len(arrivals) == 10
+    # The mock spaces its events 100 ms apart: the first must come long before the last.
+    assert arrivals[0] < arrivals[-1] - 0.6, arrivals
+
+
+def test_transcription_with_a_file(proxy_url, tmp_path):
+    audio = tmp_path / "speech.mp3"
+    audio.write_bytes(b"ID3" + bytes(range(256)) * 400)
+    with audio.open("rb") as f:
+        result = client(proxy_url).audio.transcriptions.create(model="gpt-4o-transcribe", file=f)
+    assert result.text.startswith("Imagine the wildest idea")
+
+
+def test_streamed_transcription(proxy_url, tmp_path):
+    audio = tmp_path / "speech.mp3"
+    audio.write_bytes(b"ID3" + bytes(range(256)) * 40)
+    with audio.open("rb") as f:
+        events = list(
+            client(proxy_url).audio.transcriptions.create(model="gpt-4o-mini-transcribe", file=f, stream=True)
+        )
+    assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1)
+    assert events[-1].type == "transcript.text.done"
+    assert events[0].delta == " word0"
+
+
+def test_upstream_429_is_a_rate_limit_error(proxy_url):
+    with pytest.raises(openai.RateLimitError) as caught:
+        client(proxy_url).chat.completions.create(
+            model="gpt-4", messages=MESSAGES, extra_headers={"x-mock-status": "429"}
+        )
+    assert caught.value.status_code == 429
+    assert caught.value.code == "rate_limit_exceeded"
+
+
+def test_unknown_route_is_not_found(proxy_url):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(proxy_url).embeddings.create(model="text-embedding-3-small", input="hi")
+    assert "Invalid URL (POST /v1/embeddings)" in str(caught.value)
+
+
+def test_missing_client_key_is_an_authentication_error(keyed_proxy_url):
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client(keyed_proxy_url).chat.completions.create(model="gpt-4", messages=MESSAGES)
+    assert caught.value.code == "invalid_api_key"
+    ok = OpenAI(base_url=keyed_proxy_url, api_key=CLIENT_KEY, max_retries=0)
+    assert ok.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
+
+
+def test_raw_response_headers_come_through(proxy_url):
+    raw = client(proxy_url).chat.completions.with_raw_response.create(
+        model="gpt-4", messages=MESSAGES, extra_headers={"X-Client-Request-Id": "compat-py-1"}
+    )
+    assert raw.headers["x-request-id"] == "req_mock_0123456789abcdef"
+    assert raw.headers["x-client-request-id"] == "compat-py-1"
+    assert raw.parse().choices[0].message.content == "Hello! How can I help you today?"
