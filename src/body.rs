@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::exchange::{Exchange, Outcome};
+use crate::metrics::UpstreamErrorKind;
 
 /// Why a forwarded body ended early.
 #[derive(Debug)]
@@ -210,6 +211,9 @@ impl ResponseBody {
         exchange: Exchange,
         is_sse: bool,
     ) -> ResponseBody {
+        if is_sse {
+            exchange.metrics().open_streams.inc();
+        }
         ResponseBody {
             inner,
             clock,
@@ -259,6 +263,7 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.exchange.finish(Outcome::UpstreamFailed);
+                this.exchange.upstream_failed(UpstreamErrorKind::Reset);
                 Poll::Ready(Some(Err(BodyError::Source(e))))
             }
             Poll::Ready(None) => {
@@ -267,6 +272,7 @@ impl Body for ResponseBody {
             }
             Poll::Pending => {
                 let expired = ready!(this.clock.poll_expired(cx));
+                this.exchange.upstream_failed(UpstreamErrorKind::Timeout);
                 Poll::Ready(Some(Err(match expired {
                     Expired::Idle => {
                         this.exchange.finish(Outcome::IdleTimeout);
@@ -295,6 +301,9 @@ impl Drop for ResponseBody {
         // hyper stops polling a body that says it has ended, so an ended body is complete.
         if self.inner.is_end_stream() {
             self.exchange.finish(Outcome::Completed);
+        }
+        if self.sse.is_some() {
+            self.exchange.metrics().open_streams.dec();
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The routes forwarded upstream: the two built-in ones plus `PROXY_EXTRA_ROUTES`.
     pub routes: Routes,
+    /// `PROXY_METRICS_ADDR`: serve `/metrics` on its own listener instead of the proxy's port.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The parsed `OPENAI_BASE_URL`.
@@ -136,6 +138,7 @@ struct RawConfig {
     proxy_cors_origins: Option<String>,
     proxy_log_format: Option<String>,
     proxy_extra_routes: Option<String>,
+    proxy_metrics_addr: Option<String>,
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -265,6 +268,21 @@ impl RawConfig {
             return Err(invalid("PROXY_MAX_CONNECTIONS", "must be at least 1"));
         }
 
+        let metrics_addr = present(&self.proxy_metrics_addr)
+            .map(|v| {
+                v.parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "PROXY_METRICS_ADDR",
+                        format!("{v:?} is not an address such as 127.0.0.1:9090"),
+                    )
+                })
+            })
+            .transpose()?;
+        let mut routes = Routes::with_extra(parse_extra_routes(&self.proxy_extra_routes)?);
+        if metrics_addr.is_some() {
+            routes = routes.without_metrics();
+        }
+
         Ok(Config {
             authorization,
             upstream,
@@ -288,7 +306,8 @@ impl RawConfig {
                     ))
                 }
             },
-            routes: Routes::with_extra(parse_extra_routes(&self.proxy_extra_routes)?),
+            routes,
+            metrics_addr,
         })
     }
 }
@@ -502,6 +521,8 @@ mod tests {
             ("PROXY_LOG_FORMAT", "xml"),
             ("PROXY_CORS_ORIGINS", "example.com"),
             ("PROXY_MAX_CONNECTIONS", "0"),
+            ("PROXY_METRICS_ADDR", "9090"),
+            ("PROXY_EXTRA_ROUTES", "GET /v2/models"),
         ] {
             let err = with(&[(name, value)]).unwrap_err();
             assert_eq!(err.setting, name, "{name}={value}");

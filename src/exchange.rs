@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::body::RequestStats;
 use crate::drain::DrainState;
+use crate::metrics::{Ended, Metrics, RouteMetrics, UpstreamErrorKind};
 
 /// How an exchange ended, as logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub fn new_request_id() -> HeaderValue {
 pub struct Exchange {
     pub id: HeaderValue,
     method: Method,
-    route: Arc<str>,
+    route: Arc<RouteMetrics>,
     started: Instant,
     /// The status the client got.
     pub status: Option<StatusCode>,
@@ -90,16 +91,19 @@ pub struct Exchange {
     pub sse_events: u64,
     outcome: Option<Outcome>,
     drain: Arc<DrainState>,
+    metrics: Arc<Metrics>,
 }
 
 impl Exchange {
     pub fn start(
         id: HeaderValue,
         method: Method,
-        route: Arc<str>,
+        route: Arc<RouteMetrics>,
         started: Instant,
         drain: Arc<DrainState>,
+        metrics: Arc<Metrics>,
     ) -> Exchange {
+        metrics.in_flight.inc();
         Exchange {
             id,
             method,
@@ -114,7 +118,17 @@ impl Exchange {
             sse_events: 0,
             outcome: None,
             drain,
+            metrics,
         }
+    }
+
+    /// Counts an upstream failure in the metrics.
+    pub fn upstream_failed(&self, kind: UpstreamErrorKind) {
+        self.metrics.upstream_error(kind);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Records how the exchange ended; the first call wins.
@@ -143,16 +157,30 @@ impl Drop for Exchange {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
+        let total = self.started.elapsed();
+        let request_bytes = self.request.bytes.load(Ordering::Relaxed);
+        self.metrics.in_flight.dec();
+        self.metrics.exchange_ended(Ended {
+            route: &self.route,
+            method: self.method.as_str(),
+            status,
+            outcome,
+            request_bytes,
+            response_bytes: self.response_bytes,
+            sse_events: self.sse_events,
+            head_after: self.head_after,
+            total,
+        });
         let millis = |d: Duration| d.as_micros() as f64 / 1e3;
         let head_ms = self.head_after.map_or(-1.0, millis);
-        let total_ms = millis(self.started.elapsed());
+        let total_ms = millis(total);
         tracing::info!(
             target: "memoctopus::access",
             method = %self.method,
-            route = %self.route,
+            route = %self.route.name,
             status,
             upstream_status,
-            request_bytes = self.request.bytes.load(Ordering::Relaxed),
+            request_bytes,
             response_bytes = self.response_bytes,
             sse_events = self.sse_events,
             head_ms,

@@ -15,6 +15,7 @@
 //! - [`exchange`]: one request and its answer, and the access log line it writes.
 //! - [`proxy`]: the service that ties these together.
 //! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
+//! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`drain`]: what graceful shutdown counts.
 //! - [`server`]: the accept loop, connection limit and drain; [`run`] is the entry point.
 //! - [`telemetry`]: log setup.
@@ -31,6 +32,7 @@ pub mod drain;
 pub mod error;
 pub mod exchange;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;
@@ -39,4 +41,4 @@ pub mod upstream;
 
 pub use config::Config;
 pub use drain::DrainReport;
-pub use server::run;
+pub use server::{run, run_with_metrics_listener};

@@ -51,6 +51,16 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
+    let metrics_listener = match config.metrics_addr {
+        None => None,
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::error!(%address, %error, "cannot bind PROXY_METRICS_ADDR");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        },
+    };
     if config.client_keys.0.is_empty() && !config.listen.ip().is_loopback() {
         tracing::warn!(
             address = %config.listen,
@@ -63,7 +73,14 @@ async fn serve(config: Config) -> ExitCode {
         upstream = %format_args!("{}://{}{}", config.upstream.scheme, config.upstream.authority, config.upstream.base_path),
         "memoctopus listening"
     );
-    match memoctopus::run(listener, config, shutdown_signal()).await {
+    match memoctopus::run_with_metrics_listener(
+        listener,
+        metrics_listener,
+        config,
+        shutdown_signal(),
+    )
+    .await
+    {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "cannot serve");

@@ -14,6 +14,7 @@ use crate::drain::DrainState;
 use crate::error::{json_response, ProxyError};
 use crate::exchange::{new_request_id, Exchange, Outcome};
 use crate::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
+use crate::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::routes::{upstream_target, Route, RouteError};
 use crate::upstream::{self, FailureKind, UpstreamClient};
 
@@ -26,10 +27,15 @@ struct Inner {
     identity: UpstreamIdentity,
     client: UpstreamClient,
     drain: Arc<DrainState>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(config: Config, drain: Arc<DrainState>) -> Result<Proxy, rustls::Error> {
+    pub fn new(
+        config: Config,
+        drain: Arc<DrainState>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Proxy, rustls::Error> {
         let client = upstream::client(config.timeouts.connect)?;
         let identity = UpstreamIdentity {
             authorization: config.authorization.clone(),
@@ -41,6 +47,7 @@ impl Proxy {
             identity,
             client,
             drain,
+            metrics,
         })))
     }
 
@@ -86,10 +93,11 @@ impl Proxy {
                 json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
             }
             Ok(Route::Ready) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
-            Ok(Route::Forward { name }) => {
-                let route = Arc::from(name);
-                self.forward(request, route, started).await
-            }
+            Ok(Route::Metrics) => metrics_response(&self.0.metrics),
+            Ok(Route::Forward { index, .. }) => match self.0.metrics.route(index) {
+                Some(route) => self.forward(request, route, started).await,
+                None => ProxyError::Internal("route without metrics").into_response(),
+            },
             Err(RouteError::NotFound) => not_found(&request),
             Err(RouteError::MethodNotAllowed { allow }) => ProxyError::MethodNotAllowed {
                 method: request.method().clone(),
@@ -102,7 +110,7 @@ impl Proxy {
     async fn forward(
         &self,
         request: Request<Incoming>,
-        route: Arc<str>,
+        route: Arc<metrics::RouteMetrics>,
         started: Instant,
     ) -> Response<ProxyBody> {
         let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
@@ -112,6 +120,7 @@ impl Proxy {
             route,
             started,
             self.0.drain.clone(),
+            self.0.metrics.clone(),
         );
 
         let upstream_response = match self.call_upstream(request, &exchange).await {
@@ -197,12 +206,16 @@ impl Proxy {
         let response = match tokio::time::timeout_at(wait_until, sending).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(self.upstream_error(&error, exchange)),
-            Err(_) if total_deadline.is_some_and(|total| total <= first_byte_deadline) => {
-                return Err(ProxyError::TotalTimeout(
-                    config.timeouts.total.unwrap_or_default(),
-                ))
+            Err(_) => {
+                exchange.upstream_failed(UpstreamErrorKind::Timeout);
+                return Err(
+                    if total_deadline.is_some_and(|total| total <= first_byte_deadline) {
+                        ProxyError::TotalTimeout(config.timeouts.total.unwrap_or_default())
+                    } else {
+                        ProxyError::FirstByteTimeout(config.timeouts.first_byte)
+                    },
+                );
             }
-            Err(_) => return Err(ProxyError::FirstByteTimeout(config.timeouts.first_byte)),
         };
 
         if response.status() == StatusCode::UNAUTHORIZED {
@@ -240,7 +253,14 @@ impl Proxy {
         }
         let description = upstream::describe(error);
         tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
-        match upstream::classify(error) {
+        let kind = upstream::classify(error);
+        exchange.upstream_failed(match kind {
+            FailureKind::Connect => UpstreamErrorKind::Connect,
+            FailureKind::ConnectTimeout => UpstreamErrorKind::Timeout,
+            FailureKind::Tls => UpstreamErrorKind::Tls,
+            FailureKind::Reset => UpstreamErrorKind::Reset,
+        });
+        match kind {
             FailureKind::ConnectTimeout => {
                 ProxyError::UpstreamConnectTimeout(config.timeouts.connect)
             }
@@ -248,6 +268,16 @@ impl Proxy {
             FailureKind::Reset => ProxyError::UpstreamFailed(description),
         }
     }
+}
+
+/// The Prometheus exposition, for `GET /metrics` on either listener.
+pub fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::local(metrics.encode().into()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
 }
 
 fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {

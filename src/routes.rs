@@ -19,8 +19,11 @@ pub enum Route<'a> {
     Health,
     /// `GET /ready`: 200 while serving, 503 while draining.
     Ready,
-    /// Forwarded to the upstream. `name` is the configured pattern, for logs and metrics.
-    Forward { name: &'a str },
+    /// `GET /metrics`, when it is not on its own listener.
+    Metrics,
+    /// Forwarded to the upstream. `name` is the configured pattern, for logs and metrics;
+    /// `index` its place in the table, for the route's metrics.
+    Forward { name: &'a str, index: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,8 @@ fn is_plain_segment(segment: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Routes {
     forwarded: Vec<(Method, String)>,
+    /// Whether `GET /metrics` is answered here (false when `PROXY_METRICS_ADDR` moves it).
+    metrics: bool,
 }
 
 impl Default for Routes {
@@ -105,7 +110,21 @@ impl Routes {
                 forwarded.push((route.method, route.pattern));
             }
         }
-        Routes { forwarded }
+        Routes {
+            forwarded,
+            metrics: true,
+        }
+    }
+
+    /// Moves `/metrics` off this table, to its own listener.
+    pub fn without_metrics(mut self) -> Routes {
+        self.metrics = false;
+        self
+    }
+
+    /// The forwarded patterns, in table order.
+    pub fn forwarded_names(&self) -> impl Iterator<Item = &str> {
+        self.forwarded.iter().map(|(_, p)| p.as_str())
     }
 
     /// Matches a request's method and path (without its query).
@@ -113,6 +132,7 @@ impl Routes {
         let own = match path {
             "/health" => Some(Route::Health),
             "/ready" => Some(Route::Ready),
+            "/metrics" if self.metrics => Some(Route::Metrics),
             _ => None,
         };
         if let Some(own) = own {
@@ -126,10 +146,13 @@ impl Routes {
         }
 
         let mut allow: Vec<&str> = Vec::new();
-        for (m, pattern) in &self.forwarded {
+        for (index, (m, pattern)) in self.forwarded.iter().enumerate() {
             if matches_pattern(pattern, path) {
                 if m == method {
-                    return Ok(Route::Forward { name: pattern });
+                    return Ok(Route::Forward {
+                        name: pattern,
+                        index,
+                    });
                 }
                 if !allow.contains(&m.as_str()) {
                     allow.push(m.as_str());
@@ -199,13 +222,15 @@ mod tests {
         assert_eq!(
             r.route(&Method::POST, "/v1/chat/completions"),
             Ok(Route::Forward {
-                name: "/v1/chat/completions"
+                name: "/v1/chat/completions",
+                index: 0
             })
         );
         assert_eq!(
             r.route(&Method::POST, "/v1/audio/transcriptions"),
             Ok(Route::Forward {
-                name: "/v1/audio/transcriptions"
+                name: "/v1/audio/transcriptions",
+                index: 1
             })
         );
         assert_eq!(r.route(&Method::GET, "/health"), Ok(Route::Health));
@@ -258,18 +283,23 @@ mod tests {
         let r = table();
         assert_eq!(
             r.route(&Method::GET, "/v1/models"),
-            Ok(Route::Forward { name: "/v1/models" })
+            Ok(Route::Forward {
+                name: "/v1/models",
+                index: 2
+            })
         );
         assert_eq!(
             r.route(&Method::GET, "/v1/models/gpt-4o"),
             Ok(Route::Forward {
-                name: "/v1/models/*"
+                name: "/v1/models/*",
+                index: 3
             })
         );
         assert_eq!(
             r.route(&Method::GET, "/v1/models/ft:gpt-4o:org/x"),
             Ok(Route::Forward {
-                name: "/v1/models/*"
+                name: "/v1/models/*",
+                index: 3
             })
         );
         for path in [

@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
-use crate::proxy::Proxy;
+use crate::metrics::Metrics;
+use crate::proxy::{metrics_response, Proxy};
 
 /// The largest request head (request line plus headers) a client may send; beyond it hyper
 /// answers 431. Real OpenAI requests carry well under 8 KiB of headers.
@@ -39,11 +40,27 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<DrainReport> {
+    run_with_metrics_listener(listener, None, config, shutdown).await
+}
+
+/// [`run`], with `/metrics` served on `metrics_listener` (bound from `PROXY_METRICS_ADDR`)
+/// instead of the proxy's own port.
+pub async fn run_with_metrics_listener(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<DrainReport> {
     let drain = Arc::new(DrainState::default());
-    let proxy = Proxy::new(config.clone(), drain.clone()).map_err(io::Error::other)?;
+    let metrics = Arc::new(Metrics::new(&config.routes));
+    let proxy =
+        Proxy::new(config.clone(), drain.clone(), metrics.clone()).map_err(io::Error::other)?;
+    let metrics_server =
+        metrics_listener.map(|listener| tokio::spawn(serve_metrics(listener, metrics.clone())));
     let mut acceptor = Acceptor {
         listener,
         proxy,
+        metrics,
         builder: connection_builder(&config),
         graceful: GracefulShutdown::new(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -78,6 +95,9 @@ pub async fn run(
         connections.abort_all();
     }
     while connections.join_next().await.is_some() {}
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     let report = drain.report();
     tracing::info!(finished = report.finished, cut = report.cut, "drained");
     Ok(report)
@@ -103,6 +123,7 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 struct Acceptor {
     listener: TcpListener,
     proxy: Proxy,
+    metrics: Arc<Metrics>,
     builder: auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     /// One permit per open connection: at the limit, new clients wait in the listen backlog
@@ -144,7 +165,10 @@ impl Acceptor {
             let builder = self.builder.clone();
             let watcher = self.graceful.watcher();
             let proxy = self.proxy.clone();
+            let metrics = self.metrics.clone();
+            metrics.open_connections.inc();
             self.connections.spawn(async move {
+                let _open = OpenConnection(metrics);
                 // hyper's header read timeout starts only once it knows the protocol; a
                 // client that sends nothing, or a lone prefix of the HTTP/2 preface, would
                 // otherwise hold the connection and its slot forever.
@@ -191,5 +215,42 @@ async fn protocol_decided(stream: &TcpStream) {
         }
         // A prefix of the preface and nothing more yet: peek would return at once, so wait.
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Keeps the open-connections gauge right however the connection task ends, aborted included.
+struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
+}
+
+/// `/metrics` on its own listener: plain HTTP/1.1, nothing else answered.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let response = if request.uri().path() == "/metrics" {
+                    metrics_response(&metrics)
+                } else {
+                    crate::error::ProxyError::NotFound {
+                        method: request.method().clone(),
+                        path: request.uri().path().to_owned(),
+                    }
+                    .into_response()
+                };
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

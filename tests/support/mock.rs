@@ -4,6 +4,7 @@
 //! - `x-mock-events: N` and `x-mock-interval-ms: D`: an SSE stream of N events D ms apart,
 //!   ending with `data: [DONE]`;
 //! - `x-mock-chunks: N` with the same interval: a JSON answer in N chunks;
+//! - `x-mock-binary: N` with the same interval: N chunks of 4 KiB of `audio/mpeg`;
 //! - `x-mock-gzip: 1`: a `Content-Encoding: gzip` answer with fixed bytes.
 //!
 //! It records every request (with its whole body), when each connection closed, and every
@@ -220,6 +221,16 @@ async fn answer(
         let size = json.len().div_ceil(chunks.max(1) as usize);
         let frames = json.chunks(size).map(Bytes::copy_from_slice).collect();
         builder = builder.header("content-type", "application/json");
+        return Ok(builder
+            .body(MockBody::paced(frames, interval, log))
+            .unwrap());
+    }
+    if let Some(chunks) = header_number(&headers, "x-mock-binary") {
+        // Audio bytes, chunked, as `audio/speech` answers.
+        let frames = (0..chunks)
+            .map(|i| Bytes::from(vec![i as u8; 4096]))
+            .collect();
+        builder = builder.header("content-type", "audio/mpeg");
         return Ok(builder
             .body(MockBody::paced(frames, interval, log))
             .unwrap());

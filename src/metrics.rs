@@ -1,0 +1,270 @@
+//! Prometheus metrics, through `prometheus-client`: the official Prometheus client for Rust,
+//! with no global registry and few dependencies.
+//!
+//! Labels have low cardinality only: route (a configured pattern), method, status code,
+//! outcome, error kind. Never an id, a path a client chose, or a key. Per-route series are
+//! created once at start, so the hot path only touches atomics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::exchange::Outcome;
+use crate::routes::Routes;
+
+/// Seconds, from 1 ms to 10 min: a cached answer up to the longest generation.
+const BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The series of one forwarded route, created at start.
+pub struct RouteMetrics {
+    /// The route's configured pattern, such as `/v1/models/*`.
+    pub name: String,
+    duration: Histogram,
+    head: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+    sse_events: Counter,
+    cancellations: Counter,
+}
+
+/// Everything `/metrics` shows.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    routes: Vec<Arc<RouteMetrics>>,
+    pub in_flight: Gauge,
+    pub open_streams: Gauge,
+    pub open_connections: Gauge,
+    upstream_errors: Family<KindLabels, Counter>,
+    body_limit_rejections: Counter,
+}
+
+/// How the upstream failed, as the `kind` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Tls,
+    Timeout,
+    Reset,
+}
+
+impl UpstreamErrorKind {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+        }
+    }
+}
+
+/// What an exchange reports when it ends.
+pub struct Ended<'a> {
+    pub route: &'a RouteMetrics,
+    pub method: &'a str,
+    pub status: u16,
+    pub outcome: Outcome,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub sse_events: u64,
+    pub head_after: Option<Duration>,
+    pub total: Duration,
+}
+
+impl Metrics {
+    pub fn new(routes: &Routes) -> Metrics {
+        let mut registry = Registry::with_prefix("memoctopus");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Proxied exchanges, by route, method, status and outcome",
+            requests.clone(),
+        );
+        let duration =
+            Family::<RouteLabels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Whole exchange, request head to last byte",
+            duration.clone(),
+        );
+        let head =
+            Family::<RouteLabels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_head_seconds",
+            "Request start to the upstream's response head",
+            head.clone(),
+        );
+        let request_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "request_bytes",
+            "Request body bytes forwarded upstream",
+            request_bytes.clone(),
+        );
+        let response_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "response_bytes",
+            "Response body bytes forwarded to clients",
+            response_bytes.clone(),
+        );
+        let sse_events = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "sse_events",
+            "Server-sent events forwarded to clients",
+            sse_events.clone(),
+        );
+        let cancellations = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "client_cancellations",
+            "Exchanges the client abandoned before the end",
+            cancellations.clone(),
+        );
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind: connect, tls, timeout, reset",
+            upstream_errors.clone(),
+        );
+        let body_limit_rejections = Counter::default();
+        registry.register(
+            "body_limit_rejections",
+            "Requests refused for PROXY_MAX_BODY_BYTES",
+            body_limit_rejections.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Proxied exchanges in progress",
+            in_flight.clone(),
+        );
+        let open_streams = Gauge::default();
+        registry.register(
+            "open_sse_streams",
+            "Server-sent event streams in progress",
+            open_streams.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Inbound client connections open",
+            open_connections.clone(),
+        );
+        // Known kinds start at zero, so that rates work before the first failure.
+        for kind in [
+            UpstreamErrorKind::Connect,
+            UpstreamErrorKind::Tls,
+            UpstreamErrorKind::Timeout,
+            UpstreamErrorKind::Reset,
+        ] {
+            drop(upstream_errors.get_or_create(&KindLabels { kind: kind.label() }));
+        }
+
+        let routes = routes
+            .forwarded_names()
+            .map(|name| {
+                let labels = RouteLabels {
+                    route: name.to_owned(),
+                };
+                Arc::new(RouteMetrics {
+                    name: name.to_owned(),
+                    duration: duration.get_or_create_owned(&labels),
+                    head: head.get_or_create_owned(&labels),
+                    request_bytes: request_bytes.get_or_create_owned(&labels),
+                    response_bytes: response_bytes.get_or_create_owned(&labels),
+                    sse_events: sse_events.get_or_create_owned(&labels),
+                    cancellations: cancellations.get_or_create_owned(&labels),
+                })
+            })
+            .collect();
+        Metrics {
+            registry,
+            requests,
+            routes,
+            in_flight,
+            open_streams,
+            open_connections,
+            upstream_errors,
+            body_limit_rejections,
+        }
+    }
+
+    /// The series of the route at `index` in the route table.
+    pub fn route(&self, index: usize) -> Option<Arc<RouteMetrics>> {
+        self.routes.get(index).cloned()
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind: kind.label() })
+            .inc();
+    }
+
+    pub fn exchange_ended(&self, ended: Ended<'_>) {
+        let route = ended.route;
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.name.clone(),
+                method: ended.method.to_owned(),
+                status: ended.status,
+                outcome: ended.outcome.as_str(),
+            })
+            .inc();
+        route.duration.observe(ended.total.as_secs_f64());
+        if let Some(head) = ended.head_after {
+            route.head.observe(head.as_secs_f64());
+        }
+        route.request_bytes.inc_by(ended.request_bytes);
+        route.response_bytes.inc_by(ended.response_bytes);
+        route.sse_events.inc_by(ended.sse_events);
+        match ended.outcome {
+            Outcome::ClientCancelled => {
+                route.cancellations.inc();
+            }
+            Outcome::BodyTooLarge => {
+                self.body_limit_rejections.inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,216 @@
+//! `/metrics`: scraped after known traffic, the counts add up.
+
+mod support;
+
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::Full;
+use memoctopus::Config;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+async fn scrape(url: &str) -> String {
+    let response = client().get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    body_string(response).await
+}
+
+/// The value of the series whose line starts with `series` (name and labels, exactly).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn counts_match_known_traffic() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[("PROXY_MAX_BODY_BYTES", "1000")]).await;
+    let chat = "/v1/chat/completions";
+
+    // 3 plain answers, one 429, one SSE stream of 4 events (3 + [DONE]), one body over the limit.
+    for _ in 0..3 {
+        let response = client()
+            .request(chat_request(&proxy.url(chat), "{}"))
+            .await
+            .unwrap();
+        body_bytes(response).await;
+    }
+    let mut request = chat_request(&proxy.url(chat), "{}");
+    request
+        .headers_mut()
+        .insert("x-mock-status", "429".parse().unwrap());
+    body_bytes(client().request(request).await.unwrap()).await;
+    let mut request = chat_request(&proxy.url(chat), r#"{"stream":true}"#);
+    request
+        .headers_mut()
+        .insert("x-mock-events", "3".parse().unwrap());
+    body_bytes(client().request(request).await.unwrap()).await;
+    let request = Request::post(proxy.url("/v1/audio/transcriptions"))
+        .body(Full::from(vec![b'x'; 2000]))
+        .unwrap();
+    assert_eq!(client().request(request).await.unwrap().status(), 413);
+
+    // A client that leaves mid-stream.
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 50\r\nx-mock-interval-ms: 20\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let _ = stream.read(&mut buf).await.unwrap();
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let text = scrape(&proxy.url("/metrics")).await;
+    let route = r#"route="/v1/chat/completions""#;
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                r#"memoctopus_requests_total{{{route},method="POST",status="200",outcome="completed"}}"#
+            )
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                r#"memoctopus_requests_total{{{route},method="POST",status="429",outcome="completed"}}"#
+            )
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                r#"memoctopus_requests_total{{{route},method="POST",status="200",outcome="client_cancelled"}}"#
+            )
+        ),
+        1.0
+    );
+    assert_eq!(value(&text, "memoctopus_body_limit_rejections_total"), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            &format!("memoctopus_client_cancellations_total{{{route}}}")
+        ),
+        1.0
+    );
+    assert!(value(&text, &format!("memoctopus_sse_events_total{{{route}}}")) >= 5.0);
+    assert_eq!(
+        value(
+            &text,
+            &format!("memoctopus_request_duration_seconds_count{{{route}}}")
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("memoctopus_upstream_head_seconds_count{{{route}}}")
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(r#"memoctopus_request_duration_seconds_bucket{{{route},le="600"}}"#)
+        ),
+        6.0
+    );
+    assert!(
+        value(
+            &text,
+            &format!("memoctopus_response_bytes_total{{{route}}}")
+        ) > 0.0
+    );
+    assert_eq!(value(&text, "memoctopus_in_flight_requests"), 0.0);
+    assert_eq!(value(&text, "memoctopus_open_sse_streams"), 0.0);
+    assert!(value(&text, "memoctopus_open_connections") >= 1.0);
+    assert_eq!(
+        value(&text, r#"memoctopus_upstream_errors_total{kind="connect"}"#),
+        0.0
+    );
+    assert!(!text.contains(SERVER_KEY));
+}
+
+#[tokio::test]
+async fn upstream_errors_are_counted_by_kind() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mock = MockUpstream::start().await;
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", &base)]).await;
+    for _ in 0..2 {
+        client()
+            .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+            .await
+            .unwrap();
+    }
+    let text = scrape(&proxy.url("/metrics")).await;
+    assert_eq!(
+        value(&text, r#"memoctopus_upstream_errors_total{kind="connect"}"#),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_can_move_to_their_own_listener() {
+    let mock = MockUpstream::start().await;
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics_listener.local_addr().unwrap();
+    let config = Config::from_vars([
+        ("OPENAI_API_KEY", SERVER_KEY.to_string()),
+        ("OPENAI_BASE_URL", format!("http://{}/v1", mock.addr)),
+        ("PROXY_METRICS_ADDR", metrics_addr.to_string()),
+    ])
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(memoctopus::run_with_metrics_listener(
+        listener,
+        Some(metrics_listener),
+        config,
+        std::future::pending(),
+    ));
+
+    let response = client()
+        .request(chat_request(
+            &format!("http://{addr}/v1/chat/completions"),
+            "{}",
+        ))
+        .await
+        .unwrap();
+    body_bytes(response).await;
+    let response = client()
+        .get(format!("http://{addr}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        404,
+        "/metrics is still on the proxy's port"
+    );
+    let text = scrape(&format!("http://{metrics_addr}/metrics")).await;
+    assert_eq!(
+        value(
+            &text,
+            r#"memoctopus_requests_total{route="/v1/chat/completions",method="POST",status="200",outcome="completed"}"#
+        ),
+        1.0
+    );
+}
