@@ -172,16 +172,13 @@ http {{
 
 
 def oha(port, args, duration):
+    path = "audio/transcriptions" if "--upload" in args else "chat/completions"
     cmd = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s"]
-    cmd += args + [f"http://127.0.0.1:{port}/v1/" + args_path(args)]
+    cmd += [a for a in args if a != "--upload"] + [f"http://127.0.0.1:{port}/v1/{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
     if out.returncode != 0:
         raise RuntimeError(f"oha failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
-
-
-def args_path(args):
-    return "audio/transcriptions" if "--upload" in args else "chat/completions"
 
 
 def scenario_args(name, files):
@@ -365,7 +362,9 @@ def main():
     parser.add_argument("--quality-seconds", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "benches" / "results"))
     args = parser.parse_args()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65535, 65535))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft = 65535 if hard == resource.RLIM_INFINITY else min(65535, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     scenarios = [s for s in args.scenarios.split(",") if s]
     workdir = Path(tempfile.mkdtemp(prefix="memoctopus-bench-"))
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):

@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::exchange::{Exchange, Outcome};
 use crate::metrics::UpstreamErrorKind;
+use crate::pool::Lease;
 
 /// Why a forwarded body ended early.
 #[derive(Debug)]
@@ -197,6 +198,10 @@ impl Body for RequestBody {
 /// writes the access log line when the body is done or dropped.
 pub struct ResponseBody {
     inner: Incoming,
+    /// The plain-HTTP upstream connection this body comes from, driven from `poll_frame`.
+    lease: Option<Lease>,
+    /// The upstream body ended cleanly: its connection may be reused.
+    ended: bool,
     clock: FrameClock,
     exchange: Exchange,
     /// Whether to count SSE events (`text/event-stream`), and whether the last byte seen
@@ -207,6 +212,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub fn new(
         inner: Incoming,
+        lease: Option<Lease>,
         clock: FrameClock,
         exchange: Exchange,
         is_sse: bool,
@@ -216,6 +222,8 @@ impl ResponseBody {
         }
         ResponseBody {
             inner,
+            lease,
+            ended: false,
             clock,
             exchange,
             sse: is_sse.then_some(false),
@@ -250,7 +258,15 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(lease) = &mut this.lease {
+                // Let the upstream connection hand over what it has already read.
+                lease.conn.drive(cx);
+                polled = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.clock.frame_arrived();
                 if let Some(data) = frame.data_ref() {
@@ -267,6 +283,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(BodyError::Source(e))))
             }
             Poll::Ready(None) => {
+                this.ended = true;
                 this.exchange.finish(Outcome::Completed);
                 Poll::Ready(None)
             }
@@ -299,8 +316,12 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper stops polling a body that says it has ended, so an ended body is complete.
-        if self.inner.is_end_stream() {
+        // (A chunked body never says so; it ends by yielding `None`.)
+        if self.ended || self.inner.is_end_stream() {
             self.exchange.finish(Outcome::Completed);
+            if let Some(lease) = self.lease.take() {
+                lease.give_back();
+            }
         }
         if self.sse.is_some() {
             self.exchange.metrics().open_streams.dec();

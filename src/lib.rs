@@ -10,7 +10,8 @@
 //! - [`headers`]: hop-by-hop removal, the key swap, request ids; pure.
 //! - [`client_keys`]: the optional inbound bearer check.
 //! - [`cors`]: browser preflights and origin headers.
-//! - [`upstream`]: the pooled HTTP/1.1 + HTTP/2 client over rustls, and its error kinds.
+//! - [`upstream`]: the upstream: HTTP/2 or HTTP/1.1 over rustls, or plain HTTP/1.1 via [`pool`].
+//! - [`pool`]: keep-alive HTTP/1.1 connections driven inside their exchange.
 //! - [`body`]: the body types and the frame-forwarding wrappers (limits, timeouts, counting).
 //! - [`exchange`]: one request and its answer, and the access log line it writes.
 //! - [`proxy`]: the service that ties these together.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod exchange;
 pub mod headers;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod server;

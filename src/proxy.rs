@@ -15,8 +15,9 @@ use crate::error::{json_response, ProxyError};
 use crate::exchange::{new_request_id, Exchange, Outcome};
 use crate::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
 use crate::metrics::{self, Metrics, UpstreamErrorKind};
+use crate::pool::Lease;
 use crate::routes::{upstream_target, Route, RouteError};
-use crate::upstream::{self, FailureKind, UpstreamClient};
+use crate::upstream::{self, FailureKind, Upstream, UpstreamError};
 
 /// The proxy's request handler. Cheap to clone: one per connection.
 #[derive(Clone)]
@@ -25,7 +26,7 @@ pub struct Proxy(Arc<Inner>);
 struct Inner {
     config: Config,
     identity: UpstreamIdentity,
-    client: UpstreamClient,
+    upstream: Upstream,
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
 }
@@ -36,7 +37,7 @@ impl Proxy {
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, rustls::Error> {
-        let client = upstream::client(config.timeouts.connect)?;
+        let upstream = Upstream::new(&config.upstream, config.timeouts.connect)?;
         let identity = UpstreamIdentity {
             authorization: config.authorization.clone(),
             organization: config.organization.clone(),
@@ -45,7 +46,7 @@ impl Proxy {
         Ok(Proxy(Arc::new(Inner {
             config,
             identity,
-            client,
+            upstream,
             drain,
             metrics,
         })))
@@ -123,8 +124,8 @@ impl Proxy {
             self.0.metrics.clone(),
         );
 
-        let upstream_response = match self.call_upstream(request, &exchange).await {
-            Ok(response) => response,
+        let (upstream_response, lease) = match self.call_upstream(request, &exchange).await {
+            Ok(answer) => answer,
             Err(error) => {
                 exchange.finish(outcome_of(&error));
                 let mut response = error.into_response();
@@ -146,7 +147,7 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
-        let body = ResponseBody::new(body, clock, exchange, is_sse);
+        let body = ResponseBody::new(body, lease, clock, exchange, is_sse);
         Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
     }
 
@@ -159,7 +160,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         exchange: &Exchange,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
         let config = &self.0.config;
         let (mut parts, body) = request.into_parts();
 
@@ -197,7 +198,7 @@ impl Proxy {
         let started = exchange.started();
         let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
         let body = RequestBody::new(body, clock, config.max_body_bytes, exchange.request.clone());
-        let sending = self.0.client.request(Request::from_parts(parts, body));
+        let sending = self.0.upstream.send(Request::from_parts(parts, body));
 
         let first_byte_deadline = started + config.timeouts.first_byte;
         let total_deadline = self.total_deadline(started);
@@ -205,7 +206,7 @@ impl Proxy {
             total_deadline.map_or(first_byte_deadline, |total| total.min(first_byte_deadline));
         let response = match tokio::time::timeout_at(wait_until, sending).await {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(self.upstream_error(&error, exchange)),
+            Ok(Err(error)) => return Err(self.upstream_error(error, exchange)),
             Err(_) => {
                 exchange.upstream_failed(UpstreamErrorKind::Timeout);
                 return Err(
@@ -218,7 +219,7 @@ impl Proxy {
             }
         };
 
-        if response.status() == StatusCode::UNAUTHORIZED {
+        if response.0.status() == StatusCode::UNAUTHORIZED {
             // OpenAI's 401 means our key was refused, and its message echoes part of the key:
             // the body is dropped unread and the client learns only that the proxy is broken.
             tracing::error!(
@@ -232,11 +233,7 @@ impl Proxy {
 
     /// Whose fault a failed upstream call was: the request body's (too large, broken, stalled)
     /// or the upstream's.
-    fn upstream_error(
-        &self,
-        error: &hyper_util::client::legacy::Error,
-        exchange: &Exchange,
-    ) -> ProxyError {
+    fn upstream_error(&self, error: UpstreamError, exchange: &Exchange) -> ProxyError {
         use std::sync::atomic::Ordering::Relaxed;
         let config = &self.0.config;
         let stats = &exchange.request;
@@ -251,9 +248,9 @@ impl Proxy {
         if stats.client_failed.load(Relaxed) {
             return ProxyError::ClientBodyFailed;
         }
-        let description = upstream::describe(error);
+        let description = upstream::describe(&*error.error);
         tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
-        let kind = upstream::classify(error);
+        let kind = error.kind;
         exchange.upstream_failed(match kind {
             FailureKind::Connect => UpstreamErrorKind::Connect,
             FailureKind::ConnectTimeout => UpstreamErrorKind::Timeout,

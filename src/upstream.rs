@@ -1,5 +1,7 @@
-//! The pooled client that talks to the upstream: hyper-util's legacy client over hyper-rustls,
-//! HTTP/1.1 or HTTP/2 by ALPN over TLS, plain HTTP/1.1 for `http://` base URLs.
+//! The upstream side. An `https://` base URL goes through hyper-util's pooled client over
+//! hyper-rustls, HTTP/2 or HTTP/1.1 by ALPN (HTTP/2 streams hand frames over without the
+//! one-frame channel). An `http://` base URL (a local upstream, a mock, vLLM) uses
+//! [`crate::pool`]: HTTP/1.1 connections driven inside the exchange.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -15,18 +17,105 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
 use crate::body::RequestBody;
+use crate::config::Upstream as UpstreamConfig;
+use crate::pool::{Http1Pool, Lease};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The client every forwarded request goes through.
+/// hyper-util's client, for TLS upstreams.
 pub type UpstreamClient = Client<ConnectWithTimeout, RequestBody>;
+
+/// Where forwarded requests go, and how.
+pub enum Upstream {
+    Plain {
+        pool: Arc<Http1Pool>,
+        /// The upstream's authority, for the Host header hyper's connection does not set.
+        host: HeaderValue,
+    },
+    Tls(UpstreamClient),
+}
+
+impl Upstream {
+    pub fn new(
+        config: &UpstreamConfig,
+        connect_timeout: Duration,
+    ) -> Result<Upstream, rustls::Error> {
+        if config.scheme == http::uri::Scheme::HTTP {
+            let host = HeaderValue::from_str(config.authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+            let port = config.authority.port_u16().unwrap_or(80);
+            let pool = Http1Pool::new(config.authority.host(), port, connect_timeout);
+            return Ok(Upstream::Plain {
+                pool: Arc::new(pool),
+                host,
+            });
+        }
+        Ok(Upstream::Tls(client(connect_timeout)?))
+    }
+
+    /// Sends `request` (whose URI is absolute) and waits for the response head. For a plain
+    /// upstream the connection comes back too, and the response body flows only while it is
+    /// driven.
+    pub async fn send(
+        &self,
+        mut request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        match self {
+            Upstream::Plain { pool, host } => {
+                // hyper's own connection sends the URI as given: make it origin-form.
+                let origin_form = request
+                    .uri()
+                    .path_and_query()
+                    .map(|pq| http::Uri::from(pq.clone()))
+                    .unwrap_or_else(|| http::Uri::from_static("/"));
+                *request.uri_mut() = origin_form;
+                request.headers_mut().insert(header::HOST, host.clone());
+                let (response, conn) = pool.send(request).await?;
+                Ok((
+                    response,
+                    Some(Lease {
+                        conn,
+                        pool: pool.clone(),
+                    }),
+                ))
+            }
+            Upstream::Tls(client) => match client.request(request).await {
+                Ok(response) => Ok((response, None)),
+                Err(error) => Err(UpstreamError {
+                    kind: classify(&error),
+                    error: Box::new(error),
+                }),
+            },
+        }
+    }
+}
+
+/// A failed upstream call: what kind of failure, and the error itself.
+#[derive(Debug)]
+pub struct UpstreamError {
+    pub kind: FailureKind,
+    pub error: BoxError,
+}
+
+impl UpstreamError {
+    pub fn new(kind: FailureKind, error: impl Into<BoxError>) -> UpstreamError {
+        UpstreamError {
+            kind,
+            error: error.into(),
+        }
+    }
+}
 
 /// How long an idle upstream connection stays in the pool. OpenAI's edge closes idle
 /// connections after a few minutes; 90 s keeps them warm without racing that close.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-pub fn client(connect_timeout: Duration) -> Result<UpstreamClient, rustls::Error> {
+fn client(connect_timeout: Duration) -> Result<UpstreamClient, rustls::Error> {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     // Each SSE event must leave at once, not wait for Nagle's algorithm.
@@ -100,7 +189,7 @@ pub enum FailureKind {
     Reset,
 }
 
-pub fn classify(error: &hyper_util::client::legacy::Error) -> FailureKind {
+fn classify(error: &hyper_util::client::legacy::Error) -> FailureKind {
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     let mut tls = false;
     while let Some(e) = source {

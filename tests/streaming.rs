@@ -134,3 +134,18 @@ async fn sse_streams_through_h2c_too() {
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(body_string(response).await, expected_chat_sse(4));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_after_streams() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    for _ in 0..4 {
+        let mut request = chat_request(&proxy.url("/v1/chat/completions"), STREAM_BODY);
+        request
+            .headers_mut()
+            .insert("x-mock-events", "3".parse().unwrap());
+        let response = client().request(request).await.unwrap();
+        assert_eq!(body_string(response).await, expected_chat_sse(3));
+    }
+    assert_eq!(mock.log.lock().unwrap().connections_opened, 1);
+}
