@@ -37,7 +37,7 @@ pub enum Upstream {
         /// The upstream's authority, for the Host header hyper's connection does not set.
         host: HeaderValue,
     },
-    Tls(UpstreamClient),
+    Tls(Box<UpstreamClient>),
 }
 
 impl Upstream {
@@ -55,7 +55,7 @@ impl Upstream {
                 host,
             });
         }
-        Ok(Upstream::Tls(client(connect_timeout)?))
+        Ok(Upstream::Tls(Box::new(client(connect_timeout)?)))
     }
 
     /// Sends `request` (whose URI is absolute) and waits for the response head. For a plain
