@@ -62,6 +62,8 @@ impl std::error::Error for BodyError {
 pub struct FrameClock {
     idle: Duration,
     last_frame: Instant,
+    /// Frames arrived since `last_frame` was read.
+    fresh_frames: bool,
     idle_timer: Option<Pin<Box<Sleep>>>,
     deadline: Option<Instant>,
     deadline_timer: Option<Pin<Box<Sleep>>>,
@@ -78,18 +80,24 @@ impl FrameClock {
         FrameClock {
             idle,
             last_frame: Instant::now(),
+            fresh_frames: false,
             idle_timer: None,
             deadline,
             deadline_timer: None,
         }
     }
 
+    /// Notes that a frame arrived. The clock is read only when the body next has nothing
+    /// ready, which is the same moment to within one poll, and saves a clock read per frame.
     fn frame_arrived(&mut self) {
-        self.last_frame = Instant::now();
+        self.fresh_frames = true;
     }
 
     /// Called when the inner body is pending: is it time to give up?
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        if std::mem::take(&mut self.fresh_frames) {
+            self.last_frame = Instant::now();
+        }
         if let Some(deadline) = self.deadline {
             let timer = self
                 .deadline_timer
@@ -231,20 +239,22 @@ impl ResponseBody {
     }
 }
 
-/// Counts the blank lines that end SSE events in `data`; `after_newline` carries across frames.
+/// Counts the blank lines that end SSE events in `data`; `after_newline` carries across frames
+/// whether the last line so far ended, since an event's closing blank line may straddle two.
 fn count_sse_events(data: &[u8], after_newline: &mut bool) -> u64 {
     let mut events = 0;
-    for &byte in data {
-        match byte {
-            b'\n' => {
-                if *after_newline {
-                    events += 1;
-                }
-                *after_newline = true;
-            }
-            b'\r' => {}
-            _ => *after_newline = false,
-        }
+    let mut line_start = 0;
+    for end in memchr::memchr_iter(b'\n', data) {
+        // A blank line: nothing but an optional '\r' since the previous line ended.
+        let blank =
+            matches!(&data[line_start..end], [] | [b'\r']) && (line_start > 0 || *after_newline);
+        events += u64::from(blank);
+        line_start = end + 1;
+    }
+    if matches!(&data[line_start..], [] | [b'\r']) {
+        *after_newline |= line_start > 0;
+    } else {
+        *after_newline = false;
     }
     events
 }
@@ -388,5 +398,11 @@ mod tests {
         assert_eq!(count_sse_events(b"\ndata: c\r\n\r\n", &mut state), 2);
         assert_eq!(count_sse_events(b"data: [DONE]\n\n", &mut state), 1);
         assert_eq!(count_sse_events(b"no events here", &mut state), 0);
+        assert_eq!(count_sse_events(b"\n", &mut state), 0);
+        assert_eq!(count_sse_events(b"\r", &mut state), 0);
+        assert_eq!(count_sse_events(b"\n", &mut state), 1);
+        assert_eq!(count_sse_events(b"data: x\n", &mut state), 0);
+        assert_eq!(count_sse_events(b"", &mut state), 0);
+        assert_eq!(count_sse_events(b"\r\n", &mut state), 1);
     }
 }
