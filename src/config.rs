@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -47,6 +48,8 @@ pub struct Config {
     pub routes: Routes,
     /// `PROXY_METRICS_ADDR`: serve `/metrics` on its own listener instead of the proxy's port.
     pub metrics_addr: Option<SocketAddr>,
+    /// `PROXY_TLS_CERT` and `PROXY_TLS_KEY`, loaded: serve HTTPS (h2 and http/1.1 by ALPN).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The parsed `OPENAI_BASE_URL`.
@@ -139,6 +142,8 @@ struct RawConfig {
     proxy_log_format: Option<String>,
     proxy_extra_routes: Option<String>,
     proxy_metrics_addr: Option<String>,
+    proxy_tls_cert: Option<String>,
+    proxy_tls_key: Option<String>,
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -187,6 +192,102 @@ impl Config {
         let raw: RawConfig =
             envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
         raw.validate()
+    }
+}
+
+impl Config {
+    /// The effective settings, one `NAME=value` per line, for `--check-config`. Keys are
+    /// never shown, only whether and how they are set.
+    pub fn describe(&self) -> String {
+        fn or_unset(value: Option<String>) -> String {
+            value.unwrap_or_else(|| "(unset)".to_owned())
+        }
+        let header = |v: &Option<HeaderValue>| {
+            or_unset(
+                v.as_ref()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        };
+        let key_len = self.authorization.len().saturating_sub("Bearer ".len());
+        let lines = [
+            (
+                "OPENAI_API_KEY",
+                format!("(set, {key_len} characters, masked)"),
+            ),
+            (
+                "OPENAI_BASE_URL",
+                format!(
+                    "{}://{}{}",
+                    self.upstream.scheme, self.upstream.authority, self.upstream.base_path
+                ),
+            ),
+            ("OPENAI_ORGANIZATION", header(&self.organization)),
+            ("OPENAI_PROJECT", header(&self.project)),
+            ("HOST", self.listen.ip().to_string()),
+            ("PORT", self.listen.port().to_string()),
+            (
+                "PROXY_CONNECT_TIMEOUT",
+                format!("{:?}", self.timeouts.connect),
+            ),
+            (
+                "PROXY_FIRST_BYTE_TIMEOUT",
+                format!("{:?}", self.timeouts.first_byte),
+            ),
+            ("PROXY_IDLE_TIMEOUT", format!("{:?}", self.timeouts.idle)),
+            (
+                "PROXY_TOTAL_TIMEOUT",
+                or_unset(self.timeouts.total.map(|t| format!("{t:?}"))),
+            ),
+            (
+                "PROXY_HEADER_READ_TIMEOUT",
+                format!("{:?}", self.timeouts.header_read),
+            ),
+            ("PROXY_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
+            ("PROXY_MAX_CONNECTIONS", self.max_connections.to_string()),
+            ("PROXY_SHUTDOWN_DELAY", format!("{:?}", self.shutdown_delay)),
+            ("PROXY_SHUTDOWN_GRACE", format!("{:?}", self.shutdown_grace)),
+            (
+                "PROXY_CLIENT_KEYS",
+                format!("({} keys, masked)", self.client_keys.0.len()),
+            ),
+            (
+                "PROXY_CORS_ORIGINS",
+                or_unset(self.cors_origins.as_ref().map(|c| {
+                    match c {
+                        CorsOrigins::Any => "*".to_owned(),
+                        CorsOrigins::List(list) => list
+                            .iter()
+                            .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    }
+                })),
+            ),
+            ("PROXY_EXTRA_ROUTES", self.routes.describe_extra()),
+            (
+                "PROXY_METRICS_ADDR",
+                or_unset(self.metrics_addr.map(|a| a.to_string())),
+            ),
+            (
+                "PROXY_TLS",
+                if self.tls.is_some() {
+                    "on".to_owned()
+                } else {
+                    "off".to_owned()
+                },
+            ),
+            (
+                "PROXY_LOG_FORMAT",
+                match self.log_format {
+                    LogFormat::Text => "text".to_owned(),
+                    LogFormat::Json => "json".to_owned(),
+                },
+            ),
+        ];
+        lines
+            .iter()
+            .map(|(name, value)| format!("{name}={value}\n"))
+            .collect()
     }
 }
 
@@ -308,8 +409,66 @@ impl RawConfig {
             },
             routes,
             metrics_addr,
+            tls: match (present(&self.proxy_tls_cert), present(&self.proxy_tls_key)) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(load_tls(Path::new(cert), Path::new(key))?),
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "PROXY_TLS_KEY",
+                        "is required when PROXY_TLS_CERT is set",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "PROXY_TLS_CERT",
+                        "is required when PROXY_TLS_KEY is set",
+                    ))
+                }
+            },
         })
     }
+}
+
+/// Reads a PEM certificate chain and private key into a server configuration that offers
+/// HTTP/2 and HTTP/1.1 by ALPN.
+fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            invalid(
+                "PROXY_TLS_CERT",
+                format!("cannot read {}: {e}", cert.display()),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "PROXY_TLS_CERT",
+            format!("{} holds no certificate", cert.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        invalid(
+            "PROXY_TLS_KEY",
+            format!("cannot read a private key from {}: {e}", key.display()),
+        )
+    })?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid("PROXY_TLS_CERT", e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| {
+        invalid(
+            "PROXY_TLS_KEY",
+            format!("does not match the certificate or is unusable: {e}"),
+        )
+    })?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
 }
 
 fn parse_base_url(value: &str) -> Result<Upstream, ConfigError> {

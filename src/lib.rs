@@ -5,6 +5,7 @@
 //! Events, is streamed back frame by frame. Bodies are never collected or parsed.
 //!
 //! # Layout
+//! - [`cli`]: `--help`, `--version`, `--check-config`.
 //! - [`config`]: the environment and `.env` to a validated [`Config`].
 //! - [`routes`]: which method and path go where; pure.
 //! - [`headers`]: hop-by-hop removal, the key swap, request ids; pure.
@@ -26,6 +27,7 @@
 )]
 
 pub mod body;
+pub mod cli;
 pub mod client_keys;
 pub mod config;
 pub mod cors;

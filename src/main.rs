@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use memoctopus::cli::{self, Command};
 use memoctopus::{telemetry, Config};
 use tokio::net::TcpListener;
 
@@ -11,6 +12,24 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("memoctopus: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("memoctopus {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::CheckConfig | Command::Serve => {}
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -18,6 +37,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if command == Command::CheckConfig {
+        print!("{}", config.describe());
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
     telemetry::init(config.log_format);
 
     // Pinned to one core (taskset, a CPU limit of 1), one thread does all the work without

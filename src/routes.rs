@@ -122,6 +122,15 @@ impl Routes {
         self
     }
 
+    /// `PROXY_EXTRA_ROUTES` as it was understood, for `--check-config`.
+    pub fn describe_extra(&self) -> String {
+        self.forwarded[BUILT_IN.len()..]
+            .iter()
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The forwarded patterns, in table order.
     pub fn forwarded_names(&self) -> impl Iterator<Item = &str> {
         self.forwarded.iter().map(|(_, p)| p.as_str())

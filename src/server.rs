@@ -66,6 +66,7 @@ pub async fn run_with_metrics_listener(
         slots: Arc::new(Semaphore::new(config.max_connections)),
         connections: JoinSet::new(),
         header_read: config.timeouts.header_read,
+        tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
     };
 
     acceptor.accept_until(shutdown).await;
@@ -132,6 +133,8 @@ struct Acceptor {
     connections: JoinSet<()>,
     /// `PROXY_HEADER_READ_TIMEOUT`, for the bytes before hyper takes over.
     header_read: Duration,
+    /// Set with `PROXY_TLS_CERT` and `PROXY_TLS_KEY`: clients speak HTTPS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Acceptor {
@@ -167,26 +170,37 @@ impl Acceptor {
             let proxy = self.proxy.clone();
             let metrics = self.metrics.clone();
             metrics.open_connections.inc();
+            let tls = self.tls.clone();
             self.connections.spawn(async move {
                 let _open = OpenConnection(metrics);
-                // hyper's header read timeout starts only once it knows the protocol; a
-                // client that sends nothing, or a lone prefix of the HTTP/2 preface, would
-                // otherwise hold the connection and its slot forever.
-                if tokio::time::timeout(header_read, protocol_decided(&stream))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let service = service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = watcher.watch(connection).await {
-                    tracing::debug!(error = %error, "connection ended with an error");
-                }
-                drop(slot);
+                let _slot = slot;
+                let Some(tls) = tls else {
+                    // hyper's header read timeout starts only once it knows the protocol; a
+                    // client that sends nothing, or a lone prefix of the HTTP/2 preface,
+                    // would otherwise hold the connection and its slot forever.
+                    if tokio::time::timeout(header_read, protocol_decided(&stream))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    return serve_connection(stream, builder, watcher, proxy).await;
+                };
+                let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                // ALPN has decided the protocol; hyper need not guess it from the bytes.
+                let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    builder.http2_only()
+                } else {
+                    builder.http1_only()
+                };
+                serve_connection(stream, builder, watcher, proxy).await;
             });
             while let Some(ended) = self.connections.try_join_next() {
                 if let Err(error) = ended {
@@ -196,6 +210,25 @@ impl Acceptor {
                 }
             }
         }
+    }
+}
+
+/// Serves one client connection until it ends or the drain closes it.
+async fn serve_connection<I>(
+    io: I,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    proxy: Proxy,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(error = %error, "connection ended with an error");
     }
 }
 

@@ -47,3 +47,70 @@ fn malformed_settings_exit_64_naming_the_setting() {
         assert!(!stderr.contains("sk-cli-secret"), "{stderr}");
     }
 }
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("memoctopus {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("PROXY_SHUTDOWN_GRACE") && help.contains("30s"),
+        "{help}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn check_config_prints_the_settings_with_the_key_masked() {
+    let dir = std::env::temp_dir().join(format!("memoctopus-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "OPENAI_API_KEY=sk-from-dotenv-secret\nPORT=9100\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .arg("--check-config")
+        .env_clear()
+        .env("PROXY_CLIENT_KEYS", "ck-check-secret")
+        .env("PORT", "9200")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("PORT=9200"), "{stdout}");
+    assert!(
+        stdout.contains("OPENAI_API_KEY=(set, 21 characters, masked)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PROXY_CLIENT_KEYS=(1 keys, masked)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-from-dotenv-secret") && !stdout.contains("ck-check-secret"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .arg("--check-config")
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}

@@ -2,6 +2,7 @@
 //! records what it received, and a few client helpers.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod mock;
 
 use std::net::SocketAddr;

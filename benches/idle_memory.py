@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Memory per idle client connection: RSS of memoctopus before and after N keep-alive
+connections that each made one request and then sit idle, and with PROXY_MAX_CONNECTIONS
+below N, that the proxy holds no more than its limit.
+
+    python3 benches/idle_memory.py [N]      (after benches/run.sh has built the binaries)
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import MOCK, PROXY, free_port, status_kib, wait_port  # noqa: E402
+
+
+def open_idle(port, n):
+    conns = []
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(request)
+        conns.append(s)
+    answered = 0
+    for s in conns:
+        s.settimeout(0.5)
+        try:
+            if s.recv(4096).startswith(b"HTTP/1.1 200"):
+                answered += 1
+        except OSError:
+            pass
+    return conns, answered
+
+
+def measure(n, max_connections):
+    mock_port, port = free_port(), free_port()
+    mock = subprocess.Popen([str(MOCK), f"127.0.0.1:{mock_port}"], stdout=subprocess.DEVNULL)
+    env = {
+        "PATH": os.environ["PATH"],
+        "OPENAI_API_KEY": "sk-bench",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "RUST_LOG": "warn",
+        "PROXY_MAX_CONNECTIONS": str(max_connections),
+        "PROXY_HEADER_READ_TIMEOUT": "60s",
+    }
+    proxy = subprocess.Popen([str(PROXY)], env=env)
+    try:
+        wait_port(port)
+        time.sleep(0.3)
+        before = status_kib(proxy.pid, "VmRSS")
+        conns, answered = open_idle(port, n)
+        time.sleep(0.5)
+        after = status_kib(proxy.pid, "VmRSS")
+        for s in conns:
+            s.close()
+        return before, after, answered
+    finally:
+        proxy.terminate()
+        mock.terminate()
+        proxy.wait()
+        mock.wait()
+
+
+def main():
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65535, hard), hard))
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    before, after, answered = measure(n, 100_000)
+    print(f"{n} idle keep-alive connections: RSS {before} KiB -> {after} KiB, "
+          f"{(after - before) * 1024 / max(answered, 1):.0f} bytes per connection ({answered} answered)")
+    limit = n // 5
+    before, after, answered = measure(n, limit)
+    print(f"PROXY_MAX_CONNECTIONS={limit}, {n} clients: {answered} served, RSS {before} KiB -> {after} KiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+//! Hostile or broken clients on raw sockets: each gets the right status or a clean close,
+//! nothing reaches the upstream that should not, and the proxy goes on serving.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn status_of(proxy: &TestProxy, raw: &[u8]) -> String {
+    let answer = raw_exchange(proxy.addr, raw, Duration::from_secs(2)).await;
+    answer.lines().next().unwrap_or("(closed)").to_owned()
+}
+
+async fn assert_still_serves(proxy: &TestProxy) {
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn conflicting_lengths_are_refused_and_never_forwarded() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let cases: [&[u8]; 3] = [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 40\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+    ];
+    for raw in cases {
+        let status = status_of(&proxy, raw).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{status} for {}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "forwarded: {:?}",
+        mock.requests().iter().map(|s| &s.uri).collect::<Vec<_>>()
+    );
+    assert_still_serves(&proxy).await;
+}
+
+/// `Content-Length` with `Transfer-Encoding: chunked`: hyper reads the body by the chunked
+/// framing alone, drops the `Content-Length`, answers, and closes the connection (RFC 9112
+/// section 6.1 allows this instead of a 400). What the proxy forwards is framed by the proxy, and
+/// the request smuggled behind the body is never read, let alone forwarded.
+#[tokio::test]
+async fn content_length_with_chunked_cannot_smuggle_a_request() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    let mut stream = raw_connect(proxy.addr).await;
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    // The connection must close after one answer: read_to_end returns.
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
+        .await
+        .expect("connection kept open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    let seen = mock.requests();
+    assert!(
+        seen.iter().all(|s| s.uri == "/v1/chat/completions"),
+        "the smuggled request was forwarded"
+    );
+    for s in seen {
+        assert!(
+            s.headers.get("content-length").is_none_or(|v| v == "0"),
+            "{:?}",
+            s.headers
+        );
+        assert_eq!(s.body.as_deref(), Some(&b""[..]));
+    }
+    assert_still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn opaque_header_bytes_are_forwarded_unmangled() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Latin1: caf\xe9 cr\xe8me\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let status = status_of(&proxy, raw).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(
+        mock.last_request().headers["x-latin1"].as_bytes(),
+        b"caf\xe9 cr\xe8me"
+    );
+}
+
+#[tokio::test]
+async fn obs_fold_and_control_bytes_are_refused() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    for raw in [
+        &b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Folded: one\r\n two\r\nContent-Length: 2\r\n\r\n{}"[..],
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nBad Name: v\r\nContent-Length: 2\r\n\r\n{}",
+    ] {
+        let status = status_of(&proxy, raw).await;
+        assert!(status.starts_with("HTTP/1.1 400") || status == "(closed)", "{status}");
+    }
+    assert!(mock.requests().is_empty());
+    assert_still_serves(&proxy).await;
+}
+
+// ---- HTTP/2 abuse, with hand-made frames (a well-behaved client library would not do this).
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn hpack_int(out: &mut Vec<u8>, value: usize) {
+    if value < 127 {
+        out.push(value as u8);
+        return;
+    }
+    out.push(127);
+    let mut rest = value - 127;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// A header block of literal fields without indexing.
+fn header_block(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        block.push(0x00);
+        hpack_int(&mut block, name.len());
+        block.extend_from_slice(name.as_bytes());
+        hpack_int(&mut block, value.len());
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+fn request_headers(authority: &str) -> Vec<u8> {
+    header_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/v1/chat/completions"),
+        (":authority", authority),
+        ("content-type", "application/json"),
+    ])
+}
+
+/// Reads until the peer closes or `wait` passes; returns the frame types seen.
+async fn frame_types(stream: &mut tokio::net::TcpStream, wait: Duration) -> Vec<u8> {
+    let mut data = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= data.len() {
+        let len = (data[at] as usize) << 16 | (data[at + 1] as usize) << 8 | data[at + 2] as usize;
+        types.push(data[at + 3]);
+        at += 9 + len;
+    }
+    types
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_flood_is_cut_off() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let rss_before = rss_kib();
+    let mut stream = raw_connect(proxy.addr).await;
+    let mut flood = PREFACE.to_vec();
+    flood.extend(frame(4, 0, 0, &[]));
+    let headers = request_headers(&proxy.addr.to_string());
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(1, 0x4, id, &headers)); // HEADERS, END_HEADERS
+        flood.extend(frame(3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let _ = stream.write_all(&flood).await;
+    let types = frame_types(&mut stream, Duration::from_secs(3)).await;
+    assert!(
+        types.contains(&7),
+        "no GOAWAY after a reset flood: {types:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        mock.requests().len() < 300,
+        "{} requests reached the upstream",
+        mock.requests().len()
+    );
+    assert!(
+        rss_kib() < rss_before + 64 * 1024,
+        "memory grew from {rss_before} KiB to {} KiB",
+        rss_kib()
+    );
+    assert_still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn h2_streams_beyond_the_limit_are_refused() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    let mut burst = PREFACE.to_vec();
+    burst.extend(frame(4, 0, 0, &[]));
+    let headers = request_headers(&proxy.addr.to_string());
+    // 400 streams that each wait for a body that never comes.
+    for i in 0..400u32 {
+        burst.extend(frame(1, 0x4, 2 * i + 1, &headers));
+    }
+    stream.write_all(&burst).await.unwrap();
+    let types = frame_types(&mut stream, Duration::from_millis(1500)).await;
+    assert!(
+        types.contains(&3) || types.contains(&7),
+        "streams over the limit were not refused: {types:?}"
+    );
+    assert!(
+        mock.log.lock().unwrap().connections_opened
+            <= memoctopus::server::H2_MAX_CONCURRENT_STREAMS as usize
+    );
+    drop(stream);
+    assert_still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn h2_huge_header_lists_are_refused() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(4, 0, 0, &[]));
+    let big = "v".repeat(1 << 20);
+    let mut block = request_headers(&proxy.addr.to_string());
+    block.extend(header_block(&[("x-huge", &big)]));
+    // HEADERS then CONTINUATION frames of 16 KiB.
+    let mut chunks = block.chunks(16384).peekable();
+    let mut first = true;
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let flags = if last { 0x4 | 0x1 } else { 0x1 };
+        bytes.extend(frame(
+            if first { 1 } else { 9 },
+            if first { flags } else { flags & 0x4 },
+            1,
+            chunk,
+        ));
+        first = false;
+    }
+    let _ = stream.write_all(&bytes).await;
+    let types = frame_types(&mut stream, Duration::from_secs(2)).await;
+    assert!(
+        types.contains(&3) || types.contains(&7) || types.contains(&1),
+        "{types:?}"
+    );
+    assert!(
+        mock.requests().is_empty(),
+        "a 1 MiB header list reached the upstream"
+    );
+    assert_still_serves(&proxy).await;
+}
