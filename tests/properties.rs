@@ -74,7 +74,7 @@ proptest! {
             }
         }
         for hop in &hops {
-            headers.append(HOP_BY_HOP[*hop], HeaderValue::from_static("x"));
+            headers.append(HOP_BY_HOP[*hop], HeaderValue::from_static("keep-alive"));
         }
         if let Ok(v) = HeaderValue::from_str(&connection_names.join(", ")) {
             headers.append("connection", v);
