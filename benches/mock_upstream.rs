@@ -5,7 +5,8 @@
 //! - `x-mock-events: N` (default 5) and `x-mock-interval-ms: D` (default 0): the size and pace
 //!   of a stream, for chat with `"stream": true` and transcriptions with `stream=true`;
 //! - `x-mock-status: 429`: answer that status with an OpenAI error body;
-//! - `x-mock-head-delay-ms: D`: wait before the response head.
+//! - `x-mock-head-delay-ms: D`: wait before the response head;
+//! - `x-mock-fail-after: N`: break a stream off after N events, as an upstream reset would.
 //!
 //! `GET /stats` answers its counters as JSON (requests, upload bytes, streams completed and
 //! cancelled by the other side); `POST /stats/reset` zeroes them.
@@ -147,10 +148,15 @@ async fn answer(
     }
     let events = number(h, "x-mock-events").unwrap_or(5);
     let interval = Duration::from_millis(number(h, "x-mock-interval-ms").unwrap_or(0));
+    let fail_after = number(h, "x-mock-fail-after");
 
     let response = if path.ends_with("/chat/completions") {
         if contains(&head, b"\"stream\":true") || contains(&head, b"\"stream\": true") {
-            sse(Kind::Chat, events, interval, stats)
+            let mut response = sse(Kind::Chat, events, interval, stats);
+            if let (Some(n), MockBody::Paced(p)) = (fail_after, response.body_mut()) {
+                p.fail_after = Some(n);
+            }
+            response
         } else {
             json_answer(StatusCode::OK, CHAT_JSON)
         }
@@ -246,6 +252,8 @@ enum MockBody {
 }
 
 struct Paced {
+    /// Break off with an error after this many events.
+    fail_after: Option<u64>,
     kind: Kind,
     next: u64,
     events: u64,
@@ -258,6 +266,7 @@ struct Paced {
 impl MockBody {
     fn paced(kind: Kind, events: u64, interval: Duration, stats: Arc<Stats>) -> MockBody {
         MockBody::Paced(Box::new(Paced {
+            fail_after: None,
             kind,
             next: 0,
             events,
@@ -269,20 +278,35 @@ impl MockBody {
     }
 }
 
+/// A stream broken off on purpose.
+#[derive(Debug)]
+struct Broken;
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream broken off by x-mock-fail-after")
+    }
+}
+
+impl std::error::Error for Broken {}
+
 impl Body for MockBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = Broken;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Broken>>> {
         let p = match &mut *self {
             MockBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Paced(p) => p,
         };
         if p.done {
             return Poll::Ready(None);
+        }
+        if p.fail_after.is_some_and(|n| p.next >= n) {
+            return Poll::Ready(Some(Err(Broken)));
         }
         if p.next > 0 && !p.interval.is_zero() {
             let interval = p.interval;
