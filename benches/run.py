@@ -361,7 +361,11 @@ def main():
     parser.add_argument("--targets", default="direct,nginx,memoctopus")
     parser.add_argument("--quality-seconds", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    parser.add_argument("--proxy-binary", default=None, help="a memoctopus build to measure instead")
     args = parser.parse_args()
+    if args.proxy_binary:
+        global PROXY
+        PROXY = Path(args.proxy_binary)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     soft = 65535 if hard == resource.RLIM_INFINITY else min(65535, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

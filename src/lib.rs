@@ -21,6 +21,7 @@
 //! - [`drain`]: what graceful shutdown counts.
 //! - [`server`]: the accept loop, connection limit and drain; [`run`] is the entry point.
 //! - [`telemetry`]: log setup.
+//! - [`trim`]: handing freed heap back to the OS when idle.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -41,6 +42,7 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod trim;
 pub mod upstream;
 
 pub use config::Config;

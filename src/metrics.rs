@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::encoding::{
+    prometheus_text, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -28,10 +30,33 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: RouteName,
+    method: &'static str,
     status: u16,
     outcome: &'static str,
+}
+
+/// A route's pattern, shared, so that counting an exchange allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct RouteName(Arc<str>);
+
+impl EncodeLabelValue for RouteName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+/// The method as a static label; routes only ever carry these.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "OTHER",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +77,7 @@ fn histogram() -> Histogram {
 pub struct RouteMetrics {
     /// The route's configured pattern, such as `/v1/models/*`.
     pub name: String,
+    label: RouteName,
     duration: Histogram,
     head: Histogram,
     request_bytes: Counter,
@@ -200,6 +226,7 @@ impl Metrics {
                 };
                 Arc::new(RouteMetrics {
                     name: name.to_owned(),
+                    label: RouteName(Arc::from(name)),
                     duration: duration.get_or_create_owned(&labels),
                     head: head.get_or_create_owned(&labels),
                     request_bytes: request_bytes.get_or_create_owned(&labels),
@@ -236,8 +263,8 @@ impl Metrics {
         let route = ended.route;
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.name.clone(),
-                method: ended.method.to_owned(),
+                route: route.label.clone(),
+                method: method_label(ended.method),
                 status: ended.status,
                 outcome: ended.outcome.as_str(),
             })

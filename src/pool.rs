@@ -78,7 +78,30 @@ pub struct Http1Pool {
 }
 
 impl Http1Pool {
-    pub fn new(host: &str, port: u16, connect_timeout: Duration) -> Http1Pool {
+    /// A pool whose idle connections are closed once they pass [`IDLE_TIMEOUT`], by a task
+    /// that ends with the pool. Must be called within the runtime.
+    pub fn spawn(host: &str, port: u16, connect_timeout: Duration) -> std::sync::Arc<Http1Pool> {
+        let pool = std::sync::Arc::new(Http1Pool::new(host, port, connect_timeout));
+        let weak = std::sync::Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.close_expired();
+            }
+        });
+        pool
+    }
+
+    /// Closes idle connections that expired or that the upstream closed.
+    fn close_expired(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain_mut(|entry| entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.reusable());
+        }
+    }
+
+    fn new(host: &str, port: u16, connect_timeout: Duration) -> Http1Pool {
         let mut builder = http1::Builder::new();
         builder.writev(true);
         Http1Pool {

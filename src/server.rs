@@ -55,6 +55,7 @@ pub async fn run_with_metrics_listener(
     let metrics = Arc::new(Metrics::new(&config.routes));
     let proxy =
         Proxy::new(config.clone(), drain.clone(), metrics.clone()).map_err(io::Error::other)?;
+    let trimmer = tokio::spawn(crate::trim::trim_when_idle());
     let metrics_server =
         metrics_listener.map(|listener| tokio::spawn(serve_metrics(listener, metrics.clone())));
     let mut acceptor = Acceptor {
@@ -99,6 +100,7 @@ pub async fn run_with_metrics_listener(
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }
+    trimmer.abort();
     let report = drain.report();
     tracing::info!(finished = report.finished, cut = report.cut, "drained");
     Ok(report)

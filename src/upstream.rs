@@ -49,11 +49,8 @@ impl Upstream {
             let host = HeaderValue::from_str(config.authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
             let port = config.authority.port_u16().unwrap_or(80);
-            let pool = Http1Pool::new(config.authority.host(), port, connect_timeout);
-            return Ok(Upstream::Plain {
-                pool: Arc::new(pool),
-                host,
-            });
+            let pool = Http1Pool::spawn(config.authority.host(), port, connect_timeout);
+            return Ok(Upstream::Plain { pool, host });
         }
         Ok(Upstream::Tls(Box::new(client(connect_timeout)?)))
     }

@@ -1,0 +1,42 @@
+//! Giving freed heap memory back to the operating system once the proxy is idle.
+//!
+//! glibc keeps memory that was freed for later reuse, so after a burst of load the resident
+//! size would stay at its peak for good, which a sidecar's memory limit pays for. When no
+//! exchange has started for a whole interval, after some had, `malloc_trim` returns the free
+//! pages. It never runs while traffic flows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Exchanges started since the process began; the trimmer watches it for quiet.
+pub static EXCHANGES_STARTED: AtomicU64 = AtomicU64::new(0);
+
+/// How long the proxy must have started no exchange before memory is trimmed.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// Runs for the life of the server.
+pub async fn trim_when_idle() {
+    let mut seen = EXCHANGES_STARTED.load(Ordering::Relaxed);
+    let mut trimmed_at = seen;
+    let mut ticks = tokio::time::interval(QUIET);
+    loop {
+        ticks.tick().await;
+        let now = EXCHANGES_STARTED.load(Ordering::Relaxed);
+        if now == seen && now != trimmed_at {
+            release_free_memory();
+            trimmed_at = now;
+        }
+        seen = now;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
