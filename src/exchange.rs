@@ -104,7 +104,7 @@ impl Exchange {
         metrics: Arc<Metrics>,
     ) -> Exchange {
         metrics.in_flight.inc();
-        crate::trim::EXCHANGES_STARTED.fetch_add(1, Ordering::Relaxed);
+        crate::trim::note_activity();
         Exchange {
             id,
             method,

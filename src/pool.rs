@@ -97,7 +97,14 @@ impl Http1Pool {
     /// Closes idle connections that expired or that the upstream closed.
     fn close_expired(&self) {
         if let Ok(mut idle) = self.idle.lock() {
+            let before = idle.len();
             idle.retain_mut(|entry| entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.reusable());
+            if idle.len() < before {
+                if idle.is_empty() {
+                    *idle = Vec::new();
+                }
+                crate::trim::note_activity();
+            }
         }
     }
 

@@ -1,27 +1,33 @@
 //! Giving freed heap memory back to the operating system once the proxy is idle.
 //!
 //! glibc keeps memory that was freed for later reuse, so after a burst of load the resident
-//! size would stay at its peak for good, which a sidecar's memory limit pays for. When no
-//! exchange has started for a whole interval, after some had, `malloc_trim` returns the free
-//! pages. It never runs while traffic flows.
+//! size would stay at its peak for good, which a sidecar's memory limit pays for. When nothing
+//! has happened for a whole interval (no exchange started, no pooled connection closed), after
+//! something had, `malloc_trim` returns the free pages. It never runs while traffic flows.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Exchanges started since the process began; the trimmer watches it for quiet.
-pub static EXCHANGES_STARTED: AtomicU64 = AtomicU64::new(0);
+/// Counts what allocates or frees a lot: exchanges started, pooled connections closed. The
+/// trimmer waits for it to stand still.
+static ACTIVITY: AtomicU64 = AtomicU64::new(0);
+
+/// Records activity that may leave freed memory behind.
+pub fn note_activity() {
+    ACTIVITY.fetch_add(1, Ordering::Relaxed);
+}
 
 /// How long the proxy must have started no exchange before memory is trimmed.
 const QUIET: Duration = Duration::from_secs(1);
 
 /// Runs for the life of the server.
 pub async fn trim_when_idle() {
-    let mut seen = EXCHANGES_STARTED.load(Ordering::Relaxed);
+    let mut seen = ACTIVITY.load(Ordering::Relaxed);
     let mut trimmed_at = seen;
     let mut ticks = tokio::time::interval(QUIET);
     loop {
         ticks.tick().await;
-        let now = EXCHANGES_STARTED.load(Ordering::Relaxed);
+        let now = ACTIVITY.load(Ordering::Relaxed);
         if now == seen && now != trimmed_at {
             release_free_memory();
             trimmed_at = now;
