@@ -149,3 +149,80 @@ async fn trace_logs_never_contain_a_key_and_every_exchange_has_an_access_line() 
     assert!(cancel[0]["fields"]["sse_events"].as_u64().unwrap() >= 1);
     assert!(cancel[0]["fields"]["response_bytes"].as_u64().unwrap() > 0);
 }
+
+/// Error paths too: unreachable upstream, first-byte timeout, an upstream 401 that echoes the
+/// key, a body over the limit, an unknown route. Neither the logs nor any byte a client
+/// received may carry a key.
+#[tokio::test]
+async fn error_paths_leak_no_key_to_logs_or_clients() {
+    let logs = captured();
+    let mock = MockUpstream::start().await;
+    let faults = support::faults::FaultUpstream::start().await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let mut received = Vec::new();
+
+    let unreachable = format!("http://127.0.0.1:{closed_port}/v1");
+    let faulty = format!("http://{}/v1", faults.addr);
+    let setups: [(&str, &[(&str, &str)]); 3] = [
+        (&unreachable, &[]),
+        (&faulty, &[]),
+        (
+            &format!("http://{}/v1", mock.addr),
+            &[
+                ("PROXY_FIRST_BYTE_TIMEOUT", "200ms"),
+                ("PROXY_MAX_BODY_BYTES", "10"),
+            ],
+        ),
+    ];
+    for (base, extra) in setups {
+        let mut vars = vec![("OPENAI_BASE_URL", base), ("PROXY_CLIENT_KEYS", CLIENT_KEY)];
+        vars.extend_from_slice(extra);
+        let proxy = spawn_proxy(&mock, &vars).await;
+        for (path, header, body) in [
+            ("/v1/chat/completions", ("x-fault", "unauthorized"), "{}"),
+            (
+                "/v1/chat/completions",
+                ("x-mock-head-delay-ms", "1000"),
+                "{}",
+            ),
+            (
+                "/v1/chat/completions",
+                ("x-any", "1"),
+                "{\"much\":\"too long for ten bytes\"}",
+            ),
+            ("/v1/nowhere", ("x-any", "1"), "{}"),
+        ] {
+            let mut request = chat_request(&proxy.url(path), body);
+            request
+                .headers_mut()
+                .insert("authorization", auth.parse().unwrap());
+            request
+                .headers_mut()
+                .insert(header.0, header.1.parse().unwrap());
+            let response = client().request(request).await.unwrap();
+            received.extend(format!("{:?}", response.headers()).into_bytes());
+            received.extend(body_bytes(response).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let all = text(&logs);
+    let received = String::from_utf8_lossy(&received);
+    assert!(
+        received.contains("upstream_auth_failed")
+            && received.contains("upstream_first_byte_timeout")
+    );
+    assert!(received.contains("upstream_unreachable") && received.contains("request_too_large"));
+    for secret in [SERVER_KEY, CLIENT_KEY, "sk-serve"] {
+        assert!(!all.contains(secret), "{secret} appears in the logs");
+        assert!(!received.contains(secret), "{secret} reached a client");
+    }
+    assert!(
+        all.contains("check OPENAI_API_KEY"),
+        "the operator was not told about the rejected key"
+    );
+}
