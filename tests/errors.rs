@@ -53,15 +53,7 @@ async fn wrong_method_gets_405_with_allow() {
 
 #[tokio::test]
 async fn closed_upstream_port_gets_502_at_once() {
-    // Bind and drop: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mock = MockUpstream::start().await;
-    let base = format!("http://127.0.0.1:{port}/v1");
-    let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", &base)]).await;
+    let proxy = spawn_proxy_without_upstream().await;
     let started = std::time::Instant::now();
     let response = client()
         .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))

@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use support::faults::{FaultUpstream, OK_BODY};
 use support::*;
 
@@ -23,19 +22,6 @@ fn faulty(proxy: &TestProxy, fault: &str) -> http::Request<http_body_util::Full<
         .headers_mut()
         .insert("x-fault", fault.parse().unwrap());
     request
-}
-
-/// Reads a body to its end: what arrived, and whether it ended cleanly.
-async fn read_all(response: http::Response<hyper::body::Incoming>) -> (Vec<u8>, bool) {
-    let mut body = response.into_body();
-    let mut got = Vec::new();
-    loop {
-        match body.frame().await {
-            None => return (got, true),
-            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
-            Some(Err(_)) => return (got, false),
-        }
-    }
 }
 
 async fn still_serves(proxy: &TestProxy, upstream: &FaultUpstream, connections_before: usize) {

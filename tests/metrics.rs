@@ -147,14 +147,7 @@ async fn counts_match_known_traffic() {
 
 #[tokio::test]
 async fn upstream_errors_are_counted_by_kind() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mock = MockUpstream::start().await;
-    let base = format!("http://127.0.0.1:{port}/v1");
-    let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", &base)]).await;
+    let proxy = spawn_proxy_without_upstream().await;
     for _ in 0..2 {
         client()
             .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))

@@ -53,14 +53,7 @@ async fn missing_or_insane_ids_are_replaced_by_a_generated_one() {
 
 #[tokio::test]
 async fn proxy_made_errors_carry_the_id_too() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mock = MockUpstream::start().await;
-    let base = format!("http://127.0.0.1:{port}/v1");
-    let proxy = spawn_proxy(&mock, &[("OPENAI_BASE_URL", &base)]).await;
+    let proxy = spawn_proxy_without_upstream().await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
     request
         .headers_mut()

@@ -4,7 +4,6 @@ mod support;
 
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use support::mock::expected_chat_sse;
 use support::*;
 use tokio::time::Instant;
@@ -73,23 +72,6 @@ async fn first_byte_timeout_gives_504_and_drops_the_upstream() {
         .await
         .expect("upstream not dropped");
     assert!(dropped <= answered + Duration::from_millis(100));
-}
-
-/// Reads a body to its end and says whether it ended cleanly, with what it got.
-async fn read_all(response: http::Response<hyper::body::Incoming>) -> (Vec<u8>, bool) {
-    let mut body = response.into_body();
-    let mut got = Vec::new();
-    loop {
-        match body.frame().await {
-            None => return (got, true),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    got.extend_from_slice(&data);
-                }
-            }
-            Some(Err(_)) => return (got, false),
-        }
-    }
 }
 
 #[tokio::test]

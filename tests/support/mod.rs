@@ -115,6 +115,39 @@ pub fn error_fields(body: &str) -> (serde_json::Value, String) {
     )
 }
 
+/// A base URL where nothing listens: a port bound and released at once.
+pub fn closed_upstream_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+/// A proxy whose upstream port is closed.
+pub async fn spawn_proxy_without_upstream() -> TestProxy {
+    let mock = MockUpstream::start().await;
+    spawn_proxy(&mock, &[("OPENAI_BASE_URL", &closed_upstream_url())]).await
+}
+
+/// Reads a body to its end: what arrived, and whether it ended cleanly rather than abnormally.
+pub async fn read_all(response: Response<Incoming>) -> (Vec<u8>, bool) {
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    loop {
+        match body.frame().await {
+            None => return (got, true),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    got.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => return (got, false),
+        }
+    }
+}
+
 /// Writes raw bytes on a fresh connection and reads until the server closes or `wait` passes.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
