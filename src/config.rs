@@ -321,11 +321,20 @@ impl RawConfig {
         let project = optional_header("OPENAI_PROJECT", &self.openai_project)?;
 
         let host = present(&self.host).unwrap_or("0.0.0.0");
-        let host: IpAddr = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| invalid("HOST", format!("{host:?} is not an IP address")))?;
+        // `localhost` is what people write for loopback; other names would need a lookup.
+        let host: IpAddr = match host {
+            "localhost" => IpAddr::from([127, 0, 0, 1]),
+            _ => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| {
+                    invalid(
+                        "HOST",
+                        format!("{host:?} is not an IP address or localhost"),
+                    )
+                })?,
+        };
         let port = parse_number::<u16>("PORT", &self.port, 8000)?;
 
         let timeouts = Timeouts {
@@ -698,6 +707,23 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn host_takes_addresses_and_localhost() {
+        for (host, expected) in [
+            ("localhost", "127.0.0.1"),
+            ("::1", "::1"),
+            ("[::]", "::"),
+            ("10.1.2.3", "10.1.2.3"),
+        ] {
+            let c = with(&[("HOST", host)]).unwrap();
+            assert_eq!(c.listen.ip().to_string(), expected, "{host}");
+        }
+        assert_eq!(
+            with(&[("HOST", "example.com")]).unwrap_err().setting,
+            "HOST"
+        );
     }
 
     #[test]
