@@ -3,44 +3,17 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+fn captured() -> support::capture::Captured {
+    support::capture::logs()
 }
 
-fn captured() -> Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .json()
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    })
-    .clone()
-}
-
-fn text(logs: &Captured) -> String {
-    String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned()
+fn text(logs: &support::capture::Captured) -> String {
+    logs.text()
 }
 
 const CLIENT_KEY: &str = "ck-client-secret-987654";

@@ -2,6 +2,7 @@
 //! records what it received, and a few client helpers.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod faults;
 pub mod mock;
 
@@ -58,6 +59,7 @@ pub async fn spawn_proxy(upstream: &MockUpstream, extra: &[(&str, &str)]) -> Tes
 }
 
 pub async fn spawn_proxy_with(config: Config) -> TestProxy {
+    capture::logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -93,7 +95,10 @@ pub fn chat_request(url: &str, body: &str) -> Request<Full<Bytes>> {
 }
 
 pub async fn body_bytes(response: Response<Incoming>) -> Bytes {
-    response.into_body().collect().await.unwrap().to_bytes()
+    capture::received(format!("{:?}", response.headers()).as_bytes());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    capture::received(&bytes);
+    bytes
 }
 
 pub async fn body_string(response: Response<Incoming>) -> String {
@@ -140,6 +145,7 @@ pub async fn read_all(response: Response<Incoming>) -> (Vec<u8>, bool) {
             None => return (got, true),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
+                    capture::received(&data);
                     got.extend_from_slice(&data);
                 }
             }
@@ -154,6 +160,7 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Str
     stream.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    capture::received(&out);
     String::from_utf8_lossy(&out).into_owned()
 }
 

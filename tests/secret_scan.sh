@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# After `cargo test`: every test binary that started a proxy logged at trace level into
+# target/secret-scan/, and the client helpers recorded every byte they received there. None of
+# the keys the tests use may appear in any of it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=target/secret-scan
+files=$(find "$dir" -type f 2>/dev/null | wc -l)
+if [ "$files" -eq 0 ]; then
+  echo "secret scan: nothing captured in $dir; run cargo test first" >&2
+  exit 1
+fi
+keys=(
+  sk-server-secret-0123456789   # tests/support: the server's OPENAI_API_KEY
+  ck-client-secret-987654       # tests/logs.rs: PROXY_CLIENT_KEYS
+  ck-wrong-guess-0001           # tests/logs.rs: a wrong client key
+  ck-alpha ck-beta              # tests/client_keys.rs
+  client-key-never-forwarded    # the Authorization every test client sends
+)
+found=0
+for key in "${keys[@]}"; do
+  if grep -rlF -- "$key" "$dir"; then
+    echo "secret scan: $key appears in the files above" >&2
+    found=1
+  fi
+done
+[ "$found" -eq 0 ] || exit 1
+echo "secret scan: $files files ($(du -sh "$dir" | cut -f1)) of trace logs and received bytes, no key in any"
