@@ -277,7 +277,8 @@ pub fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
     response
 }
 
-fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
+/// OpenAI's answer for a URL it does not serve, on either listener.
+pub fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
     ProxyError::NotFound {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),

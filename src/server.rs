@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
 use crate::metrics::Metrics;
-use crate::proxy::{metrics_response, Proxy};
+use crate::proxy::{metrics_response, not_found, Proxy};
 
 /// The largest request head (request line plus headers) a client may send; beyond it hyper
 /// answers 431. Real OpenAI requests carry well under 8 KiB of headers.
@@ -275,11 +275,7 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
                 let response = if request.uri().path() == "/metrics" {
                     metrics_response(&metrics)
                 } else {
-                    crate::error::ProxyError::NotFound {
-                        method: request.method().clone(),
-                        path: request.uri().path().to_owned(),
-                    }
-                    .into_response()
+                    not_found(&request)
                 };
                 async move { Ok::<_, Infallible>(response) }
             });
