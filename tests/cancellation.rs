@@ -125,13 +125,7 @@ async fn client_leaving_while_a_plain_answer_is_read_drops_the_upstream() {
 async fn h2_client_resetting_a_stream_drops_the_upstream() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
-    request
-        .headers_mut()
-        .insert("x-mock-events", "100".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("x-mock-interval-ms", "50".parse().unwrap());
+    let request = stream_request(&proxy.url("/v1/chat/completions"), 100, 50);
     let client = h2c_client();
     let response = client.request(request).await.unwrap();
     let mut body = response.into_body();

@@ -21,14 +21,8 @@ async fn a_stream_in_flight_finishes_while_ready_reports_draining() {
         ],
     )
     .await;
-    let mut request = chat_request(&proxy.url("/v1/chat/completions"), r#"{"stream":true}"#);
     // 30 events 100 ms apart: a 3-second stream.
-    request
-        .headers_mut()
-        .insert("x-mock-events", "30".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("x-mock-interval-ms", "100".parse().unwrap());
+    let request = stream_request(&proxy.url("/v1/chat/completions"), 30, 100);
     let response = client().request(request).await.unwrap();
     let reader =
         tokio::spawn(async move { response.into_body().collect().await.map(|c| c.to_bytes()) });
@@ -74,13 +68,7 @@ async fn a_stream_in_flight_finishes_while_ready_reports_draining() {
 async fn exchanges_beyond_the_grace_period_are_cut_and_counted() {
     let mock = MockUpstream::start().await;
     let mut proxy = spawn_proxy(&mock, &[("PROXY_SHUTDOWN_GRACE", "300ms")]).await;
-    let mut request = chat_request(&proxy.url("/v1/chat/completions"), r#"{"stream":true}"#);
-    request
-        .headers_mut()
-        .insert("x-mock-events", "100".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("x-mock-interval-ms", "100".parse().unwrap());
+    let request = stream_request(&proxy.url("/v1/chat/completions"), 100, 100);
     let response = client().request(request).await.unwrap();
     let reader = tokio::spawn(async move { response.into_body().collect().await.is_ok() });
     sleep(Duration::from_millis(100)).await;

@@ -16,13 +16,7 @@ const STREAM_BODY: &str =
 async fn sse_events_arrive_before_the_stream_ends_and_byte_identical() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut request = chat_request(&proxy.url("/v1/chat/completions"), STREAM_BODY);
-    request
-        .headers_mut()
-        .insert("x-mock-events", "10".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("x-mock-interval-ms", "100".parse().unwrap());
+    let request = stream_request(&proxy.url("/v1/chat/completions"), 10, 100);
 
     let sent = Instant::now();
     let response = client().request(request).await.unwrap();
@@ -59,13 +53,7 @@ async fn sse_events_arrive_before_the_stream_ends_and_byte_identical() {
 async fn each_event_is_forwarded_within_a_few_milliseconds() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut request = chat_request(&proxy.url("/v1/chat/completions"), STREAM_BODY);
-    request
-        .headers_mut()
-        .insert("x-mock-events", "5".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("x-mock-interval-ms", "200".parse().unwrap());
+    let request = stream_request(&proxy.url("/v1/chat/completions"), 5, 200);
     let response = client().request(request).await.unwrap();
     let mut body = response.into_body();
     let mut arrivals = Vec::new();
@@ -123,13 +111,7 @@ async fn streamed_transcription_comes_back_as_sse() {
 async fn sse_streams_through_h2c_too() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut request = chat_request(&proxy.url("/v1/chat/completions"), STREAM_BODY);
-    request
-        .headers_mut()
-        .insert("x-mock-events", "4".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("x-mock-interval-ms", "10".parse().unwrap());
+    let request = stream_request(&proxy.url("/v1/chat/completions"), 4, 10);
     let response = h2c_client().request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(body_string(response).await, expected_chat_sse(4));

@@ -8,19 +8,6 @@ use support::mock::expected_chat_sse;
 use support::*;
 use tokio::time::Instant;
 
-fn streaming(
-    url: &str,
-    events: u32,
-    interval_ms: u32,
-) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut request = chat_request(url, r#"{"stream":true}"#);
-    request.headers_mut().insert("x-mock-events", events.into());
-    request
-        .headers_mut()
-        .insert("x-mock-interval-ms", interval_ms.into());
-    request
-}
-
 #[tokio::test]
 async fn connect_timeout_covers_the_tls_handshake_and_gives_504() {
     // Accepts TCP (the kernel does) but never answers the TLS handshake.
@@ -79,7 +66,7 @@ async fn idle_timeout_mid_stream_ends_the_response_abnormally() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
     let response = client()
-        .request(streaming(&proxy.url("/v1/chat/completions"), 5, 1000))
+        .request(stream_request(&proxy.url("/v1/chat/completions"), 5, 1000))
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -99,7 +86,7 @@ async fn idle_timeout_also_ends_h2_streams_abnormally() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
     let response = h2c_client()
-        .request(streaming(&proxy.url("/v1/chat/completions"), 5, 1000))
+        .request(stream_request(&proxy.url("/v1/chat/completions"), 5, 1000))
         .await
         .unwrap();
     let (_, clean) = read_all(response).await;
@@ -112,7 +99,7 @@ async fn total_timeout_cuts_a_long_stream_abnormally() {
     let proxy = spawn_proxy(&mock, &[("PROXY_TOTAL_TIMEOUT", "500ms")]).await;
     let started = Instant::now();
     let response = client()
-        .request(streaming(&proxy.url("/v1/chat/completions"), 50, 50))
+        .request(stream_request(&proxy.url("/v1/chat/completions"), 50, 50))
         .await
         .unwrap();
     let (_, clean) = read_all(response).await;
@@ -130,7 +117,7 @@ async fn a_live_stream_is_never_cut_by_the_idle_timeout() {
     // Events every 100 ms, idle timeout 300 ms, stream 1.5 s: five times the idle timeout.
     let proxy = spawn_proxy(&mock, &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
     let response = client()
-        .request(streaming(&proxy.url("/v1/chat/completions"), 15, 100))
+        .request(stream_request(&proxy.url("/v1/chat/completions"), 15, 100))
         .await
         .unwrap();
     let (got, clean) = read_all(response).await;

@@ -94,6 +94,16 @@ pub fn chat_request(url: &str, body: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// A streamed chat request; the mock answers `events` SSE events `interval_ms` apart.
+pub fn stream_request(url: &str, events: u32, interval_ms: u32) -> Request<Full<Bytes>> {
+    let mut request = chat_request(url, r#"{"stream":true}"#);
+    request.headers_mut().insert("x-mock-events", events.into());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", interval_ms.into());
+    request
+}
+
 pub async fn body_bytes(response: Response<Incoming>) -> Bytes {
     capture::received(format!("{:?}", response.headers()).as_bytes());
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
