@@ -18,6 +18,17 @@ fn head(extra: &str, length: usize) -> String {
     )
 }
 
+/// A chat request on a raw connection, with the mock's script in `mock_headers`, so the test
+/// can leave at an exact moment.
+async fn send_chat(proxy: &TestProxy, mock_headers: &str) -> tokio::net::TcpStream {
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(format!("{}{{}}", head(mock_headers, 2)).as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
 async fn assert_dropped_within_limit(mock: &MockUpstream, aborted: Instant) {
     let dropped = mock.wait_for_drop(aborted, Duration::from_secs(2)).await;
     let dropped = dropped.expect("the upstream never saw the exchange dropped");
@@ -32,11 +43,7 @@ async fn assert_dropped_within_limit(mock: &MockUpstream, aborted: Instant) {
 async fn client_leaving_while_waiting_for_the_first_byte_drops_the_upstream() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut stream = raw_connect(proxy.addr).await;
-    stream
-        .write_all(format!("{}{{}}", head("x-mock-head-delay-ms: 3000\r\n", 2)).as_bytes())
-        .await
-        .unwrap();
+    let stream = send_chat(&proxy, "x-mock-head-delay-ms: 3000\r\n").await;
     // Wait until the mock has the request, then leave.
     while mock.requests().is_empty() {
         sleep(Duration::from_millis(5)).await;
@@ -50,17 +57,7 @@ async fn client_leaving_while_waiting_for_the_first_byte_drops_the_upstream() {
 async fn client_leaving_mid_stream_drops_the_upstream_stream() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut stream = raw_connect(proxy.addr).await;
-    stream
-        .write_all(
-            format!(
-                "{}{{}}",
-                head("x-mock-events: 100\r\nx-mock-interval-ms: 50\r\n", 2)
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut stream = send_chat(&proxy, "x-mock-events: 100\r\nx-mock-interval-ms: 50\r\n").await;
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
     while !String::from_utf8_lossy(&got).contains("tok1") {
@@ -102,17 +99,7 @@ async fn client_leaving_during_the_upload_aborts_the_upstream_request() {
 async fn client_leaving_while_a_plain_answer_is_read_drops_the_upstream() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut stream = raw_connect(proxy.addr).await;
-    stream
-        .write_all(
-            format!(
-                "{}{{}}",
-                head("x-mock-chunks: 5\r\nx-mock-interval-ms: 300\r\n", 2)
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut stream = send_chat(&proxy, "x-mock-chunks: 5\r\nx-mock-interval-ms: 300\r\n").await;
     let mut buf = vec![0u8; 4096];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -145,17 +132,7 @@ async fn h2_client_resetting_a_stream_drops_the_upstream() {
 async fn the_dropped_upstream_connection_is_not_reused() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let mut stream = raw_connect(proxy.addr).await;
-    stream
-        .write_all(
-            format!(
-                "{}{{}}",
-                head("x-mock-events: 100\r\nx-mock-interval-ms: 20\r\n", 2)
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut stream = send_chat(&proxy, "x-mock-events: 100\r\nx-mock-interval-ms: 20\r\n").await;
     let mut buf = vec![0u8; 4096];
     let _ = stream.read(&mut buf).await.unwrap();
     drop(stream);
