@@ -6,7 +6,6 @@ them is asserted in tests/connections.rs.)
     python3 benches/idle_memory.py [N]      (after benches/run.sh has built the binaries)
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import MOCK, PROXY, free_port, status_kib, wait_port  # noqa: E402
+from run import MOCK, PROXY, free_port, memoctopus_env, status_kib, wait_port  # noqa: E402
 
 
 def open_idle(port, n, connect_timeout=None):
@@ -42,16 +41,9 @@ def open_idle(port, n, connect_timeout=None):
 def measure(n, max_connections, connect_timeout=None):
     mock_port, port = free_port(), free_port()
     mock = subprocess.Popen([str(MOCK), f"127.0.0.1:{mock_port}"], stdout=subprocess.DEVNULL)
-    env = {
-        "PATH": os.environ["PATH"],
-        "OPENAI_API_KEY": "sk-bench",
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "RUST_LOG": "warn",
-        "PROXY_MAX_CONNECTIONS": str(max_connections),
-        "PROXY_HEADER_READ_TIMEOUT": "60s",
-    }
+    env = memoctopus_env(
+        mock_port, port, PROXY_MAX_CONNECTIONS=str(max_connections), PROXY_HEADER_READ_TIMEOUT="60s"
+    )
     proxy = subprocess.Popen([str(PROXY)], env=env)
     try:
         wait_port(port)

@@ -74,6 +74,21 @@ def children(pid):
     return [int(p) for p in out.split()]
 
 
+def memoctopus_env(mock_port, port, **settings):
+    """The environment for memoctopus in front of the mock on `mock_port`, serving `port`.
+    Its access log is off (RUST_LOG=warn), as nginx's is here."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "OPENAI_API_KEY": BENCH_KEY,
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "RUST_LOG": "warn",
+    }
+    env.update(settings)
+    return env
+
+
 class Target:
     """A proxy (or nothing, for `direct`) in front of a fresh mock upstream."""
 
@@ -97,15 +112,7 @@ class Target:
             conf.write_text(NGINX_CONF.format(dir=self.workdir, port=self.port, mock=self.mock_port, key=BENCH_KEY))
             proc = subprocess.Popen(["taskset", "-c", PROXY_CORE, "nginx", "-c", str(conf), "-p", str(self.workdir)])
         else:
-            env = {
-                "PATH": os.environ["PATH"],
-                "OPENAI_API_KEY": BENCH_KEY,
-                "OPENAI_BASE_URL": f"http://127.0.0.1:{self.mock_port}/v1",
-                "HOST": "127.0.0.1",
-                "PORT": str(self.port),
-                # nginx runs with access_log off; so does this, to compare the same work.
-                "RUST_LOG": "warn",
-            }
+            env = memoctopus_env(self.mock_port, self.port)
             proc = subprocess.Popen(["taskset", "-c", PROXY_CORE, str(PROXY)], env=env, stdout=subprocess.DEVNULL)
         self.procs.append(proc)
         wait_port(self.port)

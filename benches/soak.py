@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LOAD_CORE, MOCK, PROXY, PROXY_CORE, free_port, multipart, status_kib, wait_port  # noqa: E402
+from run import LOAD_CORE, MOCK, PROXY, PROXY_CORE, free_port, memoctopus_env, multipart, status_kib, wait_port  # noqa: E402
 
 CHAT = b'{"model":"gpt-4","messages":[{"role":"user","content":"Hello!"}]}'
 STREAM = b'{"model":"gpt-4","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
@@ -152,15 +152,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65535, hard), hard))
     mock_port, port = free_port(), free_port()
     mock = subprocess.Popen(["taskset", "-c", LOAD_CORE, str(MOCK), f"127.0.0.1:{mock_port}"], stdout=subprocess.DEVNULL)
-    env = {
-        "PATH": os.environ["PATH"],
-        "OPENAI_API_KEY": "sk-soak",
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "RUST_LOG": "warn",
-        "PROXY_HEADER_READ_TIMEOUT": "2s",
-    }
+    env = memoctopus_env(mock_port, port, PROXY_HEADER_READ_TIMEOUT="2s")
     proxy = subprocess.Popen(["taskset", "-c", PROXY_CORE, str(PROXY)], env=env)
     upload = Path("/tmp/memoctopus-soak-1m.multipart")
     multipart(upload, 1 << 20, "soakboundary")
