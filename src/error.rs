@@ -30,6 +30,8 @@ pub enum ProxyError {
     /// The client's upload broke off; usually the client is gone and reads nothing.
     ClientBodyFailed,
     BadRequest(&'static str),
+    /// The request head is over the size or header-count limit.
+    HeadTooLarge,
     // The upstream's fault.
     UpstreamUnreachable(String),
     UpstreamConnectTimeout(Duration),
@@ -51,6 +53,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::ClientBodyFailed => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamFailed(_)
             | ProxyError::UpstreamRejectedKey => StatusCode::BAD_GATEWAY,
@@ -72,6 +75,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
             ProxyError::ClientBodyFailed => "request_body_incomplete",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::HeadTooLarge => "request_header_fields_too_large",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout(_) => "upstream_connect_timeout",
             ProxyError::FirstByteTimeout(_) => "upstream_first_byte_timeout",
@@ -101,6 +105,11 @@ impl ProxyError {
                 format!("The request body is larger than this proxy's limit of {limit} bytes (PROXY_MAX_BODY_BYTES)")
             }
             ProxyError::BadRequest(why) => (*why).to_owned(),
+            ProxyError::HeadTooLarge => format!(
+                "The request head is larger than {} bytes or has more than {} header lines",
+                crate::server::MAX_REQUEST_HEAD_BYTES,
+                crate::framing::MAX_HEADERS
+            ),
             ProxyError::UpstreamUnreachable(why) => format!("Could not reach the upstream API: {why}"),
             ProxyError::UpstreamConnectTimeout(t) => {
                 format!("Timed out after {t:?} connecting to the upstream API (PROXY_CONNECT_TIMEOUT)")

@@ -15,6 +15,7 @@
 //! - [`pool`]: keep-alive HTTP/1.1 connections driven inside their exchange.
 //! - [`body`]: the body types and the frame-forwarding wrappers (limits, timeouts, counting).
 //! - [`exchange`]: one request and its answer, and the access log line it writes.
+//! - [`framing`]: HTTP/1 request heads checked before hyper reads them; no smuggling.
 //! - [`proxy`]: the service that ties these together.
 //! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
@@ -35,6 +36,7 @@ pub mod cors;
 pub mod drain;
 pub mod error;
 pub mod exchange;
+pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod pool;

@@ -13,6 +13,7 @@ use crate::cors;
 use crate::drain::DrainState;
 use crate::error::{json_response, ProxyError};
 use crate::exchange::{new_request_id, Exchange, Outcome};
+use crate::framing::Refused;
 use crate::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
 use crate::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::pool::Lease;
@@ -277,6 +278,20 @@ pub fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
     response
 }
 
+/// The answer to a request head the framing guard refused; the connection closes after it.
+pub fn refused(why: Refused) -> Response<ProxyBody> {
+    let error = match why {
+        Refused::BadRequest(message) => ProxyError::BadRequest(message),
+        Refused::HeadTooLarge => ProxyError::HeadTooLarge,
+    };
+    tracing::info!(status = error.status().as_u16(), reason = ?why, "refused a request head");
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}
+
 /// OpenAI's answer for a URL it does not serve, on either listener.
 pub fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
     ProxyError::NotFound {
@@ -302,6 +317,7 @@ fn outcome_of(error: &ProxyError) -> Outcome {
         | ProxyError::MethodNotAllowed { .. }
         | ProxyError::InvalidClientKey
         | ProxyError::OriginNotAllowed
-        | ProxyError::BadRequest(_) => Outcome::Rejected,
+        | ProxyError::BadRequest(_)
+        | ProxyError::HeadTooLarge => Outcome::Rejected,
     }
 }

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
+use crate::framing::{FramingGuard, Refusals};
 use crate::metrics::Metrics;
-use crate::proxy::{metrics_response, not_found, Proxy};
+use crate::proxy::{metrics_response, not_found, refused as refused_response, Proxy};
 
 /// The largest request head (request line plus headers) a client may send; beyond it hyper
 /// answers 431. Real OpenAI requests carry well under 8 KiB of headers.
@@ -180,13 +182,12 @@ impl Acceptor {
                     // hyper's header read timeout starts only once it knows the protocol; a
                     // client that sends nothing, or a lone prefix of the HTTP/2 preface,
                     // would otherwise hold the connection and its slot forever.
-                    if tokio::time::timeout(header_read, protocol_decided(&stream))
-                        .await
-                        .is_err()
-                    {
+                    let Ok(protocol) =
+                        tokio::time::timeout(header_read, protocol_decided(&stream)).await
+                    else {
                         return;
-                    }
-                    return serve_connection(stream, builder, watcher, proxy).await;
+                    };
+                    return serve_connection(stream, protocol, builder, watcher, proxy).await;
                 };
                 let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
@@ -197,12 +198,12 @@ impl Acceptor {
                     Err(_) => return,
                 };
                 // ALPN has decided the protocol; hyper need not guess it from the bytes.
-                let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    builder.http2_only()
+                let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Protocol::Http2
                 } else {
-                    builder.http1_only()
+                    Protocol::Http1
                 };
-                serve_connection(stream, builder, watcher, proxy).await;
+                serve_connection(stream, protocol, builder, watcher, proxy).await;
             });
             while let Some(ended) = self.connections.try_join_next() {
                 if let Err(error) = ended {
@@ -215,21 +216,47 @@ impl Acceptor {
     }
 }
 
-/// Serves one client connection until it ends or the drain closes it.
+/// Serves one client connection until it ends or the drain closes it. HTTP/1 goes through
+/// the [`FramingGuard`], whose refusals the service answers.
 async fn serve_connection<I>(
     io: I,
+    protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     proxy: Proxy,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-    });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(connection).await {
+    let refusals = Arc::new(Refusals::default());
+    let requests = AtomicU64::new(0);
+    let service = {
+        let refusals = refusals.clone();
+        service_fn(move |request| {
+            let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
+            let proxy = proxy.clone();
+            async move {
+                Ok::<_, Infallible>(match refused {
+                    Some(why) => refused_response(why),
+                    None => proxy.handle(request).await,
+                })
+            }
+        })
+    };
+    let ended = match protocol {
+        Protocol::Http1 => {
+            let io = TokioIo::new(FramingGuard::new(io, refusals));
+            watcher
+                .watch(builder.http1_only().serve_connection(io, service))
+                .await
+        }
+        Protocol::Http2 => {
+            let io = TokioIo::new(io);
+            watcher
+                .watch(builder.http2_only().serve_connection(io, service))
+                .await
+        }
+    };
+    if let Err(error) = ended {
         tracing::debug!(error = %error, "connection ended with an error");
     }
 }
@@ -237,16 +264,25 @@ async fn serve_connection<I>(
 /// The HTTP/2 connection preface; anything else is HTTP/1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
 /// Waits, without consuming anything, until the client has sent enough to tell HTTP/1 from
-/// HTTP/2, or has closed.
-async fn protocol_decided(stream: &TcpStream) {
+/// HTTP/2, or has closed (which hyper's HTTP/1 side then sees).
+async fn protocol_decided(stream: &TcpStream) -> Protocol {
     let mut buf = [0u8; 24];
     loop {
         let Ok(n) = stream.peek(&mut buf).await else {
-            return;
+            return Protocol::Http1;
         };
-        if n == 0 || n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-            return;
+        if n == H2_PREFACE.len() && buf == H2_PREFACE {
+            return Protocol::Http2;
+        }
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Protocol::Http1;
         }
         // A prefix of the preface and nothing more yet: peek would return at once, so wait.
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -110,5 +110,8 @@ async fn an_oversized_request_head_gets_431() {
         "{}",
         &answer[..answer.len().min(200)]
     );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let (code, _) = error_fields(body);
+    assert_eq!(code, "request_header_fields_too_large");
     assert!(mock.requests().is_empty());
 }

@@ -1,13 +1,21 @@
 //! Properties of the pure parts, over generated inputs: routing never maps a path to a route
 //! it does not name, header rewriting never lets a hop-by-hop header or a foreign credential
-//! through, and the setting parsers never panic.
+//! through, the setting parsers never panic, and the HTTP/1 framing guard passes well-framed
+//! requests through unchanged however they are cut, and never panics on anything else.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
 use memoctopus::config::{parse_duration, Config};
+use memoctopus::framing::{FramingGuard, Refusals};
 use memoctopus::headers::{rewrite_request, rewrite_response, UpstreamIdentity};
 use memoctopus::routes::{ExtraRoute, Route, Routes};
 use proptest::prelude::*;
+use tokio::io::{AsyncRead, ReadBuf};
 
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -133,6 +141,127 @@ proptest! {
         let result = Config::from_vars([("OPENAI_API_KEY", "sk-prop".to_string()), (name, value)]);
         if let Err(error) = result {
             prop_assert_eq!(error.setting, name);
+        }
+    }
+}
+
+/// A client's bytes as the socket hands them over: one piece per read.
+struct Pieces(VecDeque<Vec<u8>>);
+
+impl AsyncRead for Pieces {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(mut piece) = self.0.pop_front() {
+            let n = piece.len().min(buf.remaining());
+            buf.put_slice(&piece[..n]);
+            if n < piece.len() {
+                self.0.push_front(piece.split_off(n));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Cuts `bytes` at the given offsets.
+fn cut(bytes: &[u8], cuts: &[usize]) -> VecDeque<Vec<u8>> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    at.push(0);
+    at.push(bytes.len());
+    at.sort_unstable();
+    at.windows(2)
+        .filter(|w| w[0] < w[1])
+        .map(|w| bytes[w[0]..w[1]].to_vec())
+        .collect()
+}
+
+/// Reads everything the guard hands over, in reads of at most `read_size` bytes, as hyper
+/// would. Stops when the guard stops handing anything over (a refusal waits forever).
+fn read_through(pieces: VecDeque<Vec<u8>>, read_size: usize) -> (Vec<u8>, Arc<Refusals>) {
+    let refusals = Arc::new(Refusals::default());
+    let mut guard = FramingGuard::new(Pieces(pieces), refusals.clone());
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; read_size];
+    loop {
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut guard).poll_read(&mut cx, &mut read) {
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                out.extend_from_slice(read.filled())
+            }
+            _ => return (out, refusals),
+        }
+    }
+}
+
+fn well_framed_request() -> impl Strategy<Value = Vec<u8>> {
+    let body = prop::collection::vec(any::<u8>(), 0..300);
+    let chunks = prop::collection::vec(prop::collection::vec(any::<u8>(), 1..80), 0..5);
+    prop_oneof![
+        body.prop_map(|body| {
+            let mut r = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&body);
+            r
+        }),
+        chunks.prop_map(|chunks| {
+            let mut r =
+                b"POST /v1/audio/transcriptions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec();
+            for chunk in chunks {
+                r.extend_from_slice(format!("{:X};n=v\r\n", chunk.len()).as_bytes());
+                r.extend_from_slice(&chunk);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\nX-Trailer: a\r\n\r\n");
+            r
+        }),
+        Just(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ]
+}
+
+proptest! {
+    /// Well-framed requests pass unchanged, and the guard is still in step after them: an
+    /// ambiguous request behind them is refused, as exactly that request.
+    #[test]
+    fn well_framed_requests_pass_unchanged_however_cut(
+        requests in prop::collection::vec(well_framed_request(), 1..6),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+        read_size in 1usize..9000,
+    ) {
+        let good = requests.concat();
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let stream = [&good[..], &bad[..]].concat();
+        let (out, refusals) = read_through(cut(&stream, &cuts), read_size);
+        prop_assert!(out.starts_with(&good), "changed: {} of {} bytes", out.len(), good.len());
+        prop_assert_eq!(&out[good.len()..], &b"GET / HTTP/1.1\r\nhost: memoctopus\r\n\r\n"[..]);
+        for i in 0..requests.len() as u64 {
+            prop_assert_eq!(refusals.of(i), None);
+        }
+        prop_assert!(refusals.of(requests.len() as u64).is_some());
+    }
+
+    #[test]
+    fn any_bytes_pass_as_a_prefix_or_end_in_a_refusal(
+        prefix in well_framed_request(),
+        junk in prop::collection::vec(any::<u8>(), 0..400),
+        cuts in prop::collection::vec(any::<usize>(), 0..20),
+        read_size in 1usize..600,
+    ) {
+        let stream = [prefix, junk].concat();
+        let (out, refusals) = read_through(cut(&stream, &cuts), read_size);
+        let refused = (0..8).find_map(|i| refusals.of(i));
+        if refused.is_some() {
+            let stand_in: &[u8] = b"GET / HTTP/1.1\r\nhost: memoctopus\r\n\r\n";
+            prop_assert!(out.ends_with(stand_in));
+            prop_assert!(stream.starts_with(&out[..out.len() - stand_in.len()]));
+        } else {
+            prop_assert!(stream.starts_with(&out));
         }
     }
 }
