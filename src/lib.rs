@@ -19,6 +19,7 @@
 //! - [`proxy`]: the service that ties these together.
 //! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
+//! - [`panics`]: a panicking request gets a 500; panic messages are logged without secrets.
 //! - [`drain`]: what graceful shutdown counts.
 //! - [`server`]: the accept loop, connection limit and drain; [`run`] is the entry point.
 //! - [`telemetry`]: log setup.
@@ -39,6 +40,7 @@ pub mod exchange;
 pub mod framing;
 pub mod headers;
 pub mod metrics;
+pub mod panics;
 pub mod pool;
 pub mod proxy;
 pub mod routes;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use memoctopus::cli::{self, Command};
-use memoctopus::{telemetry, Config};
+use memoctopus::{panics, telemetry, Config};
 use tokio::net::TcpListener;
 
 /// EX_USAGE from sysexits.h: the configuration is unusable.
@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(config.log_format);
+    panics::install_hook(&config);
 
     // Pinned to one core (taskset, a CPU limit of 1), one thread does all the work without
     // hand-offs; otherwise one worker per core.

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,10 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
+use crate::error::ProxyError;
 use crate::framing::{FramingGuard, Refusals};
 use crate::metrics::Metrics;
+use crate::panics::CatchUnwind;
 use crate::proxy::{metrics_response, not_found, refused as refused_response, Proxy};
 
 /// The largest request head (request line plus headers) a client may send; beyond it hyper
@@ -187,7 +192,8 @@ impl Acceptor {
                     else {
                         return;
                     };
-                    return serve_connection(stream, protocol, builder, watcher, proxy).await;
+                    let handle = move |request| proxy.clone().handle_owned(request);
+                    return serve_connection(stream, protocol, builder, watcher, handle).await;
                 };
                 let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
@@ -203,7 +209,8 @@ impl Acceptor {
                 } else {
                     Protocol::Http1
                 };
-                serve_connection(stream, protocol, builder, watcher, proxy).await;
+                let handle = move |request| proxy.clone().handle_owned(request);
+                serve_connection(stream, protocol, builder, watcher, handle).await;
             });
             while let Some(ended) = self.connections.try_join_next() {
                 if let Err(error) = ended {
@@ -217,15 +224,18 @@ impl Acceptor {
 }
 
 /// Serves one client connection until it ends or the drain closes it. HTTP/1 goes through
-/// the [`FramingGuard`], whose refusals the service answers.
-async fn serve_connection<I>(
+/// the [`FramingGuard`], whose refusals the service answers. A request whose `handle` panics
+/// gets a 500, and the connection goes on.
+async fn serve_connection<I, H, F>(
     io: I,
     protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
-    proxy: Proxy,
+    handle: H,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let refusals = Arc::new(Refusals::default());
     let requests = AtomicU64::new(0);
@@ -233,12 +243,16 @@ async fn serve_connection<I>(
         let refusals = refusals.clone();
         service_fn(move |request| {
             let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
-            let proxy = proxy.clone();
+            let answer = refused.is_none().then(|| CatchUnwind::new(handle(request)));
             async move {
-                Ok::<_, Infallible>(match refused {
-                    Some(why) => refused_response(why),
-                    None => proxy.handle(request).await,
-                })
+                let response = match (refused, answer) {
+                    (Some(why), _) => refused_response(why),
+                    (None, Some(answer)) => answer.await.unwrap_or_else(|()| {
+                        ProxyError::Internal("the request handler panicked").into_response()
+                    }),
+                    (None, None) => ProxyError::Internal("no answer").into_response(),
+                };
+                Ok::<_, Infallible>(response)
             }
         })
     };
@@ -319,5 +333,104 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http::StatusCode;
+    use http_body_util::{BodyExt, Empty};
+
+    use super::*;
+    use crate::error::json_response;
+
+    const SERVER_KEY: &str = "sk-unit-server-key-4242";
+    const CLIENT_KEY: &str = "client-key-unit-77";
+
+    /// Log lines, as the subscriber writes them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Ok(mut lines) = self.0.lock() {
+                lines.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A handler that panics, with both keys in its message, serves a 500 in OpenAI's shape;
+    /// the same connection then answers the next request; the panic is logged at error level
+    /// with its location and without either key.
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_500_and_the_connection_goes_on() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let config = Config::from_vars([
+            ("OPENAI_API_KEY", SERVER_KEY),
+            ("PROXY_CLIENT_KEYS", CLIENT_KEY),
+        ])
+        .unwrap();
+        crate::panics::install_hook(&config);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let builder = connection_builder(&config);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let graceful = GracefulShutdown::new();
+            let handle = |request: Request<Incoming>| async move {
+                if request.uri().path() == "/panic" {
+                    panic!("handler failed holding {SERVER_KEY} and Bearer {CLIENT_KEY}");
+                }
+                json_response(StatusCode::OK, r#"{"ok":true}"#)
+            };
+            serve_connection(stream, Protocol::Http1, builder, graceful.watcher(), handle).await;
+        });
+
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut answers = Vec::new();
+        for path in ["/panic", "/fine"] {
+            let request = Request::get(path)
+                .header("host", "x")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            answers.push((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        let _ = std::panic::take_hook();
+
+        assert_eq!(answers[0].0, StatusCode::INTERNAL_SERVER_ERROR);
+        let error: serde_json::Value = serde_json::from_str(&answers[0].1).unwrap();
+        assert_eq!(error["error"]["code"], "internal_error");
+        assert_eq!(error["error"]["type"], "server_error");
+        assert_eq!(answers[1], (StatusCode::OK, r#"{"ok":true}"#.to_owned()));
+
+        let logged = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
+        assert!(logged.contains("ERROR"), "{logged}");
+        assert!(
+            logged.contains("panic: handler failed holding [redacted]"),
+            "{logged}"
+        );
+        assert!(logged.contains("src/server.rs:"), "{logged}");
+        assert!(!logged.contains(SERVER_KEY), "{logged}");
+        assert!(!logged.contains(CLIENT_KEY), "{logged}");
     }
 }
