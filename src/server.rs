@@ -234,7 +234,7 @@ async fn serve_connection<I, H, F>(
     handle: H,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let refusals = Arc::new(Refusals::default());
@@ -243,14 +243,15 @@ async fn serve_connection<I, H, F>(
         let refusals = refusals.clone();
         service_fn(move |request| {
             let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
-            let answer = refused.is_none().then(|| CatchUnwind::new(handle(request)));
+            let handle = handle.clone();
             async move {
-                let response = match (refused, answer) {
-                    (Some(why), _) => refused_response(why),
-                    (None, Some(answer)) => answer.await.unwrap_or_else(|()| {
-                        ProxyError::Internal("the request handler panicked").into_response()
-                    }),
-                    (None, None) => ProxyError::Internal("no answer").into_response(),
+                let response = match refused {
+                    Some(why) => refused_response(why),
+                    None => CatchUnwind::new(handle(request))
+                        .await
+                        .unwrap_or_else(|()| {
+                            ProxyError::Internal("the request handler panicked").into_response()
+                        }),
                 };
                 Ok::<_, Infallible>(response)
             }
