@@ -4,11 +4,17 @@ upstream breaks a share of its streams. Afterwards it checks that the proxy is a
 well-formed exchange that was not faulted came back byte-identical, that open file descriptors
 and RSS came back to where they were, and that /metrics agrees with what was sent.
 
+"Where they were" is measured after a 3 s burst of the same load and faults and the same
+settling, so that the soak measures growth from serving the load for longer, not the allocator's
+high-water mark after a first burst; the cold figure (after one request of each kind) is
+reported too.
+
     bash benches/run.sh --help >/dev/null   # or: cargo build --release --bin memoctopus --example mock-upstream
     python3 benches/soak.py [SECONDS]
 
 Load (oha): chat JSON, SSE streams, 1 MiB uploads, and SSE streams the upstream breaks off after
-5 events. Faults (this script): clients that abort mid-stream, send garbage, or send their
+5 events. Faults (this script): clients that abort mid-stream, send garbage, try to smuggle a
+request behind `Content-Length` with chunked (which must get exactly one 400), or send their
 request head slowly and give up; plus verified clients whose answers are compared byte for byte.
 """
 
@@ -80,7 +86,7 @@ def fault_client(port, mock_port, deadline, counts, seed):
     ref_chat = raw_request(mock_port, {}, CHAT)[1]
     ref_sse = raw_request(mock_port, {"x-mock-events": "10"}, STREAM)[1]
     while time.time() < deadline:
-        kind = rng.choice(["verify-json", "verify-sse", "abort", "garbage", "slow"])
+        kind = rng.choice(["verify-json", "verify-sse", "abort", "garbage", "smuggle", "slow"])
         try:
             if kind == "verify-json":
                 status, body = raw_request(port, {}, CHAT)
@@ -108,6 +114,16 @@ def fault_client(port, mock_port, deadline, counts, seed):
                     except OSError:
                         pass
                 counts.add("fault_garbage")
+            elif kind == "smuggle":
+                # Content-Length with chunked, a request hidden behind it: one 400, nothing else.
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+                    answer = b""
+                    while chunk := s.recv(65536):
+                        answer += chunk
+                if not answer.startswith(b"HTTP/1.1 400") or answer.count(b"HTTP/1.1 ") != 1:
+                    counts.add("smuggle_not_refused")
+                counts.add("fault_smuggle")
             else:
                 with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHo")
@@ -115,6 +131,39 @@ def fault_client(port, mock_port, deadline, counts, seed):
                 counts.add("fault_slow")
         except OSError as e:
             counts.add(f"client_error:{type(e).__name__}")
+
+
+# Slow clients hit the header read timeout (2 s), idle keep-alive connections to the upstream
+# close after the pool's 90 s, and the heap is trimmed a second after that.
+SETTLE_SECONDS = float(os.environ.get("SOAK_SETTLE_SECONDS", "95"))
+WARM_SECONDS = 3
+
+
+def mixed_load(port, mock_port, upload, seconds, counts, pid):
+    """Runs the oha load and the fault clients together for `seconds`; returns oha's results
+    and the peak RSS seen meanwhile."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    jobs = {
+        "json": ["-c", "8", "-m", "POST", "-T", "application/json", "-d", CHAT.decode(), url],
+        "sse": ["-c", "8", "-m", "POST", "-T", "application/json", "-d", STREAM.decode(), "-H", "x-mock-events: 20", "-H", "x-mock-interval-ms: 5", url],
+        "upload": ["-c", "2", "-m", "POST", "-T", "multipart/form-data; boundary=soakboundary", "-D", str(upload), f"http://127.0.0.1:{port}/v1/audio/transcriptions"],
+        "upstream-resets": ["-c", "4", "-m", "POST", "-T", "application/json", "-d", STREAM.decode(), "-H", "x-mock-events: 20", "-H", "x-mock-interval-ms: 5", "-H", "x-mock-fail-after: 5", url],
+    }
+    results = {}
+    threads = [threading.Thread(target=lambda n=n, a=a: results.__setitem__(n, oha(port, a, seconds))) for n, a in jobs.items()]
+    deadline = time.time() + seconds
+    threads += [threading.Thread(target=fault_client, args=(port, mock_port, deadline, counts, i)) for i in range(4)]
+    peak = 0
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, status_kib(pid, "VmRSS"))
+        time.sleep(0.5)
+    return results, peak
+
+
+def oha_exchanges(results):
+    return sum(sum(r["statusCodeDistribution"].values()) + sum(r.get("errorDistribution", {}).values()) for r in results.values())
 
 
 def oha(port, args, seconds):
@@ -167,52 +216,42 @@ def main():
         subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "content-type: multipart/form-data; boundary=soakboundary",
                         "--data-binary", f"@{upload}", f"http://127.0.0.1:{port}/v1/audio/transcriptions"], check=False)
         time.sleep(3)
+        cold_rss = status_kib(proxy.pid, "VmRSS")
+        # Then a short burst of the same load and faults, and the same settling: the baseline
+        # is a proxy that has served this concurrency once, so what the soak measures is growth
+        # from serving it for longer, not the high-water mark of a first burst.
+        warm_counts = Counts()
+        warm_results, _ = mixed_load(port, mock_port, upload, WARM_SECONDS, warm_counts, proxy.pid)
+        time.sleep(SETTLE_SECONDS)
         rss0, anon0, fd0 = status_kib(proxy.pid, "VmRSS"), status_kib(proxy.pid, "RssAnon"), fds(proxy.pid)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        jobs = {
-            "json": ["-c", "8", "-m", "POST", "-T", "application/json", "-d", CHAT.decode(), url],
-            "sse": ["-c", "8", "-m", "POST", "-T", "application/json", "-d", STREAM.decode(), "-H", "x-mock-events: 20", "-H", "x-mock-interval-ms: 5", url],
-            "upload": ["-c", "2", "-m", "POST", "-T", "multipart/form-data; boundary=soakboundary", "-D", str(upload), f"http://127.0.0.1:{port}/v1/audio/transcriptions"],
-            "upstream-resets": ["-c", "4", "-m", "POST", "-T", "application/json", "-d", STREAM.decode(), "-H", "x-mock-events: 20", "-H", "x-mock-interval-ms: 5", "-H", "x-mock-fail-after: 5", url],
-        }
-        results = {}
-        threads = [threading.Thread(target=lambda n=n, a=a: results.__setitem__(n, oha(port, a, seconds))) for n, a in jobs.items()]
         counts = Counts()
-        deadline = time.time() + seconds
-        threads += [threading.Thread(target=fault_client, args=(port, mock_port, deadline, counts, i)) for i in range(4)]
-        peak = 0
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            peak = max(peak, status_kib(proxy.pid, "VmRSS"))
-            time.sleep(0.5)
-        # Slow clients hit the header read timeout (2 s), idle keep-alive connections to the
-        # upstream close after the pool's 90 s, and the heap is trimmed a second after that.
-        time.sleep(float(os.environ.get("SOAK_SETTLE_SECONDS", "95")))
+        results, peak = mixed_load(port, mock_port, upload, seconds, counts, proxy.pid)
+        time.sleep(SETTLE_SECONDS)
         alive = proxy.poll() is None
         rss1, anon1, fd1 = status_kib(proxy.pid, "VmRSS"), status_kib(proxy.pid, "RssAnon"), fds(proxy.pid)
         pooled = upstream_connections(mock_port)
         metric_total, by_outcome = scrape(port)
 
-        oha_exchanges = 0
         report = {}
         for name, r in results.items():
-            ok = sum(r["statusCodeDistribution"].values())
-            errors = r.get("errorDistribution", {})
-            oha_exchanges += ok + sum(errors.values())
-            report[name] = {"status": r["statusCodeDistribution"], "errors": errors}
-        sent = oha_exchanges + counts.c.get("exchanges", 0) + 4  # and the warm-up
+            report[name] = {"status": r["statusCodeDistribution"], "errors": r.get("errorDistribution", {})}
+        warm_sent = oha_exchanges(warm_results) + warm_counts.c.get("exchanges", 0)
+        sent = oha_exchanges(results) + counts.c.get("exchanges", 0)
+        # The first four are the one-of-each warm-up.
+        total_sent = 4 + warm_sent + sent
         summary = {
             "seconds": seconds,
             "proxy_alive": alive,
             "exchanges_sent": sent,
+            "exchanges_sent_with_warm_up": total_sent,
             "exchanges_in_metrics": metric_total,
             "metrics_by_outcome": by_outcome,
             "verified": counts.c.get("verified", 0),
             "verified_mismatches": counts.c.get("mismatch", 0),
+            "smuggles_not_refused": counts.c.get("smuggle_not_refused", 0),
             "faults": {k: v for k, v in counts.c.items() if k.startswith("fault_") or k.startswith("client_error")},
             "load": report,
-            "rss_kib": {"before": rss0, "peak": peak, "after": rss1},
+            "rss_kib": {"cold": cold_rss, "before": rss0, "peak": peak, "after": rss1},
             "heap_rss_anon_kib": {"before": anon0, "after": anon1},
             "fds": {"before": fd0, "after": fd1, "idle_upstream_keepalive": pooled},
         }
@@ -222,14 +261,19 @@ def main():
             failures.append("the proxy died")
         if counts.c.get("mismatch", 0):
             failures.append("verified exchanges came back altered")
+        if counts.c.get("smuggle_not_refused", 0):
+            failures.append("a smuggling attempt was not answered with exactly one 400")
         if fd1 > fd0 * 1.1 + 1:
             failures.append(f"file descriptors {fd0} -> {fd1} ({pooled} pooled upstream)")
         # RSS must come back within 10%. The heap alone (RssAnon) is reported too: it is small,
         # so allocator caches left after trimming show as a large share of it.
         if rss1 > rss0 * 1.1:
             failures.append(f"RSS {rss0} -> {rss1} KiB")
-        if abs(metric_total - sent) > 0:
-            failures.append(f"metrics count {metric_total} exchanges, clients sent {sent}")
+        if abs(metric_total - total_sent) > 0:
+            failures.append(f"metrics count {metric_total} exchanges, clients sent {total_sent}")
+        for kind in ("mismatch", "smuggle_not_refused"):
+            if warm_counts.c.get(kind, 0):
+                failures.append(f"{kind} during the warm-up burst")
         proxy.terminate()
         code = proxy.wait(timeout=40)
         if code != 0:
