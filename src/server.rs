@@ -27,8 +27,8 @@ use crate::metrics::Metrics;
 use crate::panics::CatchUnwind;
 use crate::proxy::{metrics_response, not_found, refused as refused_response, Proxy};
 
-/// The largest request head (request line plus headers) a client may send; beyond it hyper
-/// answers 431. Real OpenAI requests carry well under 8 KiB of headers.
+/// The largest HTTP/1 request head (request line plus headers) a client may send; beyond it the
+/// framing guard answers 431. Real OpenAI requests carry well under 8 KiB of headers.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// HTTP/2 streams one client connection may have open at once.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -192,7 +192,7 @@ impl Acceptor {
                     else {
                         return;
                     };
-                    let handle = move |request| proxy.clone().handle_owned(request);
+                    let handle = move |request| proxy.handle_owned(request);
                     return serve_connection(stream, protocol, builder, watcher, handle).await;
                 };
                 let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
@@ -209,7 +209,7 @@ impl Acceptor {
                 } else {
                     Protocol::Http1
                 };
-                let handle = move |request| proxy.clone().handle_owned(request);
+                let handle = move |request| proxy.handle_owned(request);
                 serve_connection(stream, protocol, builder, watcher, handle).await;
             });
             while let Some(ended) = self.connections.try_join_next() {
@@ -234,7 +234,7 @@ async fn serve_connection<I, H, F>(
     handle: H,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: FnOnce(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let refusals = Arc::new(Refusals::default());
