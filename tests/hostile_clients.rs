@@ -48,6 +48,16 @@ async fn assert_refused(proxy: &TestProxy, raw: &[u8], status: u16) -> String {
     message
 }
 
+/// Everything the proxy sends until it closes the connection, which it must within 5 s.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("connection kept open")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn assert_still_serves(proxy: &TestProxy) {
     let response = client()
         .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
@@ -114,13 +124,8 @@ async fn content_length_with_chunked_cannot_smuggle_a_request() {
     let raw = format!("{CHAT}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}");
     let mut stream = raw_connect(proxy.addr).await;
     stream.write_all(raw.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    // The connection must close after one answer: read_to_end returns.
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
-        .await
-        .expect("connection kept open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    // The connection must close after its answers: read_to_end returns.
+    let answer = read_until_closed(&mut stream).await;
     let all = answers(&answer);
     assert_eq!(all.len(), 1, "{answer}");
     assert_eq!(all[0].0, 400, "{answer}");
@@ -173,12 +178,8 @@ async fn requests_cut_into_small_writes_pass_unchanged() {
         stream.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("connection kept open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    // The connection must close after its answers: read_to_end returns.
+    let answer = read_until_closed(&mut stream).await;
     let statuses: Vec<u16> = answers(&answer).iter().map(|a| a.0).collect();
     assert_eq!(statuses, [200, 200, 200], "{answer}");
     let bodies: Vec<_> = mock.requests().into_iter().map(|s| s.body).collect();
@@ -200,12 +201,8 @@ async fn a_bad_head_on_a_kept_alive_connection_is_refused_in_turn() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let bad = format!("{CHAT}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}");
     stream.write_all(bad.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer))
-        .await
-        .expect("connection kept open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    // The connection must close after its answers: read_to_end returns.
+    let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(mock.requests().len(), 1);
 }
