@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::exchange::Outcome;
+use crate::framing::Refused;
 use crate::routes::Routes;
 
 /// Seconds, from 1 ms to 10 min: a cached answer up to the longest generation.
@@ -69,6 +70,13 @@ struct KindLabels {
     kind: &'static str,
 }
 
+fn refused_label(why: Refused) -> &'static str {
+    match why {
+        Refused::BadRequest(_) => "bad_request",
+        Refused::HeadTooLarge => "too_large",
+    }
+}
+
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -96,6 +104,7 @@ pub struct Metrics {
     pub open_connections: Gauge,
     upstream_errors: Family<KindLabels, Counter>,
     body_limit_rejections: Counter,
+    refused_heads: Family<KindLabels, Counter>,
 }
 
 /// How the upstream failed, as the `kind` label says it.
@@ -190,6 +199,12 @@ impl Metrics {
             "Requests refused for PROXY_MAX_BODY_BYTES",
             body_limit_rejections.clone(),
         );
+        let refused_heads = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "refused_request_heads",
+            "HTTP/1 request heads refused before hyper read them: bad_request (400), too_large (431)",
+            refused_heads.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
@@ -216,6 +231,11 @@ impl Metrics {
             UpstreamErrorKind::Reset,
         ] {
             drop(upstream_errors.get_or_create(&KindLabels { kind: kind.label() }));
+        }
+        for why in [Refused::BadRequest(""), Refused::HeadTooLarge] {
+            drop(refused_heads.get_or_create(&KindLabels {
+                kind: refused_label(why),
+            }));
         }
 
         let routes = routes
@@ -245,7 +265,17 @@ impl Metrics {
             open_connections,
             upstream_errors,
             body_limit_rejections,
+            refused_heads,
         }
+    }
+
+    /// A request head the framing guard refused.
+    pub fn head_refused(&self, why: Refused) {
+        self.refused_heads
+            .get_or_create(&KindLabels {
+                kind: refused_label(why),
+            })
+            .inc();
     }
 
     /// The series of the route at `index` in the route table.

@@ -181,7 +181,7 @@ impl Acceptor {
             metrics.open_connections.inc();
             let tls = self.tls.clone();
             self.connections.spawn(async move {
-                let _open = OpenConnection(metrics);
+                let _open = OpenConnection(metrics.clone());
                 let _slot = slot;
                 let Some(tls) = tls else {
                     // hyper's header read timeout starts only once it knows the protocol; a
@@ -193,7 +193,8 @@ impl Acceptor {
                         return;
                     };
                     let handle = move |request| proxy.handle_owned(request);
-                    return serve_connection(stream, protocol, builder, watcher, handle).await;
+                    return serve_connection(stream, protocol, builder, watcher, metrics, handle)
+                        .await;
                 };
                 let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
@@ -210,7 +211,7 @@ impl Acceptor {
                     Protocol::Http1
                 };
                 let handle = move |request| proxy.handle_owned(request);
-                serve_connection(stream, protocol, builder, watcher, handle).await;
+                serve_connection(stream, protocol, builder, watcher, metrics, handle).await;
             });
             while let Some(ended) = self.connections.try_join_next() {
                 if let Err(error) = ended {
@@ -231,6 +232,7 @@ async fn serve_connection<I, H, F>(
     protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    metrics: Arc<Metrics>,
     handle: H,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -244,9 +246,13 @@ async fn serve_connection<I, H, F>(
         service_fn(move |request| {
             let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
             let handle = handle.clone();
+            let metrics = metrics.clone();
             async move {
                 let response = match refused {
-                    Some(why) => refused_response(why),
+                    Some(why) => {
+                        metrics.head_refused(why);
+                        refused_response(why)
+                    }
                     None => CatchUnwind::new(handle(request))
                         .await
                         .unwrap_or_else(|()| {
@@ -397,7 +403,16 @@ mod tests {
                 }
                 json_response(StatusCode::OK, r#"{"ok":true}"#)
             };
-            serve_connection(stream, Protocol::Http1, builder, graceful.watcher(), handle).await;
+            let metrics = Arc::new(Metrics::new(&config.routes));
+            serve_connection(
+                stream,
+                Protocol::Http1,
+                builder,
+                graceful.watcher(),
+                metrics,
+                handle,
+            )
+            .await;
         });
 
         let stream = TcpStream::connect(addr).await.unwrap();

@@ -162,6 +162,40 @@ async fn upstream_errors_are_counted_by_kind() {
 }
 
 #[tokio::test]
+async fn refused_request_heads_are_counted_by_kind() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let text = scrape(&proxy.url("/metrics")).await;
+    for kind in ["bad_request", "too_large"] {
+        let series = format!(r#"memoctopus_refused_request_heads_total{{kind="{kind}"}}"#);
+        assert_eq!(value(&text, &series), 0.0);
+    }
+    let ambiguous = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    for _ in 0..2 {
+        raw_exchange(proxy.addr, ambiguous, Duration::from_secs(2)).await;
+    }
+    let lines: String = (0..120).map(|i| format!("X-{i}: v\r\n")).collect();
+    let crowded = format!("GET /health HTTP/1.1\r\n{lines}\r\n");
+    raw_exchange(proxy.addr, crowded.as_bytes(), Duration::from_secs(2)).await;
+    let text = scrape(&proxy.url("/metrics")).await;
+    assert_eq!(
+        value(
+            &text,
+            r#"memoctopus_refused_request_heads_total{kind="bad_request"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"memoctopus_refused_request_heads_total{kind="too_large"}"#
+        ),
+        1.0
+    );
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
 async fn metrics_can_move_to_their_own_listener() {
     let mock = MockUpstream::start().await;
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
