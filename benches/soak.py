@@ -187,6 +187,9 @@ def scrape(port):
     total = 0
     by_outcome = {}
     for line in text.splitlines():
+        if line.startswith("memoctopus_refused_request_heads_total{"):
+            kind = line.split('kind="')[1].split('"')[0]
+            by_outcome[f"refused_head:{kind}"] = float(line.rsplit(" ", 1)[1])
         if line.startswith("memoctopus_requests_total{"):
             value = float(line.rsplit(" ", 1)[1])
             total += value
@@ -271,6 +274,10 @@ def main():
             failures.append(f"RSS {rss0} -> {rss1} KiB")
         if abs(metric_total - total_sent) > 0:
             failures.append(f"metrics count {metric_total} exchanges, clients sent {total_sent}")
+        # Every smuggling attempt is refused as bad_request; garbage may add to that count.
+        smuggles = counts.c.get("fault_smuggle", 0) + warm_counts.c.get("fault_smuggle", 0)
+        if by_outcome.get("refused_head:bad_request", 0) < smuggles:
+            failures.append(f"{smuggles} smuggling attempts, fewer refused heads in /metrics")
         for kind in ("mismatch", "smuggle_not_refused"):
             if warm_counts.c.get(kind, 0):
                 failures.append(f"{kind} during the warm-up burst")
