@@ -53,11 +53,6 @@ impl Proxy {
         })))
     }
 
-    /// [`Proxy::handle`] for a service that must return a future owning what it uses.
-    pub async fn handle_owned(self, request: Request<Incoming>) -> Response<ProxyBody> {
-        self.handle(request).await
-    }
-
     /// Answers one request. Never fails: every problem becomes an OpenAI-style error answer.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let origin = self

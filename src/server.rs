@@ -183,6 +183,7 @@ impl Acceptor {
             self.connections.spawn(async move {
                 let _open = OpenConnection(metrics.clone());
                 let _slot = slot;
+                let handle = move |request| async move { proxy.handle(request).await };
                 let Some(tls) = tls else {
                     // hyper's header read timeout starts only once it knows the protocol; a
                     // client that sends nothing, or a lone prefix of the HTTP/2 preface,
@@ -192,7 +193,6 @@ impl Acceptor {
                     else {
                         return;
                     };
-                    let handle = move |request| proxy.handle_owned(request);
                     return serve_connection(stream, protocol, builder, watcher, metrics, handle)
                         .await;
                 };
@@ -210,7 +210,6 @@ impl Acceptor {
                 } else {
                     Protocol::Http1
                 };
-                let handle = move |request| proxy.handle_owned(request);
                 serve_connection(stream, protocol, builder, watcher, metrics, handle).await;
             });
             while let Some(ended) = self.connections.try_join_next() {
