@@ -168,7 +168,6 @@ impl<I> FramingGuard<I> {
 
     /// Replaces the head at `held`'s end with the stand-in, and records why.
     fn refuse(&mut self, why: Refused) {
-        tracing::debug!(?why, request = self.heads, "refusing a request head");
         let _ = self.refusals.0.set((self.heads, why));
         self.held.extend_from_slice(STAND_IN);
         self.ready = self.held.len();
