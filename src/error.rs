@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
-use crate::body::ProxyBody;
-
 #[derive(Debug)]
 pub enum ProxyError {
     // The client's fault.
@@ -34,6 +32,10 @@ pub enum ProxyError {
     HeadTooLarge,
     // The upstream's fault.
     UpstreamUnreachable(String),
+    /// The upstream's TLS certificate was not trusted, or not valid for its name.
+    UpstreamCertificate(String),
+    /// The forward proxy (`HTTPS_PROXY`) could not be reached or refused the tunnel.
+    ForwardProxyFailed(String),
     UpstreamConnectTimeout(Duration),
     FirstByteTimeout(Duration),
     TotalTimeout(Duration),
@@ -55,6 +57,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBodyFailed => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamCertificate(_)
+            | ProxyError::ForwardProxyFailed(_)
             | ProxyError::UpstreamFailed(_)
             | ProxyError::UpstreamRejectedKey => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout(_)
@@ -77,6 +81,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::HeadTooLarge => "request_header_fields_too_large",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamCertificate(_) => "upstream_certificate_error",
+            ProxyError::ForwardProxyFailed(_) => "forward_proxy_error",
             ProxyError::UpstreamConnectTimeout(_) => "upstream_connect_timeout",
             ProxyError::FirstByteTimeout(_) => "upstream_first_byte_timeout",
             ProxyError::TotalTimeout(_) => "total_timeout",
@@ -107,10 +113,16 @@ impl ProxyError {
             ProxyError::BadRequest(why) => (*why).to_owned(),
             ProxyError::HeadTooLarge => format!(
                 "The request head is larger than {} bytes or has more than {} header lines",
-                crate::server::MAX_REQUEST_HEAD_BYTES,
-                crate::framing::MAX_HEADERS
+                crate::limits::MAX_REQUEST_HEAD_BYTES,
+                crate::limits::MAX_HEADERS
             ),
             ProxyError::UpstreamUnreachable(why) => format!("Could not reach the upstream API: {why}"),
+            ProxyError::UpstreamCertificate(why) => format!(
+                "The upstream API's TLS certificate was not accepted (a certificate problem; see PROXY_UPSTREAM_CA): {why}"
+            ),
+            ProxyError::ForwardProxyFailed(why) => format!(
+                "The forward proxy did not open a tunnel to the upstream API (HTTPS_PROXY): {why}"
+            ),
             ProxyError::UpstreamConnectTimeout(t) => {
                 format!("Timed out after {t:?} connecting to the upstream API (PROXY_CONNECT_TIMEOUT)")
             }
@@ -135,7 +147,7 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<ProxyBody> {
+    pub fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
         let status = self.status();
         let body = serde_json::json!({
             "error": {
@@ -156,8 +168,11 @@ impl ProxyError {
 }
 
 /// A small JSON answer made by the proxy itself.
-pub fn json_response(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::local(body.into()));
+pub fn json_response<B: From<bytes::Bytes>>(
+    status: StatusCode,
+    body: impl Into<bytes::Bytes>,
+) -> Response<B> {
+    let mut response = Response::new(B::from(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -196,7 +211,7 @@ mod tests {
             method: Method::GET,
             path: "/a\"b".into(),
         };
-        let response = e.into_response();
+        let response: Response<bytes::Bytes> = e.into_response();
         assert_eq!(response.status(), 404);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     }

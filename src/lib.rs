@@ -5,50 +5,42 @@
 //! Events, is streamed back frame by frame. Bodies are never collected or parsed.
 //!
 //! # Layout
-//! - [`cli`]: `--help`, `--version`, `--check-config`.
+//! From the bottom layer up; each layer uses only the ones listed before it.
+//! - [`limits`], [`outcome`], [`drain`], [`trim`]: shared limits, the words for how things
+//!   end, what graceful shutdown counts, and handing freed heap back to the OS.
+//! - [`policy`]: pure rules: routes, header rewriting and the key swap, client keys, CORS.
 //! - [`config`]: the environment and `.env` to a validated [`Config`].
-//! - [`routes`]: which method and path go where; pure.
-//! - [`headers`]: hop-by-hop removal, the key swap, request ids; pure.
-//! - [`client_keys`]: the optional inbound bearer check.
-//! - [`cors`]: browser preflights and origin headers.
-//! - [`upstream`]: the upstream: HTTP/2 or HTTP/1.1 over rustls, or plain HTTP/1.1 via [`pool`].
-//! - [`pool`]: keep-alive HTTP/1.1 connections driven inside their exchange.
-//! - [`body`]: the body types and the frame-forwarding wrappers (limits, timeouts, counting).
-//! - [`exchange`]: one request and its answer, and the access log line it writes.
-//! - [`framing`]: HTTP/1 request heads checked before hyper reads them; no smuggling.
-//! - [`proxy`]: the service that ties these together.
 //! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
-//! - [`panics`]: a panicking request gets a 500; panic messages are logged without secrets.
-//! - [`drain`]: what graceful shutdown counts.
-//! - [`server`]: the accept loop, connection limit and drain; [`run`] is the entry point.
 //! - [`telemetry`]: log setup.
-//! - [`trim`]: handing freed heap back to the OS when idle.
+//! - [`upstream`]: connecting (TCP, forward-proxy tunnel, TLS and ALPN), the HTTP/1.1 and
+//!   HTTP/2 pools, and the retry rule.
+//! - [`exchange`]: one request and its answer: the record and access log line, and the
+//!   bodies that forward frames with their limits and timeouts.
+//! - [`proxy`]: the service that ties these together.
+//! - [`inbound`]: client connections: the accept loop, connection limit and drain, the
+//!   HTTP/1 framing guard, panics; [`run`] is the entry point.
+//! - [`cli`]: `--help`, `--version`, `--check-config`.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod body;
 pub mod cli;
-pub mod client_keys;
 pub mod config;
-pub mod cors;
 pub mod drain;
 pub mod error;
 pub mod exchange;
-pub mod framing;
-pub mod headers;
+pub mod inbound;
+pub mod limits;
 pub mod metrics;
-pub mod panics;
-pub mod pool;
+pub mod outcome;
+pub mod policy;
 pub mod proxy;
-pub mod routes;
-pub mod server;
 pub mod telemetry;
 pub mod trim;
 pub mod upstream;
 
 pub use config::Config;
 pub use drain::DrainReport;
-pub use server::{run, run_with_metrics_listener};
+pub use inbound::server::{run, run_with_metrics_listener};

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use memoctopus::cli::{self, Command};
-use memoctopus::{panics, telemetry, Config};
+use memoctopus::inbound::panics;
+use memoctopus::{telemetry, Config};
 use tokio::net::TcpListener;
 
 /// EX_USAGE from sysexits.h: the configuration is unusable.

@@ -17,9 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::exchange::Outcome;
-use crate::framing::Refused;
-use crate::routes::Routes;
+use crate::outcome::{Outcome, Refused, RetryReason};
+use crate::policy::routes::Routes;
 
 /// Seconds, from 1 ms to 10 min: a cached answer up to the longest generation.
 const BUCKETS: [f64; 18] = [
@@ -66,6 +65,16 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -105,7 +114,22 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     body_limit_rejections: Counter,
     refused_heads: Family<KindLabels, Counter>,
+    /// The two protocols' series, made at start: opening a connection allocates nothing.
+    upstream_opened: [Counter; 2],
+    upstream_open: [Gauge; 2],
+    upstream_retries: Family<ReasonLabels, Counter>,
 }
+
+/// An open upstream connection, counted in `/metrics` until this is dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+const PROTOCOLS: [&str; 2] = ["http1", "http2"];
 
 /// How the upstream failed, as the `kind` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +229,33 @@ impl Metrics {
             "HTTP/1 request heads refused before hyper read them: bad_request (400), too_large (431)",
             refused_heads.clone(),
         );
+        let opened = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "upstream_connections_opened",
+            "Upstream connections opened, by protocol: http1, http2",
+            opened.clone(),
+        );
+        let open = Family::<ProtocolLabels, Gauge>::default();
+        registry.register(
+            "upstream_connections_open",
+            "Upstream connections open now, by protocol: http1, http2",
+            open.clone(),
+        );
+        let upstream_retries = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent again because the upstream provably did not process them, by reason",
+            upstream_retries.clone(),
+        );
+        for reason in RetryReason::ALL {
+            drop(upstream_retries.get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            }));
+        }
+        let upstream_opened =
+            PROTOCOLS.map(|protocol| opened.get_or_create_owned(&ProtocolLabels { protocol }));
+        let upstream_open =
+            PROTOCOLS.map(|protocol| open.get_or_create_owned(&ProtocolLabels { protocol }));
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
@@ -266,7 +317,28 @@ impl Metrics {
             upstream_errors,
             body_limit_rejections,
             refused_heads,
+            upstream_opened,
+            upstream_open,
+            upstream_retries,
         }
+    }
+
+    /// A new upstream connection; it counts as open until the guard is dropped.
+    pub fn upstream_connection_opened(&self, http2: bool) -> OpenConnection {
+        let index = usize::from(http2);
+        self.upstream_opened[index].inc();
+        let open = self.upstream_open[index].clone();
+        open.inc();
+        OpenConnection(open)
+    }
+
+    /// A request sent again, and why.
+    pub fn upstream_retry(&self, reason: RetryReason) {
+        self.upstream_retries
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc();
     }
 
     /// A request head the framing guard refused.

@@ -7,18 +7,18 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
 use crate::config::Config;
-use crate::cors;
 use crate::drain::DrainState;
 use crate::error::{json_response, ProxyError};
-use crate::exchange::{new_request_id, Exchange, Outcome};
-use crate::framing::Refused;
-use crate::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
+use crate::exchange::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
+use crate::exchange::record::{new_request_id, Exchange};
 use crate::metrics::{self, Metrics, UpstreamErrorKind};
-use crate::pool::Lease;
-use crate::routes::{upstream_target, Route, RouteError};
-use crate::upstream::{self, FailureKind, Upstream, UpstreamError};
+use crate::outcome::Outcome;
+use crate::outcome::Refused;
+use crate::policy::cors;
+use crate::policy::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
+use crate::policy::routes::{upstream_target, Route, RouteError};
+use crate::upstream::{self, FailureKind, Lease, Upstream, UpstreamError};
 
 /// The proxy's request handler. Cheap to clone: one per connection.
 #[derive(Clone)]
@@ -27,7 +27,7 @@ pub struct Proxy(Arc<Inner>);
 struct Inner {
     config: Config,
     identity: UpstreamIdentity,
-    upstream: Upstream,
+    upstream: Upstream<RequestBody>,
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
 }
@@ -38,7 +38,7 @@ impl Proxy {
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, rustls::Error> {
-        let upstream = Upstream::new(&config.upstream, config.timeouts.connect)?;
+        let upstream = Upstream::new(&config.upstream, config.timeouts.connect, metrics.clone())?;
         let identity = UpstreamIdentity {
             authorization: config.authorization.clone(),
             organization: config.organization.clone(),
@@ -148,7 +148,7 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
-        let body = ResponseBody::new(body, lease, clock, exchange, is_sse);
+        let body = ResponseBody::new(body, Some(lease), clock, exchange, is_sse);
         Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
     }
 
@@ -161,7 +161,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         exchange: &Exchange,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease<RequestBody>), ProxyError> {
         let config = &self.0.config;
         let (mut parts, body) = request.into_parts();
 
@@ -255,7 +255,8 @@ impl Proxy {
         exchange.upstream_failed(match kind {
             FailureKind::Connect => UpstreamErrorKind::Connect,
             FailureKind::ConnectTimeout => UpstreamErrorKind::Timeout,
-            FailureKind::Tls => UpstreamErrorKind::Tls,
+            FailureKind::Tls | FailureKind::Certificate => UpstreamErrorKind::Tls,
+            FailureKind::ForwardProxy => UpstreamErrorKind::Connect,
             FailureKind::Reset => UpstreamErrorKind::Reset,
         });
         match kind {
@@ -263,6 +264,8 @@ impl Proxy {
                 ProxyError::UpstreamConnectTimeout(config.timeouts.connect)
             }
             FailureKind::Connect | FailureKind::Tls => ProxyError::UpstreamUnreachable(description),
+            FailureKind::Certificate => ProxyError::UpstreamCertificate(description),
+            FailureKind::ForwardProxy => ProxyError::ForwardProxyFailed(description),
             FailureKind::Reset => ProxyError::UpstreamFailed(description),
         }
     }
@@ -309,7 +312,9 @@ fn outcome_of(error: &ProxyError) -> Outcome {
         ProxyError::UpstreamConnectTimeout(_) => Outcome::ConnectTimeout,
         ProxyError::FirstByteTimeout(_) => Outcome::FirstByteTimeout,
         ProxyError::TotalTimeout(_) => Outcome::TotalTimeout,
-        ProxyError::UpstreamUnreachable(_) => Outcome::UpstreamUnreachable,
+        ProxyError::UpstreamUnreachable(_)
+        | ProxyError::UpstreamCertificate(_)
+        | ProxyError::ForwardProxyFailed(_) => Outcome::UpstreamUnreachable,
         ProxyError::UpstreamFailed(_)
         | ProxyError::UpstreamRejectedKey
         | ProxyError::Internal(_) => Outcome::UpstreamFailed,

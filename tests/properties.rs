@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use memoctopus::config::{parse_duration, Config};
-use memoctopus::framing::{FramingGuard, Refusals};
-use memoctopus::headers::{rewrite_request, rewrite_response, UpstreamIdentity};
-use memoctopus::routes::{ExtraRoute, Route, Routes};
+use memoctopus::inbound::framing::{FramingGuard, Refusals};
+use memoctopus::policy::headers::{rewrite_request, rewrite_response, UpstreamIdentity};
+use memoctopus::policy::routes::{ExtraRoute, Route, Routes};
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
 

@@ -22,26 +22,15 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::server::MAX_REQUEST_HEAD_BYTES;
+use crate::limits::{MAX_HEADERS, MAX_REQUEST_HEAD_BYTES};
+use crate::outcome::Refused;
 
-/// hyper's own limit on the number of header lines in one request.
-pub const MAX_HEADERS: usize = 100;
 /// A chunk-size or trailer line longer than this is left for hyper to refuse.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// What hyper reads in place of a refused head: a request it accepts, without a body, that the
 /// service recognises by its position on the connection, never by its content.
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: memoctopus\r\n\r\n";
-
-/// Why a request head was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The head cannot be parsed, or its framing is ambiguous: 400.
-    BadRequest(&'static str),
-    /// The head is larger than [`MAX_REQUEST_HEAD_BYTES`] or has more than [`MAX_HEADERS`]
-    /// lines: 431.
-    HeadTooLarge,
-}
 
 /// Shared by a connection's guard and its service: which request, counted from 0, was
 /// refused. A refusal ends the connection, so there is at most one.

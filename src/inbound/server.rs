@@ -18,18 +18,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
 use crate::error::ProxyError;
-use crate::framing::{FramingGuard, Refusals};
+use crate::exchange::body::ProxyBody;
+use crate::inbound::framing::{FramingGuard, Refusals};
+use crate::inbound::panics::CatchUnwind;
+use crate::limits::MAX_REQUEST_HEAD_BYTES;
 use crate::metrics::Metrics;
-use crate::panics::CatchUnwind;
 use crate::proxy::{metrics_response, not_found, refused as refused_response, Proxy};
 
-/// The largest HTTP/1 request head (request line plus headers) a client may send; beyond it the
-/// framing guard answers 431. Real OpenAI requests carry well under 8 KiB of headers.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// HTTP/2 streams one client connection may have open at once.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// The largest HTTP/2 header list a client may send.
@@ -388,7 +386,7 @@ mod tests {
             ("PROXY_CLIENT_KEYS", CLIENT_KEY),
         ])
         .unwrap();
-        crate::panics::install_hook(&config);
+        crate::inbound::panics::install_hook(&config);
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -444,7 +442,7 @@ mod tests {
             logged.contains("panic: handler failed holding [redacted]"),
             "{logged}"
         );
-        assert!(logged.contains("src/server.rs:"), "{logged}");
+        assert!(logged.contains("src/inbound/server.rs:"), "{logged}");
         assert!(!logged.contains(SERVER_KEY), "{logged}");
         assert!(!logged.contains(CLIENT_KEY), "{logged}");
     }

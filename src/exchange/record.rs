@@ -1,60 +1,17 @@
 //! One client request and its answer, from the head to the last byte: its id, its counters,
 //! and the access log line written when it ends, however it ends.
 
-use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::body::RequestStats;
 use crate::drain::DrainState;
 use crate::metrics::{Ended, Metrics, RouteMetrics, UpstreamErrorKind};
-
-/// How an exchange ended, as logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    ClientCancelled,
-    /// The proxy answered the client itself with a 4xx (no route, bad key, ...).
-    Rejected,
-    BodyTooLarge,
-    ConnectTimeout,
-    FirstByteTimeout,
-    IdleTimeout,
-    TotalTimeout,
-    UpstreamUnreachable,
-    UpstreamFailed,
-    /// Cut when the shutdown grace period ran out.
-    Shutdown,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Completed => "completed",
-            Outcome::ClientCancelled => "client_cancelled",
-            Outcome::Rejected => "rejected",
-            Outcome::BodyTooLarge => "body_too_large",
-            Outcome::ConnectTimeout => "connect_timeout",
-            Outcome::FirstByteTimeout => "first_byte_timeout",
-            Outcome::IdleTimeout => "idle_timeout",
-            Outcome::TotalTimeout => "total_timeout",
-            Outcome::UpstreamUnreachable => "upstream_unreachable",
-            Outcome::UpstreamFailed => "upstream_failed",
-            Outcome::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::outcome::Outcome;
 
 /// A fresh request id: random per process, then a counter, so ids never repeat within a
 /// process and almost surely not across processes.
@@ -70,6 +27,15 @@ pub fn new_request_id() -> HeaderValue {
     let id = format!("memo-{process:016x}-{n:x}");
     // Only hex digits and dashes: always a valid header value.
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("memo-invalid"))
+}
+
+/// What the request side tells the response side: bytes read, and why it stopped early.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub bytes: AtomicU64,
+    pub too_large: AtomicBool,
+    pub client_failed: AtomicBool,
+    pub timed_out: AtomicBool,
 }
 
 /// The record of one proxied exchange. Dropping it writes the access log line.

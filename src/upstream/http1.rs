@@ -1,5 +1,4 @@
-//! Keep-alive HTTP/1.1 connections to a plain-HTTP upstream, each driven inside the exchange
-//! that uses it.
+//! Keep-alive HTTP/1.1 connections, plain or TLS, each driven inside the exchange that uses it.
 //!
 //! hyper-util's pooled client runs every upstream connection in a task of its own, and hands
 //! each body frame to the client's connection task through a channel that holds one frame: the
@@ -15,17 +14,21 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
-use crate::upstream::{FailureKind, UpstreamError};
+use super::connect::{Connected, Connector, Io, Offer};
+use super::failure::{FailureKind, UpstreamError};
+use super::retry::RetryReason;
+use super::SendBody;
+use crate::metrics::{Metrics, OpenConnection};
 
-type Driver = Connection<TokioIo<TcpStream>, RequestBody>;
+type Driver<B> = Connection<TokioIo<Io>, B>;
 
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -33,14 +36,33 @@ const MAX_IDLE: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One upstream connection, checked out of the pool for one exchange.
-pub struct Conn {
-    sender: SendRequest<RequestBody>,
-    driver: Driver,
+pub struct Conn<B: SendBody> {
+    sender: SendRequest<B>,
+    driver: Driver<B>,
     /// The driver finished (the connection closed); it must not be polled again.
     closed: bool,
+    /// Counts the connection in `/metrics` while it is open.
+    _open: OpenConnection,
 }
 
-impl Conn {
+/// A request the pool did not get an answer for.
+// Failures are rare and short-lived; boxing the request would cost every one an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Http1Failure<B> {
+    /// The request was never written: it comes back whole, with why.
+    Unsent {
+        request: Request<B>,
+        reason: RetryReason,
+        error: UpstreamError,
+    },
+    /// The upstream may have seen it.
+    Failed(UpstreamError),
+}
+
+impl<B> Conn<B>
+where
+    B: SendBody,
+{
     /// Drives the connection: reads, decodes, writes the request body. Called whenever the
     /// exchange has nothing ready, so that what the socket holds is handed on at once.
     pub fn drive(&mut self, cx: &mut Context<'_>) {
@@ -63,26 +85,31 @@ impl Conn {
     }
 }
 
-struct Idle {
-    conn: Conn,
+struct Idle<B: SendBody> {
+    conn: Conn<B>,
     since: Instant,
 }
 
-pub struct Http1Pool {
-    /// `host:port` to connect to.
-    address: String,
-    connect_timeout: Duration,
+pub struct Http1Pool<B: SendBody> {
+    connector: Arc<Connector>,
+    /// What ALPN offers on this pool's connections: HTTP/1.1 only, so a TLS upstream never
+    /// answers one of them in HTTP/2.
+    offer: Offer,
     builder: http1::Builder,
     /// Most recently used last, so the warmest connection is reused first.
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Idle<B>>>,
+    metrics: Arc<Metrics>,
 }
 
-impl Http1Pool {
+impl<B> Http1Pool<B>
+where
+    B: SendBody,
+{
     /// A pool whose idle connections are closed once they pass [`IDLE_TIMEOUT`], by a task
     /// that ends with the pool. Must be called within the runtime.
-    pub fn spawn(host: &str, port: u16, connect_timeout: Duration) -> std::sync::Arc<Http1Pool> {
-        let pool = std::sync::Arc::new(Http1Pool::new(host, port, connect_timeout));
-        let weak = std::sync::Arc::downgrade(&pool);
+    pub fn spawn(connector: Arc<Connector>, metrics: Arc<Metrics>) -> Arc<Http1Pool<B>> {
+        let pool = Arc::new(Http1Pool::new(connector, metrics));
+        let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -108,18 +135,19 @@ impl Http1Pool {
         }
     }
 
-    fn new(host: &str, port: u16, connect_timeout: Duration) -> Http1Pool {
+    fn new(connector: Arc<Connector>, metrics: Arc<Metrics>) -> Http1Pool<B> {
         let mut builder = http1::Builder::new();
         builder.writev(true);
         Http1Pool {
-            address: format!("{host}:{port}"),
-            connect_timeout,
+            connector,
+            offer: Offer::Http1,
             builder,
             idle: Mutex::new(Vec::new()),
+            metrics,
         }
     }
 
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.reusable() {
@@ -130,7 +158,7 @@ impl Http1Pool {
     }
 
     /// Takes a connection back after its exchange ended cleanly.
-    pub fn give_back(&self, mut conn: Conn) {
+    pub fn give_back(&self, mut conn: Conn<B>) {
         if !conn.reusable() {
             return;
         }
@@ -143,31 +171,23 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return Err(UpstreamError::new(FailureKind::Connect, error)),
-                Err(_) => {
-                    return Err(UpstreamError::new(
-                        FailureKind::ConnectTimeout,
-                        crate::upstream::ConnectTimedOut,
-                    ))
-                }
-            };
-        // Each SSE event must leave at once, not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+    async fn connect(&self) -> Result<Conn<B>, UpstreamError> {
+        let connected = self.connector.connect(self.offer).await?;
+        self.handshake(connected).await
+    }
+
+    /// Speaks HTTP/1.1 on a new connection.
+    pub async fn handshake(&self, connected: Connected) -> Result<Conn<B>, UpstreamError> {
         let (sender, driver) = self
             .builder
-            .handshake(TokioIo::new(stream))
+            .handshake(connected.io)
             .await
             .map_err(|e| UpstreamError::new(FailureKind::Connect, e))?;
         Ok(Conn {
             sender,
             driver,
             closed: false,
+            _open: self.metrics.upstream_connection_opened(false),
         })
     }
 
@@ -176,8 +196,8 @@ impl Http1Pool {
     /// caller drives it.
     pub async fn send(
         &self,
-        request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+        request: Request<B>,
+    ) -> Result<(Response<Incoming>, Conn<B>), Http1Failure<B>> {
         let mut request = request;
         // A pooled connection may have been closed by the upstream a moment ago; a request
         // that was never written to it is safe to send again on a fresh one.
@@ -186,7 +206,16 @@ impl Http1Pool {
             let fresh = reused.is_none();
             let mut conn = match reused.take() {
                 Some(conn) => conn,
-                None => self.connect().await?,
+                None => match self.connect().await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        return Err(Http1Failure::Unsent {
+                            request,
+                            reason: RetryReason::Connect,
+                            error,
+                        })
+                    }
+                },
             };
             let mut responding = std::pin::pin!(conn.sender.try_send_request(request));
             let result = std::future::poll_fn(|cx| {
@@ -201,8 +230,16 @@ impl Http1Pool {
             match result {
                 Ok(response) => return Ok((response, conn)),
                 Err(mut error) => match error.take_message() {
-                    Some(unsent) if !fresh => request = unsent,
-                    _ => return Err(UpstreamError::new(FailureKind::Reset, error.into_error())),
+                    Some(unsent) if !fresh => {
+                        self.metrics.upstream_retry(RetryReason::StaleConnection);
+                        request = unsent;
+                    }
+                    _ => {
+                        return Err(Http1Failure::Failed(UpstreamError::new(
+                            FailureKind::Reset,
+                            error.into_error(),
+                        )))
+                    }
                 },
             }
         }
@@ -211,12 +248,15 @@ impl Http1Pool {
 
 /// A connection lent to one exchange; it goes back to the pool only if the exchange ended
 /// cleanly, and is closed otherwise (dropped with the lease).
-pub struct Lease {
-    pub conn: Conn,
-    pub pool: std::sync::Arc<Http1Pool>,
+pub struct Lease<B: SendBody> {
+    pub conn: Conn<B>,
+    pub pool: Arc<Http1Pool<B>>,
 }
 
-impl Lease {
+impl<B> Lease<B>
+where
+    B: SendBody,
+{
     pub fn give_back(self) {
         self.pool.give_back(self.conn);
     }

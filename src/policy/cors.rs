@@ -4,8 +4,11 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use crate::body::ProxyBody;
-use crate::config::CorsOrigins;
+#[derive(Clone, Debug)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<HeaderValue>),
+}
 
 /// Request headers a browser may send when the preflight does not list its own.
 static DEFAULT_ALLOW_HEADERS: HeaderValue = HeaderValue::from_static(
@@ -40,8 +43,8 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// The proxy's own 204 answer to a preflight on a forwarded route from an allowed origin.
-pub fn preflight_response(request: &HeaderMap, methods: &[&Method]) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::empty());
+pub fn preflight_response<B: Default>(request: &HeaderMap, methods: &[&Method]) -> Response<B> {
+    let mut response = Response::new(B::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
     let methods = methods

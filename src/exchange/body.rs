@@ -9,7 +9,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -19,9 +19,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::exchange::{Exchange, Outcome};
+use super::record::{Exchange, RequestStats};
 use crate::metrics::UpstreamErrorKind;
-use crate::pool::Lease;
+use crate::outcome::Outcome;
+use crate::upstream::Lease;
 
 /// Why a forwarded body ended early.
 #[derive(Debug)]
@@ -119,15 +120,6 @@ impl FrameClock {
     }
 }
 
-/// What the request side tells the response side: bytes read, and why it stopped early.
-#[derive(Debug, Default)]
-pub struct RequestStats {
-    pub bytes: AtomicU64,
-    pub too_large: AtomicBool,
-    pub client_failed: AtomicBool,
-    pub timed_out: AtomicBool,
-}
-
 /// The client's request body on its way upstream, with the size limit and idle timeout.
 pub struct RequestBody {
     inner: Incoming,
@@ -206,8 +198,9 @@ impl Body for RequestBody {
 /// writes the access log line when the body is done or dropped.
 pub struct ResponseBody {
     inner: Incoming,
-    /// The plain-HTTP upstream connection this body comes from, driven from `poll_frame`.
-    lease: Option<Lease>,
+    /// The upstream connection (HTTP/1.1, driven from `poll_frame`) or stream (HTTP/2) this
+    /// body comes from.
+    lease: Option<Lease<RequestBody>>,
     /// The upstream body ended cleanly: its connection may be reused.
     ended: bool,
     clock: FrameClock,
@@ -220,7 +213,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub fn new(
         inner: Incoming,
-        lease: Option<Lease>,
+        lease: Option<Lease<RequestBody>>,
         clock: FrameClock,
         exchange: Exchange,
         is_sse: bool,
@@ -271,9 +264,10 @@ impl Body for ResponseBody {
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() {
             if let Some(lease) = &mut this.lease {
-                // Let the upstream connection hand over what it has already read.
-                lease.conn.drive(cx);
-                polled = Pin::new(&mut this.inner).poll_frame(cx);
+                // Let an HTTP/1.1 upstream connection hand over what it has already read.
+                if lease.drive(cx) {
+                    polled = Pin::new(&mut this.inner).poll_frame(cx);
+                }
             }
         }
         match polled {
@@ -350,8 +344,16 @@ impl ProxyBody {
     pub fn local(bytes: Bytes) -> ProxyBody {
         ProxyBody::Local((!bytes.is_empty()).then_some(bytes))
     }
+}
 
-    pub fn empty() -> ProxyBody {
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> ProxyBody {
+        ProxyBody::local(bytes)
+    }
+}
+
+impl Default for ProxyBody {
+    fn default() -> ProxyBody {
         ProxyBody::Local(None)
     }
 }

@@ -8,11 +8,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
-use crate::routes::{ExtraRoute, Routes};
+mod upstream;
+
+pub use upstream::{EgressProxy, Protocol, Upstream, DEFAULT_BASE_URL, EGRESS_VARIABLES};
+
+use crate::policy::client_keys::ClientKeys;
+use crate::policy::cors::CorsOrigins;
+use crate::policy::routes::{ExtraRoute, Routes};
 
 /// The proxy's whole configuration. Built by [`Config::from_vars`] or [`Config::load`].
 #[derive(Clone, Debug)]
@@ -52,15 +57,6 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// The parsed `OPENAI_BASE_URL`.
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// The base URL's path without a trailing slash, such as `/v1`, or empty.
-    pub base_path: String,
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     /// TCP plus TLS connect to the upstream.
@@ -73,22 +69,6 @@ pub struct Timeouts {
     pub total: Option<Duration>,
     /// A client must send its whole request head within this.
     pub header_read: Duration,
-}
-
-/// Client bearer tokens. `Debug` shows only how many there are.
-#[derive(Clone, Default)]
-pub struct ClientKeys(pub Vec<Box<[u8]>>);
-
-impl fmt::Debug for ClientKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientKeys({} keys)", self.0.len())
-    }
-}
-
-#[derive(Clone, Debug)]
-pub enum CorsOrigins {
-    Any,
-    List(Vec<HeaderValue>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +92,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         message: message.into(),
@@ -144,9 +124,13 @@ struct RawConfig {
     proxy_metrics_addr: Option<String>,
     proxy_tls_cert: Option<String>,
     proxy_tls_key: Option<String>,
+    proxy_upstream_ca: Option<String>,
+    proxy_upstream_protocol: Option<String>,
+    proxy_upstream_max_streams: Option<String>,
+    /// The forward-proxy variables, by their exact names; envy would fold their cases.
+    #[serde(skip)]
+    egress: HashMap<String, String>,
 }
-
-pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 impl Config {
     /// Reads the process environment over `.env` in the working directory, if there is one.
@@ -184,13 +168,18 @@ impl Config {
     {
         // Only our own names go to envy, so that unrelated variables never cause errors; a
         // later pair wins over an earlier one with the same name.
-        let ours: HashMap<String, String> = vars
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, _)| is_our_setting(k))
-            .collect();
-        let raw: RawConfig =
+        let mut ours: HashMap<String, String> = HashMap::new();
+        let mut egress: HashMap<String, String> = HashMap::new();
+        for (k, v) in vars.into_iter().map(|(k, v)| (k.into(), v.into())) {
+            if EGRESS_VARIABLES.contains(&k.as_str()) {
+                egress.insert(k, v);
+            } else if is_our_setting(&k) {
+                ours.insert(k, v);
+            }
+        }
+        let mut raw: RawConfig =
             envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
+        raw.egress = egress;
         raw.validate()
     }
 }
@@ -220,6 +209,32 @@ impl Config {
                     "{}://{}{}",
                     self.upstream.scheme, self.upstream.authority, self.upstream.base_path
                 ),
+            ),
+            (
+                "PROXY_UPSTREAM_PROTOCOL",
+                self.upstream.protocol.as_str().to_owned(),
+            ),
+            (
+                "PROXY_UPSTREAM_MAX_STREAMS",
+                self.upstream.max_streams.to_string(),
+            ),
+            (
+                "PROXY_UPSTREAM_CA",
+                match self.upstream.extra_roots.len() {
+                    0 => "(unset)".to_owned(),
+                    n => format!("({n} certificates added to the built-in roots)"),
+                },
+            ),
+            (
+                "FORWARD_PROXY (from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)",
+                or_unset(self.upstream.egress.as_ref().map(|p| {
+                    let auth = if p.authorization.is_some() {
+                        " (credentials masked)"
+                    } else {
+                        ""
+                    };
+                    format!("http://{}{auth}", p.name())
+                })),
             ),
             ("OPENAI_ORGANIZATION", header(&self.organization)),
             ("OPENAI_PROJECT", header(&self.project)),
@@ -296,7 +311,7 @@ fn is_our_setting(name: &str) -> bool {
 }
 
 /// Treats an empty value like an absent one, as `.env` templates leave optional ones blank.
-fn present(value: &Option<String>) -> Option<&str> {
+pub(crate) fn present(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
@@ -316,7 +331,14 @@ impl RawConfig {
         })?;
         authorization.set_sensitive(true);
 
-        let upstream = parse_base_url(present(&self.openai_base_url).unwrap_or(DEFAULT_BASE_URL))?;
+        let upstream = upstream::RawUpstream {
+            base_url: present(&self.openai_base_url),
+            ca: present(&self.proxy_upstream_ca),
+            protocol: present(&self.proxy_upstream_protocol),
+            max_streams: &self.proxy_upstream_max_streams,
+            egress: &self.egress,
+        }
+        .validate()?;
         let organization = optional_header("OPENAI_ORGANIZATION", &self.openai_organization)?;
         let project = optional_header("OPENAI_PROJECT", &self.openai_project)?;
 
@@ -480,42 +502,6 @@ fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Config
     Ok(Arc::new(server))
 }
 
-fn parse_base_url(value: &str) -> Result<Upstream, ConfigError> {
-    const NAME: &str = "OPENAI_BASE_URL";
-    let uri: Uri = value
-        .parse()
-        .map_err(|e| invalid(NAME, format!("{value:?} is not a URL: {e}")))?;
-    let scheme = match uri.scheme_str() {
-        Some("http") => Scheme::HTTP,
-        Some("https") => Scheme::HTTPS,
-        _ => {
-            return Err(invalid(
-                NAME,
-                format!("{value:?} must start with http:// or https://"),
-            ))
-        }
-    };
-    let authority = uri
-        .authority()
-        .filter(|a| !a.host().is_empty())
-        .cloned()
-        .ok_or_else(|| invalid(NAME, format!("{value:?} has no host")))?;
-    if authority.as_str().contains('@') {
-        return Err(invalid(
-            NAME,
-            "must not carry credentials; the key goes in OPENAI_API_KEY",
-        ));
-    }
-    if uri.query().is_some() {
-        return Err(invalid(NAME, "must not have a query string"));
-    }
-    Ok(Upstream {
-        scheme,
-        authority,
-        base_path: uri.path().trim_end_matches('/').to_owned(),
-    })
-}
-
 fn optional_header(
     setting: &'static str,
     value: &Option<String>,
@@ -528,7 +514,7 @@ fn optional_header(
         .transpose()
 }
 
-fn parse_number<T: std::str::FromStr>(
+pub(crate) fn parse_number<T: std::str::FromStr>(
     setting: &'static str,
     value: &Option<String>,
     default: T,
@@ -653,7 +639,7 @@ mod tests {
     fn defaults_are_those_documented() {
         let c = with(&[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8000".parse().unwrap());
-        assert_eq!(c.upstream.scheme, Scheme::HTTPS);
+        assert_eq!(c.upstream.scheme, http::uri::Scheme::HTTPS);
         assert_eq!(c.upstream.authority.as_str(), "api.openai.com");
         assert_eq!(c.upstream.base_path, "/v1");
         assert_eq!(c.timeouts.connect, Duration::from_secs(10));
@@ -729,7 +715,7 @@ mod tests {
     #[test]
     fn http_base_url_keeps_its_path() {
         let c = with(&[("OPENAI_BASE_URL", "http://127.0.0.1:9000/openai/v1/")]).unwrap();
-        assert_eq!(c.upstream.scheme, Scheme::HTTP);
+        assert_eq!(c.upstream.scheme, http::uri::Scheme::HTTP);
         assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:9000");
         assert_eq!(c.upstream.base_path, "/openai/v1");
     }

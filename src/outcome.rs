@@ -1,0 +1,86 @@
+//! How things end, named once for the layers that act on them and the metrics that count them.
+
+use std::fmt;
+
+/// How an exchange ended, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    ClientCancelled,
+    /// The proxy answered the client itself with a 4xx (no route, bad key, ...).
+    Rejected,
+    BodyTooLarge,
+    ConnectTimeout,
+    FirstByteTimeout,
+    IdleTimeout,
+    TotalTimeout,
+    UpstreamUnreachable,
+    UpstreamFailed,
+    /// Cut when the shutdown grace period ran out.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::ClientCancelled => "client_cancelled",
+            Outcome::Rejected => "rejected",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::ConnectTimeout => "connect_timeout",
+            Outcome::FirstByteTimeout => "first_byte_timeout",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::TotalTimeout => "total_timeout",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The head cannot be parsed, or its framing is ambiguous: 400.
+    BadRequest(&'static str),
+    /// The head is larger than [`MAX_REQUEST_HEAD_BYTES`](crate::limits::MAX_REQUEST_HEAD_BYTES) or has more than [`MAX_HEADERS`](crate::limits::MAX_HEADERS)
+    /// lines: 431.
+    HeadTooLarge,
+}
+
+/// Why a request was sent again, as `/metrics` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// A pooled connection the upstream had just closed; the request was never written.
+    StaleConnection,
+    /// HTTP/2 `REFUSED_STREAM`: the upstream says it did not process the stream.
+    RefusedStream,
+    /// HTTP/2 GOAWAY whose last-stream-id is below the stream: not processed.
+    GoAway,
+    /// The connection could not be made; nothing was sent.
+    Connect,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 4] = [
+        RetryReason::StaleConnection,
+        RetryReason::RefusedStream,
+        RetryReason::GoAway,
+        RetryReason::Connect,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::StaleConnection => "stale_connection",
+            RetryReason::RefusedStream => "refused_stream",
+            RetryReason::GoAway => "goaway",
+            RetryReason::Connect => "connect",
+        }
+    }
+}

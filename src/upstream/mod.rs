@@ -1,0 +1,356 @@
+//! The upstream side: how a request reaches OpenAI and its answer comes back.
+//!
+//! - [`failure`]: what went wrong, sorted by whose fault it was.
+//! - [`connect`]: one connection: TCP or a forward proxy's `CONNECT` tunnel, then TLS and ALPN.
+//! - [`retry`]: which failures prove the upstream did not process a request, and a body that
+//!   can be sent again.
+//! - [`http1`]: keep-alive HTTP/1.1 connections, each driven inside its exchange.
+//! - [`http2`]: HTTP/2 connections, as many as the streams in flight need.
+//!
+//! [`Upstream`] picks the pool by `PROXY_UPSTREAM_PROTOCOL` (under `auto`, by what the first
+//! connection's ALPN chose) and applies the retry rule.
+
+pub mod connect;
+pub mod failure;
+pub mod http1;
+pub mod http2;
+pub mod retry;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::Context;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+
+pub use failure::{describe, BoxError, ConnectTimedOut, FailureKind, UpstreamError};
+
+use crate::config::{Protocol, Upstream as UpstreamConfig};
+use crate::metrics::Metrics;
+use connect::{Connector, Offer};
+use http1::{Http1Failure, Http1Pool};
+use http2::{Http2Failure, Http2Pool};
+use retry::{Recovery, Replayable, RetryReason};
+
+/// A request body the pools can send: hyper's bounds, named once.
+pub trait SendBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> SendBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+/// What `auto` has learned the upstream speaks.
+const UNKNOWN: u8 = 0;
+const LEARNED_HTTP1: u8 = 1;
+const LEARNED_HTTP2: u8 = 2;
+
+/// Where forwarded requests go, and how. `B` is the request body type.
+pub struct Upstream<B: SendBody> {
+    protocol: Protocol,
+    /// An `http://` upstream: no ALPN, so `auto` means HTTP/1.1.
+    plain: bool,
+    /// Under `auto`: what the last probe's ALPN chose.
+    learned: AtomicU8,
+    /// One probe at a time, so that a burst of first requests opens one connection, not one
+    /// each, before the protocol is known.
+    probing: tokio::sync::Mutex<()>,
+    connector: Arc<Connector>,
+    http1: Arc<Http1Pool<Replayable<B>>>,
+    http2: Arc<Http2Pool<Replayable<B>>>,
+    /// `scheme://authority` of every request.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// The Host header for HTTP/1.1, whose connection does not set one.
+    host: HeaderValue,
+    metrics: Arc<Metrics>,
+}
+
+/// What the response body holds on to while it flows. It lives inside the boxed response
+/// body, so the HTTP/1.1 connection is kept inline rather than in a second allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Lease<B: SendBody> {
+    /// The HTTP/1.1 connection itself, driven from the body's `poll_frame`.
+    Http1(http1::Lease<Replayable<B>>),
+    /// A claim on one of an HTTP/2 connection's streams.
+    Http2(http2::Stream),
+}
+
+impl<B> Lease<B>
+where
+    B: SendBody,
+{
+    /// Lets an HTTP/1.1 connection hand over what it has read, and says whether it did;
+    /// HTTP/2 connections run in tasks of their own.
+    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Lease::Http1(lease) => {
+                lease.conn.drive(cx);
+                true
+            }
+            Lease::Http2(_) => false,
+        }
+    }
+
+    /// The exchange ended cleanly: the connection may be reused.
+    pub fn give_back(self) {
+        if let Lease::Http1(lease) = self {
+            lease.give_back();
+        }
+    }
+}
+
+/// One attempt's failure, as the retry rule sees it.
+// Failures are rare and short-lived; boxing the request would cost every one an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Attempt<B: SendBody> {
+    /// Never sent: the request comes back whole.
+    Unsent {
+        request: Request<Replayable<B>>,
+        reason: RetryReason,
+        error: UpstreamError,
+    },
+    /// Sent, and the upstream proved it did not process it: the body must be recovered.
+    Unprocessed {
+        reason: RetryReason,
+        error: UpstreamError,
+    },
+    Failed(UpstreamError),
+}
+
+impl<B: SendBody> Attempt<B> {
+    fn into_error(self) -> UpstreamError {
+        match self {
+            Attempt::Unsent { error, .. }
+            | Attempt::Unprocessed { error, .. }
+            | Attempt::Failed(error) => error,
+        }
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: SendBody,
+{
+    /// Must be called within the runtime: the pools start their sweeping tasks.
+    pub fn new(
+        config: &UpstreamConfig,
+        connect_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream<B>, rustls::Error> {
+        let connector = Arc::new(Connector::new(config, connect_timeout)?);
+        let host = HeaderValue::from_str(config.authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Ok(Upstream {
+            protocol: config.protocol,
+            plain: config.scheme == http::uri::Scheme::HTTP,
+            learned: AtomicU8::new(UNKNOWN),
+            probing: tokio::sync::Mutex::new(()),
+            http1: Http1Pool::spawn(connector.clone(), metrics.clone()),
+            http2: Http2Pool::spawn(connector.clone(), config.max_streams, metrics.clone()),
+            connector,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            host,
+            metrics,
+        })
+    }
+
+    /// Sends `request` and waits for the response head. The lease comes back with the
+    /// response: the body must hold it while it flows.
+    ///
+    /// A request the upstream provably did not process is sent once more, on another
+    /// connection; nothing else is.
+    pub async fn send(
+        &self,
+        request: Request<B>,
+    ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
+        let (head, body) = request.into_parts();
+        let http2 = match self.use_http2().await {
+            Ok(http2) => http2,
+            // The probe's connect failed: nothing was sent; once more.
+            Err(error) if error.kind == FailureKind::Connect => {
+                self.metrics.upstream_retry(RetryReason::Connect);
+                self.use_http2().await?
+            }
+            Err(error) => return Err(error),
+        };
+        // hyper gives back an HTTP/2 request only if it never left, so a copy of the head and
+        // the frames sent are kept; an HTTP/1.1 request that was written is never retried.
+        let (body, recovery, head_copy) = if http2 {
+            let (body, recovery) = Replayable::recorded(body);
+            (body, Some(recovery), Some(copy_head(&head)))
+        } else {
+            (Replayable::once(body), None, None)
+        };
+        let failure = match self.attempt(http2, Request::from_parts(head, body)).await {
+            Ok(answer) => return Ok(answer),
+            Err(failure) => failure,
+        };
+        let (reason, again) = match failure {
+            Attempt::Unsent {
+                request, reason, ..
+            } => (reason, request),
+            Attempt::Unprocessed { reason, error } => match recover(recovery, head_copy).await {
+                Some(request) => (reason, request),
+                None => return Err(error),
+            },
+            Attempt::Failed(error) => return Err(error),
+        };
+        self.metrics.upstream_retry(reason);
+        let http2 = self.use_http2().await?;
+        self.attempt(http2, again)
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    /// Whether this request goes over HTTP/2. Under `auto`, the first request probes: one
+    /// connection offering both, and whatever ALPN chose decides, and that connection joins
+    /// its pool.
+    async fn use_http2(&self) -> Result<bool, UpstreamError> {
+        match self.protocol {
+            Protocol::Http1 => return Ok(false),
+            Protocol::Http2 => return Ok(true),
+            Protocol::Auto if self.plain => return Ok(false),
+            Protocol::Auto => {}
+        }
+        loop {
+            match self.learned.load(Ordering::Acquire) {
+                LEARNED_HTTP1 => return Ok(false),
+                LEARNED_HTTP2 => return Ok(true),
+                _ => {}
+            }
+            let _probing = self.probing.lock().await;
+            if self.learned.load(Ordering::Acquire) != UNKNOWN {
+                continue;
+            }
+            let connected = self.connector.connect(Offer::Both).await?;
+            let learned = if connected.http2 {
+                self.http2.adopt(connected).await?;
+                LEARNED_HTTP2
+            } else {
+                let conn = self.http1.handshake(connected).await?;
+                self.http1.give_back(conn);
+                LEARNED_HTTP1
+            };
+            tracing::info!(
+                protocol = if learned == LEARNED_HTTP2 {
+                    "h2"
+                } else {
+                    "http/1.1"
+                },
+                "upstream protocol chosen by ALPN"
+            );
+            self.learned.store(learned, Ordering::Release);
+        }
+    }
+
+    async fn attempt(
+        &self,
+        http2: bool,
+        mut request: Request<Replayable<B>>,
+    ) -> Result<(Response<Incoming>, Lease<B>), Attempt<B>> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        if http2 {
+            // HTTP/2 takes :scheme and :authority from an absolute URI; Host would repeat it.
+            *request.uri_mut() = Uri::from_parts({
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(self.scheme.clone());
+                parts.authority = Some(self.authority.clone());
+                parts.path_and_query = Some(path);
+                parts
+            })
+            .unwrap_or_default();
+            request.headers_mut().remove(header::HOST);
+            return match self.http2.send(request).await {
+                Ok((response, stream)) => Ok((response, Lease::Http2(stream))),
+                Err(Http2Failure::Unsent {
+                    request,
+                    reason,
+                    error,
+                }) => {
+                    if reason == RetryReason::Connect && self.protocol == Protocol::Auto {
+                        // Perhaps the upstream stopped offering HTTP/2: probe again.
+                        self.learned.store(UNKNOWN, Ordering::Release);
+                    }
+                    Err(retry_unless_timeout(request, reason, error))
+                }
+                Err(Http2Failure::Failed {
+                    error,
+                    unprocessed: Some(reason),
+                }) => Err(Attempt::Unprocessed { reason, error }),
+                Err(Http2Failure::Failed { error, .. }) => Err(Attempt::Failed(error)),
+            };
+        }
+        // hyper's HTTP/1.1 connection sends the URI as given: make it origin-form.
+        *request.uri_mut() = Uri::from(path);
+        request
+            .headers_mut()
+            .insert(header::HOST, self.host.clone());
+        match self.http1.send(request).await {
+            Ok((response, conn)) => Ok((
+                response,
+                Lease::Http1(http1::Lease {
+                    conn,
+                    pool: self.http1.clone(),
+                }),
+            )),
+            Err(Http1Failure::Unsent {
+                request,
+                reason,
+                error,
+            }) => Err(retry_unless_timeout(request, reason, error)),
+            Err(Http1Failure::Failed(error)) => Err(Attempt::Failed(error)),
+        }
+    }
+}
+
+/// A request that never left is sent again, unless it was a connect that timed out, a TLS or
+/// certificate failure, or a forward proxy's refusal: trying those again would only repeat
+/// them, and a client waiting on a timeout should not wait twice.
+fn retry_unless_timeout<B: SendBody>(
+    request: Request<Replayable<B>>,
+    reason: RetryReason,
+    error: UpstreamError,
+) -> Attempt<B> {
+    let worth_it = reason != RetryReason::Connect || error.kind == FailureKind::Connect;
+    if worth_it {
+        Attempt::Unsent {
+            request,
+            reason,
+            error,
+        }
+    } else {
+        Attempt::Failed(error)
+    }
+}
+
+/// The request again, from the head's copy and the body hyper dropped.
+async fn recover<B: SendBody>(
+    recovery: Option<Recovery<B>>,
+    head: Option<Parts>,
+) -> Option<Request<Replayable<B>>> {
+    let body = recovery?.recover().await?;
+    Some(Request::from_parts(head?, body))
+}
+
+/// The parts of a request head that are sent; extensions are not.
+fn copy_head(head: &Parts) -> Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = head.method.clone();
+    copy.uri = head.uri.clone();
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}

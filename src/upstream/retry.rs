@@ -1,0 +1,249 @@
+//! The retry rule: a request is sent again, once, on another connection, only when the
+//! upstream provably did not process it. Anything it may have processed (a 5xx, a 429, a reset
+//! after the head, a timeout) goes back to the client as it is, so nobody pays twice.
+//!
+//! hyper does not hand back an HTTP/2 request that failed, so [`Replayable`] keeps the body
+//! frames sent so far (shared `Bytes` handles, no copies) up to
+//! [`RETRY_BUFFER_BYTES`](crate::limits::RETRY_BUFFER_BYTES), and gives them back, with the
+//! rest of the body, when hyper drops it.
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
+
+use crate::limits::RETRY_BUFFER_BYTES;
+
+pub use crate::outcome::RetryReason;
+
+/// Whether an HTTP/2 stream's error proves the upstream did not process it: a `REFUSED_STREAM`
+/// reset from the peer, or the peer's GOAWAY (h2 gives that error only to streams above the
+/// GOAWAY's last-stream-id).
+pub fn unprocessed(error: &hyper::Error) -> Option<RetryReason> {
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.is_remote() && h2.is_go_away() {
+                return Some(RetryReason::GoAway);
+            }
+            if h2.is_remote() && h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Some(RetryReason::RefusedStream);
+            }
+            return None;
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// A request body that can be sent again: it records the frames it hands out, and when it is
+/// dropped before the response head arrived, it gives them back with the unread rest.
+pub struct Replayable<B> {
+    /// The body's unread rest; `None` once given back.
+    rest: Option<B>,
+    /// Frames to hand out before the rest: what a refused attempt had already sent.
+    replay: VecDeque<Bytes>,
+    recorder: Option<Recorder<B>>,
+}
+
+struct Recorder<B> {
+    sent: Vec<Bytes>,
+    bytes: usize,
+    ended: bool,
+    give_back: oneshot::Sender<Recovered<B>>,
+}
+
+/// What a dropped [`Replayable`] gave back.
+struct Recovered<B> {
+    sent: Vec<Bytes>,
+    /// The unread rest, unless the body had ended.
+    rest: Option<B>,
+}
+
+/// Waits for a sent body to come back, to send it again.
+pub struct Recovery<B>(oneshot::Receiver<Recovered<B>>);
+
+/// How long a refused stream's body may take to come back from hyper's send task; it is
+/// dropped as soon as that task sees the reset, so this only bounds a surprise.
+const RECOVERY_WAIT: Duration = Duration::from_secs(1);
+
+impl<B> Replayable<B> {
+    /// A body that is never sent again; it records nothing.
+    pub fn once(body: B) -> Replayable<B> {
+        Replayable {
+            rest: Some(body),
+            replay: VecDeque::new(),
+            recorder: None,
+        }
+    }
+
+    /// A body that records what it sends, and the [`Recovery`] that gets it back.
+    pub fn recorded(body: B) -> (Replayable<B>, Recovery<B>) {
+        let (give_back, recovery) = oneshot::channel();
+        let body = Replayable {
+            rest: Some(body),
+            replay: VecDeque::new(),
+            recorder: Some(Recorder {
+                sent: Vec::new(),
+                bytes: 0,
+                ended: false,
+                give_back,
+            }),
+        };
+        (body, Recovery(recovery))
+    }
+
+    /// The body's unread rest, for a request that never left (hyper gave it back whole).
+    pub fn into_inner(mut self) -> Option<B> {
+        self.recorder = None;
+        self.rest.take()
+    }
+}
+
+impl<B> Recovery<B> {
+    /// The body again, frames already sent first, or `None` if it cannot be replayed (it
+    /// outgrew the retry buffer, carried trailers, or did not come back).
+    pub async fn recover(self) -> Option<Replayable<B>> {
+        let recovered = tokio::time::timeout(RECOVERY_WAIT, self.0)
+            .await
+            .ok()?
+            .ok()?;
+        Some(Replayable {
+            rest: recovered.rest,
+            replay: recovered.sent.into(),
+            recorder: None,
+        })
+    }
+}
+
+impl<B> Drop for Replayable<B> {
+    fn drop(&mut self) {
+        if let Some(recorder) = self.recorder.take() {
+            let rest = if recorder.ended {
+                None
+            } else {
+                self.rest.take()
+            };
+            let _ = recorder.give_back.send(Recovered {
+                sent: recorder.sent,
+                rest,
+            });
+        }
+    }
+}
+
+impl<B> Body for Replayable<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        if let Some(bytes) = this.replay.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        let Some(rest) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(rest).poll_frame(cx);
+        if let Some(recorder) = &mut this.recorder {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                    Some(data) if recorder.bytes + data.len() <= RETRY_BUFFER_BYTES => {
+                        recorder.bytes += data.len();
+                        recorder.sent.push(data.clone());
+                    }
+                    // Too large to keep, or trailers: this body cannot be sent again.
+                    _ => this.recorder = None,
+                },
+                Poll::Ready(None) => recorder.ended = true,
+                Poll::Ready(Some(Err(_))) => this.recorder = None,
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.replay.is_empty() && self.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |rest| rest.size_hint());
+        let replay: u64 = self.replay.iter().map(|b| b.len() as u64).sum();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + replay);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + replay);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    /// A body of separate frames, as a client's upload arrives.
+    struct Frames(VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_comes_back_with_what_it_sent_first() {
+        let inner = Frames(
+            [&b"ab"[..], b"cd", b"ef"]
+                .into_iter()
+                .map(Bytes::from_static)
+                .collect(),
+        );
+        let (mut body, recovery) = Replayable::recorded(inner);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "ab");
+        drop(body);
+        let again = recovery.recover().await.expect("replayable");
+        let all = again.collect().await.unwrap().to_bytes();
+        assert_eq!(all, "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_retry_buffer_is_not_replayed() {
+        let big = Full::new(Bytes::from(vec![b'x'; RETRY_BUFFER_BYTES + 1]));
+        let (mut body, recovery) = Replayable::recorded(big);
+        let _ = body.frame().await;
+        drop(body);
+        assert!(recovery.recover().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_ended_body_is_replayed_whole() {
+        let (mut body, recovery) = Replayable::recorded(Full::new(Bytes::from_static(b"{}")));
+        while body.frame().await.is_some() {}
+        drop(body);
+        let again = recovery.recover().await.expect("replayable");
+        assert_eq!(again.collect().await.unwrap().to_bytes(), "{}");
+    }
+}
