@@ -147,7 +147,21 @@ impl Connector {
         let stream = connector
             .connect(tls.server_name.clone(), tcp)
             .await
-            .map_err(|e| UpstreamError::classify(FailureKind::Tls, e))?;
+            .map_err(|e| {
+                if refused_alpn(&e) {
+                    let offered = match offer {
+                        Offer::Both => "h2, http/1.1",
+                        Offer::Http1 => "http/1.1",
+                        Offer::Http2 => "h2",
+                    };
+                    UpstreamError::new(
+                        FailureKind::Tls,
+                        format!("the upstream speaks none of the protocols offered in ALPN ({offered}; HTTP/2 is h2); check PROXY_UPSTREAM_PROTOCOL"),
+                    )
+                } else {
+                    UpstreamError::classify(FailureKind::Tls, e)
+                }
+            })?;
         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok(Connected {
             io: TokioIo::new(Io::Tls(Box::new(stream))),
@@ -187,6 +201,20 @@ impl Tls {
             http2: with_alpn(&[b"h2"]),
         })
     }
+}
+
+/// Whether the upstream ended the handshake because it shares no ALPN protocol with us.
+fn refused_alpn(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+                    | rustls::Error::NoApplicationProtocol
+            )
+        })
 }
 
 /// The forward proxy failed or refused the tunnel; the answer names the proxy, not OpenAI.

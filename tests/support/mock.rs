@@ -5,7 +5,12 @@
 //!   ending with `data: [DONE]`;
 //! - `x-mock-chunks: N` with the same interval: a JSON answer in N chunks;
 //! - `x-mock-binary: N` with the same interval: N chunks of 4 KiB of `audio/mpeg`;
-//! - `x-mock-gzip: 1`: a `Content-Encoding: gzip` answer with fixed bytes.
+//! - `x-mock-gzip: 1`: a `Content-Encoding: gzip` answer with fixed bytes;
+//! - `x-mock-reset-after-head: 1`: the head and one chunk, then the stream is reset (HTTP/2)
+//!   or the connection cut (HTTP/1.1).
+//!
+//! [`MockOptions`] make it behave like OpenAI's edge: TLS with HTTP/2 and HTTP/1.1 by ALPN, a
+//! stream limit per connection, GOAWAY after N requests, a close after an idle time.
 //!
 //! It records every request (with its whole body), when each connection closed, and every
 //! stream that the other side cancelled.
@@ -58,6 +63,29 @@ pub struct MockLog {
     pub streams_completed: usize,
     /// Requests whose body broke off before its end.
     pub bodies_aborted: Vec<Instant>,
+    /// Requests whose answer was abandoned before its head (an HTTP/2 stream reset early).
+    pub answers_abandoned: Vec<Instant>,
+    /// Per TLS connection: the SNI the client sent, and the protocol ALPN chose.
+    pub sni: Vec<Option<String>>,
+    pub alpn: Vec<Option<String>>,
+    /// Requests being answered now, and the most there ever were at once.
+    pub active: usize,
+    pub most_active: usize,
+}
+
+/// How the mock behaves beyond its answers.
+#[derive(Clone, Default)]
+pub struct MockOptions {
+    /// Serve TLS with this configuration (see `support::tls`); its ALPN list decides between
+    /// HTTP/2 and HTTP/1.1.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub max_streams: Option<u32>,
+    /// Shut a connection down gracefully (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`) once
+    /// it has received this many requests, as nginx's `keepalive_requests` does.
+    pub goaway_after: Option<usize>,
+    /// Cut a connection (no GOAWAY) that has had no request in flight for this long.
+    pub idle_close: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -68,6 +96,10 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub async fn start() -> MockUpstream {
+        MockUpstream::start_with(MockOptions::default()).await
+    }
+
+    pub async fn start_with(options: MockOptions) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(MockLog::default()));
@@ -75,6 +107,7 @@ impl MockUpstream {
             addr,
             log: log.clone(),
         };
+        let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -83,17 +116,38 @@ impl MockUpstream {
                 stream.set_nodelay(true).unwrap();
                 log.lock().unwrap().connections_opened += 1;
                 let log = log.clone();
+                let options = options.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service_log = log.clone();
-                    let service = service_fn(move |req| answer(req, service_log.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match acceptor {
+                        None => serve(TokioIo::new(stream), &options, log.clone()).await,
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                log.lock().unwrap().connections_closed.push(Instant::now());
+                                return;
+                            };
+                            {
+                                let session = tls.get_ref().1;
+                                let mut log = log.lock().unwrap();
+                                log.sni.push(session.server_name().map(str::to_owned));
+                                log.alpn.push(
+                                    session
+                                        .alpn_protocol()
+                                        .map(|p| String::from_utf8_lossy(p).into_owned()),
+                                );
+                            }
+                            serve(TokioIo::new(tls), &options, log.clone()).await
+                        }
+                    }
                     log.lock().unwrap().connections_closed.push(Instant::now());
                 });
             }
         });
         mock
+    }
+
+    pub fn connections_opened(&self) -> usize {
+        self.log.lock().unwrap().connections_opened
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -124,6 +178,7 @@ impl MockUpstream {
                     .iter()
                     .chain(log.streams_cancelled.iter())
                     .chain(log.bodies_aborted.iter())
+                    .chain(log.answers_abandoned.iter())
                     .filter(|t| **t >= since)
                     .min()
                     .copied();
@@ -136,6 +191,117 @@ impl MockUpstream {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+}
+
+/// Serves one connection with the options' stream limit, GOAWAY count and idle cut.
+async fn serve<I>(io: I, options: &MockOptions, log: Arc<Mutex<MockLog>>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let last_activity = Arc::new(Mutex::new(Instant::now()));
+    let service = {
+        let (log, requests, in_flight, enough, last_activity) = (
+            log.clone(),
+            requests.clone(),
+            in_flight.clone(),
+            enough.clone(),
+            last_activity.clone(),
+        );
+        let goaway_after = options.goaway_after;
+        service_fn(move |req| {
+            let n = requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if goaway_after == Some(n) {
+                enough.notify_one();
+            }
+            let guard = InFlight::new(in_flight.clone(), log.clone(), last_activity.clone());
+            let log = log.clone();
+            async move {
+                let mut abandoned = Abandoned(Some(log.clone()));
+                let response = answer(req, log).await;
+                abandoned.0 = None;
+                response.map(|r| r.map(|body| body.holding(guard)))
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(options.max_streams);
+    let connection = builder.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let idle_close = options.idle_close;
+    let mut shut_down = false;
+    loop {
+        let idle_check = async {
+            match idle_close {
+                Some(limit) => tokio::time::sleep(limit / 4).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = enough.notified(), if !shut_down => {
+                shut_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = idle_check => {
+                let idle_since = *last_activity.lock().unwrap();
+                if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+                    && idle_since.elapsed() >= idle_close.unwrap_or_default()
+                {
+                    // Dropped without a word, as an edge that times out idle connections does.
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Notes an answer dropped before its head was ready.
+struct Abandoned(Option<Arc<Mutex<MockLog>>>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(log) = self.0.take() {
+            log.lock().unwrap().answers_abandoned.push(Instant::now());
+        }
+    }
+}
+
+/// Counts a request as being answered until its body is done or dropped.
+pub struct InFlight {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    log: Arc<Mutex<MockLog>>,
+    last_activity: Arc<Mutex<Instant>>,
+}
+
+impl InFlight {
+    fn new(
+        count: Arc<std::sync::atomic::AtomicUsize>,
+        log: Arc<Mutex<MockLog>>,
+        last_activity: Arc<Mutex<Instant>>,
+    ) -> InFlight {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *last_activity.lock().unwrap() = Instant::now();
+        let mut l = log.lock().unwrap();
+        l.active += 1;
+        l.most_active = l.most_active.max(l.active);
+        drop(l);
+        InFlight {
+            count,
+            log,
+            last_activity,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        *self.last_activity.lock().unwrap() = Instant::now();
+        self.log.lock().unwrap().active -= 1;
     }
 }
 
@@ -235,6 +401,14 @@ async fn answer(
             .body(MockBody::paced(frames, interval, log))
             .unwrap());
     }
+    if headers.contains_key("x-mock-reset-after-head") {
+        builder = builder.header("content-type", "text/event-stream");
+        return Ok(builder
+            .body(MockBody::broken(Bytes::from_static(
+                b"data: {\"partial\":true}\n\n",
+            )))
+            .unwrap());
+    }
     if headers.contains_key("x-mock-gzip") {
         builder = builder
             .header("content-type", "application/json")
@@ -257,16 +431,38 @@ async fn answer(
     Ok(response)
 }
 
-/// The mock's body: all at once, or frames sent from a task at a pace, so that the task
-/// notices when the reader goes away.
-pub enum MockBody {
+/// The mock's body: all at once, frames sent from a task at a pace (so that the task notices
+/// when the reader goes away), or one chunk and then an error. It holds the request's
+/// in-flight count until it is done.
+pub struct MockBody {
+    kind: Kind,
+    _in_flight: Option<InFlight>,
+}
+
+enum Kind {
     Full(Option<Bytes>),
     Paced(mpsc::Receiver<Bytes>),
+    Broken(Option<Bytes>),
 }
 
 impl MockBody {
     fn full(bytes: impl Into<Bytes>) -> MockBody {
-        MockBody::Full(Some(bytes.into()))
+        MockBody {
+            kind: Kind::Full(Some(bytes.into())),
+            _in_flight: None,
+        }
+    }
+
+    fn broken(first: impl Into<Bytes>) -> MockBody {
+        MockBody {
+            kind: Kind::Broken(Some(first.into())),
+            _in_flight: None,
+        }
+    }
+
+    fn holding(mut self, guard: InFlight) -> MockBody {
+        self._in_flight = Some(guard);
+        self
     }
 
     fn paced(frames: Vec<Bytes>, interval: Duration, log: Arc<Mutex<MockLog>>) -> MockBody {
@@ -289,21 +485,28 @@ impl MockBody {
             }
             log.lock().unwrap().streams_completed += 1;
         });
-        MockBody::Paced(rx)
+        MockBody {
+            kind: Kind::Paced(rx),
+            _in_flight: None,
+        }
     }
 }
 
 impl Body for MockBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match &mut *self {
-            MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Paced(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Paced(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+            Kind::Broken(first) => Poll::Ready(Some(match first.take() {
+                Some(b) => Ok(Frame::data(b)),
+                None => Err("the mock breaks this answer off".into()),
+            })),
         }
     }
 }

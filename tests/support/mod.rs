@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod connect_proxy;
 pub mod faults;
 pub mod mock;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,6 +58,47 @@ pub async fn spawn_proxy(upstream: &MockUpstream, extra: &[(&str, &str)]) -> Tes
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     spawn_proxy_with(Config::from_vars(vars).expect("test configuration")).await
+}
+
+/// Starts the proxy in front of a TLS `upstream` at `https://localhost:PORT/v1`, trusting
+/// `ca` through `PROXY_UPSTREAM_CA`, speaking `protocol` (`auto`, `http1`, `http2`).
+pub async fn spawn_tls_proxy(
+    upstream: &MockUpstream,
+    ca: &tls::TestCa,
+    protocol: &str,
+    extra: &[(&str, &str)],
+) -> TestProxy {
+    let base_url = format!("https://localhost:{}/v1", upstream.addr.port());
+    let ca_path = ca.ca_pem_path();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("OPENAI_BASE_URL", &base_url),
+        ("PROXY_UPSTREAM_CA", &ca_path),
+        ("PROXY_UPSTREAM_PROTOCOL", protocol),
+    ];
+    vars.extend_from_slice(extra);
+    spawn_proxy(upstream, &vars).await
+}
+
+/// A TLS mock upstream with its own test CA, offering `alpn`.
+pub async fn tls_mock(
+    alpn: tls::Alpn,
+    mut options: mock::MockOptions,
+) -> (MockUpstream, tls::TestCa) {
+    let ca = tls::TestCa::new("mock");
+    options.tls = Some(ca.server_config(alpn));
+    (MockUpstream::start_with(options).await, ca)
+}
+
+/// The value of one series in the proxy's `/metrics`, or 0 if it is absent.
+pub async fn metric(proxy: &TestProxy, series: &str) -> f64 {
+    let response = client()
+        .get(proxy.url("/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    let text = body_string(response).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 pub async fn spawn_proxy_with(config: Config) -> TestProxy {

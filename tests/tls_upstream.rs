@@ -1,0 +1,227 @@
+//! The path every user takes: HTTPS to the upstream, HTTP/2 or HTTP/1.1 by ALPN. Each
+//! `PROXY_UPSTREAM_PROTOCOL` is run against a TLS mock that offers both, as OpenAI's edge does.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{BodyExt, Full};
+use support::mock::{MockOptions, CHAT_JSON, TRANSCRIPTION_JSON};
+use support::tls::Alpn;
+use support::*;
+use tokio::time::Instant;
+
+/// Each setting, and what the mock must see on the wire: HTTP version and ALPN.
+const PROTOCOLS: [(&str, Version, &str); 3] = [
+    ("auto", Version::HTTP_2, "h2"),
+    ("http1", Version::HTTP_11, "http/1.1"),
+    ("http2", Version::HTTP_2, "h2"),
+];
+
+fn multipart(audio_len: usize, boundary: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(audio_len + 512);
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"speech.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n").as_bytes(),
+    );
+    body.extend((0..audio_len).map(|i| (i % 251) as u8));
+    body.extend_from_slice(
+        format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--{boundary}--\r\n").as_bytes(),
+    );
+    body
+}
+
+#[tokio::test]
+async fn chat_json_reaches_the_tls_upstream_with_sni_and_the_chosen_protocol() {
+    for (protocol, version, alpn) in PROTOCOLS {
+        let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
+        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        for _ in 0..3 {
+            let response = client()
+                .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{protocol}");
+            assert_eq!(response.headers()["x-request-id"], "req_mock_upstream_1");
+            assert_eq!(body_string(response).await, CHAT_JSON, "{protocol}");
+        }
+        let seen = mock.last_request();
+        assert_eq!(seen.version, version, "{protocol}");
+        let origin = format!("https://localhost:{}", mock.addr.port());
+        let expected_uri = if version == Version::HTTP_2 {
+            format!("{origin}/v1/chat/completions")
+        } else {
+            "/v1/chat/completions".to_owned()
+        };
+        assert_eq!(seen.uri, expected_uri, "{protocol}");
+        assert_eq!(
+            seen.headers["authorization"],
+            format!("Bearer {SERVER_KEY}"),
+            "{protocol}"
+        );
+        let log = mock.log.lock().unwrap();
+        assert!(
+            log.sni
+                .iter()
+                .all(|sni| sni.as_deref() == Some("localhost")),
+            "{protocol}: SNI {:?}",
+            log.sni
+        );
+        assert!(
+            log.alpn.iter().all(|p| p.as_deref() == Some(alpn)),
+            "{protocol}: ALPN {:?}",
+            log.alpn
+        );
+        // Three requests in a row reuse one connection.
+        assert_eq!(log.connections_opened, 1, "{protocol}");
+        drop(log);
+        let label = if version == Version::HTTP_2 {
+            "http2"
+        } else {
+            "http1"
+        };
+        let series =
+            format!("memoctopus_upstream_connections_opened_total{{protocol=\"{label}\"}}");
+        assert_eq!(metric(&proxy, &series).await, 1.0, "{protocol}");
+        let open = format!("memoctopus_upstream_connections_open{{protocol=\"{label}\"}}");
+        assert_eq!(metric(&proxy, &open).await, 1.0, "{protocol}");
+    }
+}
+
+#[tokio::test]
+async fn sse_events_arrive_over_tls_before_the_stream_ends() {
+    for (protocol, _, _) in PROTOCOLS {
+        let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
+        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let started = Instant::now();
+        let response = client()
+            .request(stream_request(&proxy.url("/v1/chat/completions"), 5, 150))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        let mut first_at = None;
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            capture::received(&data);
+            first_at.get_or_insert_with(|| started.elapsed());
+            got.extend_from_slice(&data);
+        }
+        let total = started.elapsed();
+        let first_at = first_at.unwrap();
+        // The last event is sent 5 x 150 ms after the first.
+        assert!(total >= Duration::from_millis(700), "{protocol}: {total:?}");
+        assert!(
+            first_at < Duration::from_millis(400),
+            "{protocol}: first event after {first_at:?}"
+        );
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            mock::expected_chat_sse(5),
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_25_mib_transcription_arrives_byte_identical_over_tls() {
+    let boundary = "------------------------d74496d66958873e";
+    let body = Bytes::from(multipart(25 << 20, boundary));
+    for (protocol, version, _) in PROTOCOLS {
+        let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
+        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let request = Request::post(proxy.url("/v1/audio/transcriptions"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(Full::new(body.clone()))
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{protocol}");
+        assert_eq!(body_string(response).await, TRANSCRIPTION_JSON);
+        let seen = mock.last_request();
+        assert_eq!(seen.version, version);
+        let received = seen.body.unwrap();
+        assert_eq!(received.len(), body.len(), "{protocol}");
+        assert!(
+            received == body,
+            "{protocol}: the upload was altered on the way"
+        );
+    }
+}
+
+#[tokio::test]
+async fn streamed_transcription_arrives_as_events_over_tls() {
+    for (protocol, _, _) in PROTOCOLS {
+        let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
+        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let boundary = "b0undary";
+        let request = Request::post(proxy.url("/v1/audio/transcriptions"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header("x-mock-events", "3")
+            .header("x-mock-interval-ms", "20")
+            .body(Full::from(multipart(10_000, boundary)))
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let text = body_string(response).await;
+        assert_eq!(
+            text,
+            "data: {\"type\":\"transcript.text.delta\",\"delta\":\" word0\"}\n\n\
+             data: {\"type\":\"transcript.text.delta\",\"delta\":\" word1\"}\n\n\
+             data: {\"type\":\"transcript.text.delta\",\"delta\":\" word2\"}\n\n\
+             data: [DONE]\n\n",
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http1_only_upstream_works_under_auto_and_http2_names_the_problem() {
+    let (mock, ca) = tls_mock(Alpn::Http1Only, MockOptions::default()).await;
+    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[]).await;
+    for _ in 0..2 {
+        let response = client()
+            .request(stream_request(&proxy.url("/v1/chat/completions"), 2, 0))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(body_string(response).await, mock::expected_chat_sse(2));
+    }
+    assert_eq!(mock.last_request().version, Version::HTTP_11);
+    assert_eq!(mock.connections_opened(), 1);
+
+    let forced = spawn_tls_proxy(&mock, &ca, "http2", &[]).await;
+    let response = client()
+        .request(chat_request(&forced.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let (code, message) = error_fields(&body_string(response).await);
+    assert_eq!(code, "upstream_unreachable");
+    assert!(message.contains("HTTP/2"), "{message}");
+}
+
+#[tokio::test]
+async fn http1_offers_only_http11_even_to_an_upstream_that_prefers_h2() {
+    let (mock, ca) = tls_mock(Alpn::Http2Only, MockOptions::default()).await;
+    let proxy = spawn_tls_proxy(&mock, &ca, "http1", &[]).await;
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
+    // rustls refuses a handshake whose ALPN lists share nothing: the upstream never sees h2
+    // from an http1 proxy, and the client hears why.
+    assert_eq!(response.status(), 502);
+    let _ = body_string(response).await;
+    assert!(mock.requests().is_empty());
+    assert!(mock.log.lock().unwrap().alpn.is_empty());
+}
