@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use memoctopus::cli::{self, Command};
-use memoctopus::inbound::panics;
+use memoctopus::inbound::{listener, panics};
 use memoctopus::{telemetry, Config};
 use tokio::net::TcpListener;
 
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let listener = match TcpListener::bind(config.listen).await {
+    let listener = match listener::bind(config.listen, config.listen_backlog) {
         Ok(listener) => listener,
         Err(error) => {
             tracing::error!(address = %config.listen, %error, "cannot bind HOST:PORT");

@@ -60,7 +60,7 @@ async fn chat_json_reaches_the_tls_upstream_with_sni_and_the_chosen_protocol() {
             format!("Bearer {SERVER_KEY}"),
             "{protocol}"
         );
-        let log = mock.log.lock().unwrap();
+        let log = mock.log.lock().unwrap().clone_connections();
         assert!(
             log.sni
                 .iter()
@@ -75,7 +75,6 @@ async fn chat_json_reaches_the_tls_upstream_with_sni_and_the_chosen_protocol() {
         );
         // Three requests in a row reuse one connection.
         assert_eq!(log.connections_opened, 1, "{protocol}");
-        drop(log);
         let label = if version == Version::HTTP_2 {
             "http2"
         } else {

@@ -33,6 +33,8 @@ pub struct Config {
     pub project: Option<HeaderValue>,
     /// `HOST`:`PORT`, the address `main` binds.
     pub listen: SocketAddr,
+    /// `PROXY_LISTEN_BACKLOG`: connections the kernel queues before they are accepted.
+    pub listen_backlog: u32,
     /// The upstream and client timeouts.
     pub timeouts: Timeouts,
     /// The largest request body forwarded; above it the client gets 413.
@@ -115,6 +117,7 @@ struct RawConfig {
     proxy_header_read_timeout: Option<String>,
     proxy_max_body_bytes: Option<String>,
     proxy_max_connections: Option<String>,
+    proxy_listen_backlog: Option<String>,
     proxy_shutdown_delay: Option<String>,
     proxy_shutdown_grace: Option<String>,
     proxy_client_keys: Option<String>,
@@ -259,6 +262,7 @@ impl Config {
             ),
             ("PROXY_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
             ("PROXY_MAX_CONNECTIONS", self.max_connections.to_string()),
+            ("PROXY_LISTEN_BACKLOG", self.listen_backlog.to_string()),
             ("PROXY_SHUTDOWN_DELAY", format!("{:?}", self.shutdown_delay)),
             ("PROXY_SHUTDOWN_GRACE", format!("{:?}", self.shutdown_grace)),
             (
@@ -394,6 +398,11 @@ impl RawConfig {
 
         let max_body_bytes =
             parse_number::<u64>("PROXY_MAX_BODY_BYTES", &self.proxy_max_body_bytes, 32 << 20)?;
+        let listen_backlog =
+            parse_number::<u32>("PROXY_LISTEN_BACKLOG", &self.proxy_listen_backlog, 4096)?;
+        if listen_backlog == 0 {
+            return Err(invalid("PROXY_LISTEN_BACKLOG", "must be at least 1"));
+        }
         let max_connections =
             parse_number::<usize>("PROXY_MAX_CONNECTIONS", &self.proxy_max_connections, 10_000)?;
         if max_connections == 0 {
@@ -421,6 +430,7 @@ impl RawConfig {
             organization,
             project,
             listen: SocketAddr::new(host, port),
+            listen_backlog,
             timeouts,
             max_body_bytes,
             max_connections,

@@ -197,7 +197,8 @@ impl Body for RequestBody {
 /// The upstream's answer on its way to the client. It owns the exchange's record, which
 /// writes the access log line when the body is done or dropped.
 pub struct ResponseBody {
-    inner: Incoming,
+    /// `None` only once dropped: what is left of it goes to the lease.
+    inner: Option<Incoming>,
     /// The upstream connection (HTTP/1.1, driven from `poll_frame`) or stream (HTTP/2) this
     /// body comes from.
     lease: Option<Lease<RequestBody>>,
@@ -222,7 +223,7 @@ impl ResponseBody {
             exchange.metrics().open_streams.inc();
         }
         ResponseBody {
-            inner,
+            inner: Some(inner),
             lease,
             ended: false,
             clock,
@@ -261,12 +262,15 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let mut polled = Pin::new(&mut *inner).poll_frame(cx);
         if polled.is_pending() {
             if let Some(lease) = &mut this.lease {
                 // Let an HTTP/1.1 upstream connection hand over what it has already read.
                 if lease.drive(cx) {
-                    polled = Pin::new(&mut this.inner).poll_frame(cx);
+                    polled = Pin::new(inner).poll_frame(cx);
                 }
             }
         }
@@ -282,6 +286,11 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(
+                    request_id = this.exchange.id.to_str().unwrap_or("-"),
+                    error = %crate::upstream::describe(&e),
+                    "the upstream's answer broke off"
+                );
                 this.exchange.finish(Outcome::UpstreamFailed);
                 this.exchange.upstream_failed(UpstreamErrorKind::Reset);
                 Poll::Ready(Some(Err(BodyError::Source(e))))
@@ -309,22 +318,31 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper stops polling a body that says it has ended, so an ended body is complete.
-        // (A chunked body never says so; it ends by yielding `None`.)
-        if self.ended || self.inner.is_end_stream() {
+        // (A chunked body never says so; it ends by yielding `None`.) A body whose declared
+        // length has all been read is complete too, even if HTTP/2's END_STREAM is still on
+        // its way in a frame of its own.
+        let complete = self.ended
+            || self
+                .inner
+                .as_ref()
+                .is_none_or(|inner| inner.is_end_stream() || inner.size_hint().exact() == Some(0));
+        if complete {
             self.exchange.finish(Outcome::Completed);
             if let Some(lease) = self.lease.take() {
-                lease.give_back();
+                lease.give_back(self.inner.take());
             }
         }
         if self.sse.is_some() {

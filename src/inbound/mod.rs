@@ -2,5 +2,6 @@
 //! hyper, and the panic guard around each request.
 
 pub mod framing;
+pub mod listener;
 pub mod panics;
 pub mod server;

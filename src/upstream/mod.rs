@@ -25,6 +25,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 pub use failure::{describe, BoxError, ConnectTimedOut, FailureKind, UpstreamError};
@@ -46,6 +48,9 @@ impl<B> SendBody for B where
     B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
 {
 }
+
+/// How long a complete HTTP/2 answer's END_STREAM is waited for before the stream is reset.
+const END_STREAM_WAIT: Duration = Duration::from_secs(5);
 
 /// What `auto` has learned the upstream speaks.
 const UNKNOWN: u8 = 0;
@@ -99,10 +104,28 @@ where
         }
     }
 
-    /// The exchange ended cleanly: the connection may be reused.
-    pub fn give_back(self) {
-        if let Lease::Http1(lease) = self {
-            lease.give_back();
+    /// The exchange ended cleanly: the connection may be reused. `rest` is what is left of
+    /// the response body: an HTTP/2 stream whose END_STREAM has not arrived yet is read to
+    /// its end in the background rather than reset, so that a complete answer never costs a
+    /// `RST_STREAM` (nor, against an upstream that closes at once, a write to a closed socket).
+    pub fn give_back(self, rest: Option<Incoming>) {
+        match self {
+            Lease::Http1(lease) => {
+                drop(rest);
+                lease.give_back();
+            }
+            Lease::Http2(stream) => {
+                if let Some(rest) = rest.filter(|rest| !rest.is_end_stream()) {
+                    tokio::spawn(async move {
+                        let _stream = stream;
+                        let mut rest = rest;
+                        let _ = tokio::time::timeout(END_STREAM_WAIT, async {
+                            while let Some(Ok(_)) = rest.frame().await {}
+                        })
+                        .await;
+                    });
+                }
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 //! stream that the other side cancelled.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -73,6 +73,19 @@ pub struct MockLog {
     pub most_active: usize,
 }
 
+impl MockLog {
+    /// What the log says about connections, without its requests.
+    pub fn clone_connections(&self) -> MockLog {
+        MockLog {
+            connections_opened: self.connections_opened,
+            connections_closed: self.connections_closed.clone(),
+            sni: self.sni.clone(),
+            alpn: self.alpn.clone(),
+            ..MockLog::default()
+        }
+    }
+}
+
 /// How the mock behaves beyond its answers.
 #[derive(Clone, Default)]
 pub struct MockOptions {
@@ -100,7 +113,8 @@ impl MockUpstream {
     }
 
     pub async fn start_with(options: MockOptions) -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener =
+            memoctopus::inbound::listener::bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(MockLog::default()));
         let mock = MockUpstream {
@@ -442,7 +456,8 @@ pub struct MockBody {
 enum Kind {
     Full(Option<Bytes>),
     Paced(mpsc::Receiver<Bytes>),
-    Broken(Option<Bytes>),
+    /// One chunk, then an error once the timer fires, so that the head is surely through.
+    Broken(Option<Bytes>, Pin<Box<tokio::time::Sleep>>),
 }
 
 impl MockBody {
@@ -455,7 +470,10 @@ impl MockBody {
 
     fn broken(first: impl Into<Bytes>) -> MockBody {
         MockBody {
-            kind: Kind::Broken(Some(first.into())),
+            kind: Kind::Broken(
+                Some(first.into()),
+                Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+            ),
             _in_flight: None,
         }
     }
@@ -503,10 +521,13 @@ impl Body for MockBody {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Paced(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
-            Kind::Broken(first) => Poll::Ready(Some(match first.take() {
-                Some(b) => Ok(Frame::data(b)),
-                None => Err("the mock breaks this answer off".into()),
-            })),
+            Kind::Broken(first, timer) => match first.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => timer
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| Some(Err("the mock breaks this answer off".into()))),
+            },
         }
     }
 }

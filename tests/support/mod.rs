@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use memoctopus::{Config, DrainReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -103,7 +103,9 @@ pub async fn metric(proxy: &TestProxy, series: &str) -> f64 {
 
 pub async fn spawn_proxy_with(config: Config) -> TestProxy {
     capture::logs();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener =
+        memoctopus::inbound::listener::bind("127.0.0.1:0".parse().unwrap(), config.listen_backlog)
+            .unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(memoctopus::run(listener, config, async {
