@@ -16,6 +16,8 @@ keys=(
   ck-wrong-guess-0001           # tests/logs.rs: a wrong client key
   ck-alpha ck-beta              # tests/client_keys.rs
   client-key-never-forwarded    # the Authorization every test client sends
+  pp-egress-secret-4242         # tests/upstream_trust.rs: the forward proxy's password
+  ZWdyZXNzLXVzZXI6cHAtZWdyZXNzLXNlY3JldC00MjQy  # ...and its Proxy-Authorization
 )
 found=0
 for key in "${keys[@]}"; do

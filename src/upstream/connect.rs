@@ -172,12 +172,7 @@ impl Connector {
 
 impl Tls {
     fn new(config: &UpstreamConfig) -> Result<Tls, rustls::Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        // Added to the built-in roots, never instead of them: public endpoints keep working.
-        for cert in &config.extra_roots {
-            roots.add(cert.clone())?;
-        }
+        let roots = root_store(config)?;
         let base = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -201,6 +196,17 @@ impl Tls {
             http2: with_alpn(&[b"h2"]),
         })
     }
+}
+
+/// The certificates trusted upstream: the built-in webpki roots, and `PROXY_UPSTREAM_CA`'s
+/// added to them, never instead of them, so that public endpoints keep working.
+pub fn root_store(config: &UpstreamConfig) -> Result<rustls::RootCertStore, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in &config.extra_roots {
+        roots.add(cert.clone())?;
+    }
+    Ok(roots)
 }
 
 /// Whether the upstream ended the handshake because it shares no ALPN protocol with us.
