@@ -35,6 +35,12 @@ fn malformed_settings_exit_64_naming_the_setting() {
         ("OPENAI_BASE_URL", "api.openai.com/v1"),
         ("PROXY_IDLE_TIMEOUT", "soon"),
         ("PROXY_EXTRA_ROUTES", "GET /v1/../admin"),
+        ("PROXY_UPSTREAM_CA", "/nonexistent/ca.pem"),
+        ("PROXY_UPSTREAM_CA", "Cargo.toml"),
+        ("PROXY_UPSTREAM_PROTOCOL", "h3"),
+        ("PROXY_UPSTREAM_MAX_STREAMS", "0"),
+        ("PROXY_LISTEN_BACKLOG", "lots"),
+        ("HTTPS_PROXY", "socks5://127.0.0.1:1080"),
     ] {
         let out = memoctopus(&[
             ("OPENAI_API_KEY", "sk-cli-secret"),
