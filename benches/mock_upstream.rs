@@ -8,6 +8,11 @@
 //! - `x-mock-head-delay-ms: D`: wait before the response head;
 //! - `x-mock-fail-after: N`: break a stream off after N events, as an upstream reset would.
 //!
+//! `--tls ADDR CA_OUT` also serves TLS on ADDR, as OpenAI's edge does: a certificate for
+//! `localhost` from a fresh test CA (written to CA_OUT in PEM, for `PROXY_UPSTREAM_CA` and
+//! nginx's `proxy_ssl_trusted_certificate`), HTTP/2 and HTTP/1.1 by ALPN, and at most 128
+//! streams per HTTP/2 connection (nginx's default, and about what public edges allow).
+//!
 //! `GET /stats` answers its counters as JSON (requests, upload bytes, streams completed and
 //! cancelled by the other side); `POST /stats/reset` zeroes them.
 
@@ -46,39 +51,103 @@ struct Stats {
     streams_cancelled: AtomicU64,
 }
 
+const USAGE: &str = "usage: mock-upstream [ADDR] [--tls TLS_ADDR CA_OUT]";
+
 fn main() {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9100".into())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr: SocketAddr = args
+        .first()
+        .map_or("127.0.0.1:9100", String::as_str)
         .parse()
-        .expect("usage: mock-upstream [ADDR]");
+        .expect(USAGE);
+    let tls = match args.get(1).map(String::as_str) {
+        Some("--tls") => {
+            let tls_addr: SocketAddr = args.get(2).expect(USAGE).parse().expect(USAGE);
+            let ca_out = args.get(3).expect(USAGE).clone();
+            Some((tls_addr, tls_config(&ca_out)))
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(serve(addr));
+    runtime.block_on(serve(addr, tls));
 }
 
-async fn serve(addr: SocketAddr) {
+/// A fresh CA, written to `ca_out`, and a `localhost` certificate it signed.
+fn tls_config(ca_out: &str) -> Arc<rustls::ServerConfig> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(ca_out, ca.pem()).expect("write the CA certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn serve(addr: SocketAddr, tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>) {
+    let stats = Arc::new(Stats::default());
+    if let Some((tls_addr, config)) = tls {
+        let listener = TcpListener::bind(tls_addr).await.expect("bind");
+        println!(
+            "mock-upstream listening on {} (TLS)",
+            listener.local_addr().unwrap()
+        );
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (stats, acceptor) = (stats.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_connection(TokioIo::new(stream), stats).await;
+                    }
+                });
+            }
+        });
+    }
     let listener = TcpListener::bind(addr).await.expect("bind");
     println!(
         "mock-upstream listening on {}",
         listener.local_addr().unwrap()
     );
-    let stats = Arc::new(Stats::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let stats = stats.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, stats.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(TokioIo::new(stream), stats));
     }
+}
+
+async fn serve_connection<I>(io: I, stats: Arc<Stats>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| answer(req, stats.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(128);
+    let _ = builder.serve_connection(io, service).await;
 }
 
 fn number(headers: &HeaderMap, name: &str) -> Option<u64> {

@@ -9,6 +9,13 @@ streams how many of those the client aborted at the deadline the mock saw cancel
 it reports idle RSS, peak RSS (VmHWM) over the whole run, and the peak-RSS growth of one 25 MiB
 upload on a fresh process. Then the stream-quality client measures TTFT and inter-event gaps.
 It prints a markdown table, the memoctopus/nginx ratios, and writes JSON next to it.
+
+`--upstream tls` puts every proxy in front of the mock's TLS port instead (h2 and http/1.1 by
+ALPN, 128 streams per HTTP/2 connection, a certificate from a test CA both proxies trust), as
+users run it against api.openai.com. nginx then uses `proxy_pass https://` with keep-alive and
+`proxy_ssl_session_reuse on`; `memoctopus:http1` and `memoctopus:http2` are memoctopus with
+that `PROXY_UPSTREAM_PROTOCOL` (plain `memoctopus` is the default, `auto`). `direct` stays the
+plain-HTTP floor: oha itself does not go through TLS.
 """
 
 import argparse
@@ -74,13 +81,13 @@ def children(pid):
     return [int(p) for p in out.split()]
 
 
-def memoctopus_env(mock_port, port, **settings):
-    """The environment for memoctopus in front of the mock on `mock_port`, serving `port`.
-    Its access log is off (RUST_LOG=warn), as nginx's is here."""
+def memoctopus_env(mock_port, port, base_url=None, **settings):
+    """The environment for memoctopus in front of the mock on `mock_port` (or at `base_url`),
+    serving `port`. Its access log is off (RUST_LOG=warn), as nginx's is here."""
     env = {
         "PATH": os.environ["PATH"],
         "OPENAI_API_KEY": BENCH_KEY,
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
+        "OPENAI_BASE_URL": base_url or f"http://127.0.0.1:{mock_port}/v1",
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "RUST_LOG": "warn",
@@ -92,27 +99,39 @@ def memoctopus_env(mock_port, port, **settings):
 class Target:
     """A proxy (or nothing, for `direct`) in front of a fresh mock upstream."""
 
-    def __init__(self, name, workdir):
-        self.name, self.workdir = name, workdir
-        self.mock_port, self.port = free_port(), free_port()
+    def __init__(self, name, workdir, upstream="plain"):
+        self.name, self.workdir, self.upstream = name, workdir, upstream
+        self.mock_port, self.tls_port, self.port = free_port(), free_port(), free_port()
+        self.ca = workdir / "ca.pem"
         self.procs = []
 
     def start(self):
-        mock = subprocess.Popen(
-            ["taskset", "-c", LOAD_CORE, str(MOCK), f"127.0.0.1:{self.mock_port}"],
-            stdout=subprocess.DEVNULL,
-        )
+        cmd = ["taskset", "-c", LOAD_CORE, str(MOCK), f"127.0.0.1:{self.mock_port}"]
+        if self.upstream == "tls":
+            cmd += ["--tls", f"127.0.0.1:{self.tls_port}", str(self.ca)]
+        mock = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         self.procs.append(mock)
         wait_port(self.mock_port)
+        if self.upstream == "tls":
+            wait_port(self.tls_port)
         if self.name == "direct":
             self.port, self.pids = self.mock_port, []
             return self
         if self.name == "nginx":
             conf = self.workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=self.workdir, port=self.port, mock=self.mock_port, key=BENCH_KEY))
+            template = NGINX_TLS_CONF if self.upstream == "tls" else NGINX_CONF
+            conf.write_text(template.format(dir=self.workdir, port=self.port, mock=self.mock_port, tls=self.tls_port, ca=self.ca, key=BENCH_KEY))
             proc = subprocess.Popen(["taskset", "-c", PROXY_CORE, "nginx", "-c", str(conf), "-p", str(self.workdir)])
         else:
-            env = memoctopus_env(self.mock_port, self.port)
+            protocol = self.name.split(":", 1)[1] if ":" in self.name else None
+            settings = {}
+            if protocol:
+                settings["PROXY_UPSTREAM_PROTOCOL"] = protocol
+            base_url = None
+            if self.upstream == "tls":
+                base_url = f"https://localhost:{self.tls_port}/v1"
+                settings["PROXY_UPSTREAM_CA"] = str(self.ca)
+            env = memoctopus_env(self.mock_port, self.port, base_url, **settings)
             proc = subprocess.Popen(["taskset", "-c", PROXY_CORE, str(PROXY)], env=env, stdout=subprocess.DEVNULL)
         self.procs.append(proc)
         wait_port(self.port)
@@ -177,6 +196,21 @@ http {{
 }}
 """
 
+# The same, in front of the mock's TLS port: HTTP/1.1 with keep-alive, certificate verified,
+# sessions resumed.
+NGINX_TLS_CONF = NGINX_CONF.replace(
+    "upstream openai {{ server 127.0.0.1:{mock}; keepalive 1024; }}",
+    "upstream openai {{ server 127.0.0.1:{tls}; keepalive 1024; }}",
+).replace(
+    "      proxy_pass http://openai;\n",
+    "      proxy_pass https://openai;\n"
+    "      proxy_ssl_server_name on;\n"
+    "      proxy_ssl_name localhost;\n"
+    "      proxy_ssl_verify on;\n"
+    "      proxy_ssl_trusted_certificate {ca};\n"
+    "      proxy_ssl_session_reuse on;\n",
+)
+
 
 def oha(port, args, duration):
     path = "audio/transcriptions" if "--upload" in args else "chat/completions"
@@ -240,8 +274,8 @@ def summarize(result):
     }
 
 
-def run_target(name, workdir, files, duration, scenarios):
-    target = Target(name, workdir).start()
+def run_target(name, workdir, files, duration, scenarios, upstream):
+    target = Target(name, workdir, upstream if name != "direct" else "plain").start()
     row = {"scenarios": {}}
     try:
         if name != "direct":
@@ -260,7 +294,7 @@ def run_target(name, workdir, files, duration, scenarios):
             res["cpu_s"] = cpu1 - cpu0
             res["cpu_us_per_req"] = (cpu1 - cpu0) / res["ok"] * 1e6 if res["ok"] else None
             row["scenarios"][scenario] = res
-            print(f"  {name:10} {scenario:16} rps={res['rps']:9.1f} p50={res['p50_ms']:8.2f}ms p99={res['p99_ms']:8.2f}ms ok={res['ok']} "
+            print(f"  {name:17} {scenario:16} rps={res['rps']:9.1f} p50={res['p50_ms']:8.2f}ms p99={res['p99_ms']:8.2f}ms ok={res['ok']} "
                   f"err={res['errors']} cpu/req={fmt(res['cpu_us_per_req'])}us", flush=True)
         if name != "direct":
             row["peak_rss_kib"] = target.rss_kib("VmHWM")
@@ -277,8 +311,8 @@ def one_upload(port, files):
     return summarize(json.loads(out.stdout))
 
 
-def quality(name, workdir, seconds):
-    target = Target(name, workdir).start()
+def quality(name, workdir, seconds, upstream):
+    target = Target(name, workdir, upstream if name != "direct" else "plain").start()
     try:
         cpu0 = target.cpu() if target.pids else 0.0
         out = subprocess.run(
@@ -288,7 +322,7 @@ def quality(name, workdir, seconds):
         cpu1 = target.cpu() if target.pids else 0.0
         res = json.loads(out.stdout)
         res["cpu_s"] = cpu1 - cpu0
-        print(f"  {name:10} stream-quality   {json.dumps(res)}", flush=True)
+        print(f"  {name:17} stream-quality   {json.dumps(res)}", flush=True)
         return res
     finally:
         target.stop()
@@ -321,42 +355,46 @@ def median_rows(rows):
 
 
 def table(results, qualities, runs, command):
+    names = [n for n in results if n not in ("direct", "nginx")]
+    everyone = ["direct", "nginx"] + names
     lines = [f"Measured {datetime.date.today()} on {os.cpu_count()} cores, median of {runs} run(s), `{command}`.", ""]
     lines.append("| scenario | target | rps | p50 ms | p99 ms | ok | errors | proxy CPU µs/req |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
-    for scenario in results["memoctopus"]["scenarios"]:
-        for name in ("direct", "nginx", "memoctopus"):
+    for scenario in results[names[0]]["scenarios"]:
+        for name in everyone:
             r = results[name]["scenarios"][scenario]
             lines.append(f"| {scenario} | {name} | {fmt(r['rps'])} | {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {int(r['ok'])} | {int(r['errors'])} | {fmt(r['cpu_us_per_req'])} |")
     lines.append("")
-    lines.append("| memory | nginx | memoctopus |")
-    lines.append("|---|---:|---:|")
+    lines.append("| memory | nginx | " + " | ".join(names) + " |")
+    lines.append("|---|---:|" + "---:|" * len(names))
     for key, label in (("idle_rss_kib", "idle RSS (KiB)"), ("peak_rss_kib", "peak RSS, whole run (KiB)"), ("upload_25m_growth_kib", "peak RSS growth, one 25 MiB upload (KiB)")):
-        lines.append(f"| {label} | {fmt(results['nginx'].get(key), 0)} | {fmt(results['memoctopus'].get(key), 0)} |")
+        lines.append(f"| {label} | " + " | ".join(fmt(results[n].get(key), 0) for n in ["nginx"] + names) + " |")
     lines.append("")
     slow = {n: results[n]["scenarios"].get("slow-streams") for n in results}
-    if slow.get("memoctopus"):
+    if slow.get(names[0]):
         lines.append("| slow streams aborted by the client at the deadline | seen cancelled upstream |")
         lines.append("|---|---|")
-        for name in ("direct", "nginx", "memoctopus"):
+        for name in everyone:
             s = slow[name]
             lines.append(f"| {name}: {int(s['aborted'])} | {int(s['mock']['streams_cancelled'])} |")
         lines.append("")
     if qualities:
-        lines.append("| stream quality (500 streams, 64 events 20 ms apart) | direct | nginx | memoctopus |")
-        lines.append("|---|---:|---:|---:|")
+        lines.append("| stream quality (500 streams, 64 events 20 ms apart) | " + " | ".join(everyone) + " |")
+        lines.append("|---|" + "---:|" * len(everyone))
         for key in ("ttft_p50_ms", "ttft_p99_ms", "added_gap_p50_ms", "added_gap_p99_ms", "added_gap_p999_ms", "largest_gap_p99_ms", "completed", "failed"):
-            lines.append(f"| {key} | " + " | ".join(fmt(qualities[n].get(key), 2) for n in ("direct", "nginx", "memoctopus")) + " |")
+            lines.append(f"| {key} | " + " | ".join(fmt(qualities[n].get(key), 2) for n in everyone) + " |")
         lines.append("")
-    lines.append("Ratios memoctopus / nginx:")
-    lines.append("")
-    for scenario, r in results["memoctopus"]["scenarios"].items():
-        n = results["nginx"]["scenarios"][scenario]
-        parts = []
-        for field, label in (("cpu_us_per_req", "CPU/req"), ("rps", "rps"), ("p50_ms", "p50"), ("p99_ms", "p99")):
-            if r.get(field) and n.get(field):
-                parts.append(f"{label} {r[field] / n[field]:.2f}x")
-        lines.append(f"- {scenario}: " + ", ".join(parts))
+    for name in names:
+        lines.append(f"Ratios {name} / nginx:")
+        lines.append("")
+        for scenario, r in results[name]["scenarios"].items():
+            n = results["nginx"]["scenarios"][scenario]
+            parts = []
+            for field, label in (("cpu_us_per_req", "CPU/req"), ("rps", "rps"), ("p50_ms", "p50"), ("p99_ms", "p99")):
+                if r.get(field) and n.get(field):
+                    parts.append(f"{label} {r[field] / n[field]:.2f}x")
+            lines.append(f"- {scenario}: " + ", ".join(parts))
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -369,6 +407,7 @@ def main():
     parser.add_argument("--quality-seconds", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "benches" / "results"))
     parser.add_argument("--proxy-binary", default=None, help="a memoctopus build to measure instead")
+    parser.add_argument("--upstream", choices=("plain", "tls"), default="plain", help="the mock's plain port, or its TLS port (h2 and http/1.1 by ALPN)")
     args = parser.parse_args()
     if args.proxy_binary:
         global PROXY
@@ -392,10 +431,10 @@ def main():
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}", flush=True)
         for t in targets:
-            runs[t].append(run_target(t, workdir, files, args.duration, scenarios))
+            runs[t].append(run_target(t, workdir, files, args.duration, scenarios, args.upstream))
         if args.quality_seconds > 0:
             for t in targets:
-                qualities[t].append(quality(t, workdir, args.quality_seconds))
+                qualities[t].append(quality(t, workdir, args.quality_seconds, args.upstream))
     results = {t: median_rows(runs[t]) for t in targets}
     q = {}
     if args.quality_seconds > 0:
@@ -404,10 +443,11 @@ def main():
     command = "bash benches/run.sh " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps({"results": results, "quality": q, "runs": runs, "qualities": qualities}, indent=1))
-    if set(targets) >= {"direct", "nginx", "memoctopus"}:
+    suffix = "-tls" if args.upstream == "tls" else ""
+    (out / f"latest{suffix}.json").write_text(json.dumps({"results": results, "quality": q, "runs": runs, "qualities": qualities}, indent=1))
+    if {"direct", "nginx"} <= set(targets) and any(t.startswith("memoctopus") for t in targets):
         md = table(results, q, args.runs, command.strip())
-        (out / "latest.md").write_text(md + "\n")
+        (out / f"latest{suffix}.md").write_text(md + "\n")
         print()
         print(md)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -15,6 +15,10 @@ if [ ! -x "$here/.venv/bin/python" ]; then
 fi
 "$here/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/python/requirements.txt"
 (cd "$here/python" && "$here/.venv/bin/python" -m pytest -q -p no:cacheprovider)
+echo "== Python: openai SDK, through a TLS upstream (h2 by ALPN)"
+(cd "$here/python" && COMPAT_UPSTREAM=tls "$here/.venv/bin/python" -m pytest -q -p no:cacheprovider)
 
 echo "== Node: openai npm package"
 (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error && node --test)
+echo "== Node: openai npm package, through a TLS upstream (h2 by ALPN)"
+(cd "$here/node" && COMPAT_UPSTREAM=tls node --test)

@@ -8,6 +8,10 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../.
 const release = path.join(root, "target", "release");
 export const SERVER_KEY = "sk-compat-server-key-000111";
 export const CLIENT_KEY = "ck-compat-client-key-222333";
+// COMPAT_UPSTREAM=tls: the mock's TLS port (h2 and http/1.1 by ALPN, a test CA trusted through
+// PROXY_UPSTREAM_CA), the path users take to api.openai.com.
+const TLS = process.env.COMPAT_UPSTREAM === "tls";
+const CA = path.join(process.env.TMPDIR || "/tmp", `memoctopus-compat-ca-${process.pid}.pem`);
 
 function start(cmd, args, env, ready) {
   return new Promise((resolve, reject) => {
@@ -25,8 +29,11 @@ function start(cmd, args, env, ready) {
 }
 
 export function startMock() {
-  return start(path.join(release, "examples", "mock-upstream"), ["127.0.0.1:0"], process.env, (line) =>
-    line.includes("listening on ") ? line.split("listening on ")[1].trim() : null,
+  const args = TLS ? ["127.0.0.1:0", "--tls", "127.0.0.1:0", CA] : ["127.0.0.1:0"];
+  return start(path.join(release, "examples", "mock-upstream"), args, process.env, (line) =>
+    line.includes("listening on ") && TLS === line.trim().endsWith("(TLS)")
+      ? line.split("listening on ")[1].trim().split(" ")[0]
+      : null,
   );
 }
 
@@ -34,7 +41,8 @@ export function startProxy(mockAddr, extra = {}) {
   const env = {
     PATH: process.env.PATH,
     OPENAI_API_KEY: SERVER_KEY,
-    OPENAI_BASE_URL: `http://${mockAddr}/v1`,
+    OPENAI_BASE_URL: TLS ? `https://localhost:${mockAddr.split(":").pop()}/v1` : `http://${mockAddr}/v1`,
+    ...(TLS ? { PROXY_UPSTREAM_CA: CA } : {}),
     HOST: "127.0.0.1",
     PORT: "0",
     PROXY_LOG_FORMAT: "json",

@@ -1,4 +1,6 @@
-"""Starts the real memoctopus binary in front of the project's mock upstream."""
+"""Starts the real memoctopus binary in front of the project's mock upstream: its plain port, or,
+with COMPAT_UPSTREAM=tls, its TLS port (h2 and http/1.1 by ALPN, a test CA the proxy trusts
+through PROXY_UPSTREAM_CA), which is the path users take to api.openai.com."""
 
 import json
 import os
@@ -12,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[3]
 RELEASE = ROOT / "target" / "release"
 SERVER_KEY = "sk-compat-server-key-000111"
 CLIENT_KEY = "ck-compat-client-key-222333"
+TLS = os.environ.get("COMPAT_UPSTREAM") == "tls"
+CA = Path(os.environ.get("TMPDIR", "/tmp")) / f"memoctopus-compat-ca-{os.getpid()}.pem"
 
 
 def _start(args, env, ready):
@@ -30,11 +34,16 @@ def _start(args, env, ready):
 
 @pytest.fixture(scope="session")
 def mock_upstream():
-    proc, addr = _start(
-        [str(RELEASE / "examples" / "mock-upstream"), "127.0.0.1:0"],
-        dict(os.environ),
-        lambda line: line.split("listening on ")[1].strip() if "listening on" in line else None,
-    )
+    args = [str(RELEASE / "examples" / "mock-upstream"), "127.0.0.1:0"]
+    if TLS:
+        args += ["--tls", "127.0.0.1:0", str(CA)]
+
+    def ready(line):
+        if "listening on" not in line or TLS != line.strip().endswith("(TLS)"):
+            return None
+        return line.split("listening on ")[1].split()[0]
+
+    proc, addr = _start(args, dict(os.environ), ready)
     yield addr
     proc.kill()
 
@@ -44,6 +53,7 @@ def _proxy(mock_addr, extra=None):
         "PATH": os.environ.get("PATH", ""),
         "OPENAI_API_KEY": SERVER_KEY,
         "OPENAI_BASE_URL": f"http://{mock_addr}/v1",
+        **({"OPENAI_BASE_URL": f"https://localhost:{mock_addr.rsplit(':', 1)[1]}/v1", "PROXY_UPSTREAM_CA": str(CA)} if TLS else {}),
         "HOST": "127.0.0.1",
         "PORT": "0",
         "PROXY_LOG_FORMAT": "json",
