@@ -10,35 +10,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, Instant};
 
-const LIMIT: Duration = Duration::from_millis(100);
-
-fn head(extra: &str, length: usize) -> String {
-    format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n"
-    )
-}
-
-/// A chat request on a raw connection, with the mock's script in `mock_headers`, so the test
-/// can leave at an exact moment.
-async fn send_chat(proxy: &TestProxy, mock_headers: &str) -> tokio::net::TcpStream {
-    let mut stream = raw_connect(proxy.addr).await;
-    stream
-        .write_all(format!("{}{{}}", head(mock_headers, 2)).as_bytes())
-        .await
-        .unwrap();
-    stream
-}
-
-async fn assert_dropped_within_limit(mock: &MockUpstream, aborted: Instant) {
-    let dropped = mock.wait_for_drop(aborted, Duration::from_secs(2)).await;
-    let dropped = dropped.expect("the upstream never saw the exchange dropped");
-    let after = dropped - aborted;
-    assert!(
-        after <= LIMIT,
-        "the upstream saw the drop {after:?} after the client left"
-    );
-}
-
 #[tokio::test]
 async fn client_leaving_while_waiting_for_the_first_byte_drops_the_upstream() {
     let mock = MockUpstream::start().await;
@@ -50,7 +21,7 @@ async fn client_leaving_while_waiting_for_the_first_byte_drops_the_upstream() {
     }
     let aborted = Instant::now();
     drop(stream);
-    assert_dropped_within_limit(&mock, aborted).await;
+    assert_upstream_dropped(&mock, aborted, "plain HTTP").await;
 }
 
 #[tokio::test]
@@ -67,7 +38,7 @@ async fn client_leaving_mid_stream_drops_the_upstream_stream() {
     }
     let aborted = Instant::now();
     drop(stream);
-    assert_dropped_within_limit(&mock, aborted).await;
+    assert_upstream_dropped(&mock, aborted, "plain HTTP").await;
     // The mock stopped producing events.
     assert_eq!(mock.log.lock().unwrap().streams_completed, 0);
     assert_eq!(mock.cancelled_streams().len(), 1);
@@ -79,7 +50,7 @@ async fn client_leaving_during_the_upload_aborts_the_upstream_request() {
     let proxy = spawn_proxy(&mock, &[]).await;
     let mut stream = raw_connect(proxy.addr).await;
     stream
-        .write_all(head("", 1_000_000).as_bytes())
+        .write_all(chat_head("", 1_000_000).as_bytes())
         .await
         .unwrap();
     stream.write_all(&vec![b'a'; 100_000]).await.unwrap();
@@ -90,7 +61,7 @@ async fn client_leaving_during_the_upload_aborts_the_upstream_request() {
     sleep(Duration::from_millis(50)).await;
     let aborted = Instant::now();
     drop(stream);
-    assert_dropped_within_limit(&mock, aborted).await;
+    assert_upstream_dropped(&mock, aborted, "plain HTTP").await;
     // Nothing was half-sent as if it were complete.
     assert!(mock.requests().iter().all(|s| s.body.is_none()));
 }
@@ -105,7 +76,7 @@ async fn client_leaving_while_a_plain_answer_is_read_drops_the_upstream() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let aborted = Instant::now();
     drop(stream);
-    assert_dropped_within_limit(&mock, aborted).await;
+    assert_upstream_dropped(&mock, aborted, "plain HTTP").await;
 }
 
 #[tokio::test]
@@ -119,7 +90,7 @@ async fn h2_client_resetting_a_stream_drops_the_upstream() {
     let _first = body.frame().await.unwrap().unwrap();
     let aborted = Instant::now();
     drop(body); // RST_STREAM; the connection itself stays open.
-    assert_dropped_within_limit(&mock, aborted).await;
+    assert_upstream_dropped(&mock, aborted, "plain HTTP").await;
     // The same h2 connection still serves.
     let response = client
         .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))

@@ -20,18 +20,6 @@ const PROTOCOLS: [(&str, Version, &str); 3] = [
     ("http2", Version::HTTP_2, "h2"),
 ];
 
-fn multipart(audio_len: usize, boundary: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(audio_len + 512);
-    body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"speech.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n").as_bytes(),
-    );
-    body.extend((0..audio_len).map(|i| (i % 251) as u8));
-    body.extend_from_slice(
-        format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--{boundary}--\r\n").as_bytes(),
-    );
-    body
-}
-
 #[tokio::test]
 async fn chat_json_reaches_the_tls_upstream_with_sni_and_the_chosen_protocol() {
     for (protocol, version, alpn) in PROTOCOLS {

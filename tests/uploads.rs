@@ -15,19 +15,6 @@ use hyper_util::rt::TokioExecutor;
 use support::mock::TRANSCRIPTION_JSON;
 use support::*;
 
-fn multipart(audio_len: usize, boundary: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(audio_len + 512);
-    body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"speech.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n").as_bytes(),
-    );
-    // Not constant, so that a dropped or reordered chunk shows up as a difference.
-    body.extend((0..audio_len).map(|i| (i % 251) as u8));
-    body.extend_from_slice(
-        format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--{boundary}--\r\n").as_bytes(),
-    );
-    body
-}
-
 /// A body sent in fixed-size chunks without a Content-Length, so it goes chunked.
 struct Chunked {
     data: Bytes,

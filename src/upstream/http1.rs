@@ -109,15 +109,7 @@ where
     /// that ends with the pool. Must be called within the runtime.
     pub fn spawn(connector: Arc<Connector>, metrics: Arc<Metrics>) -> Arc<Http1Pool<B>> {
         let pool = Arc::new(Http1Pool::new(connector, metrics));
-        let weak = Arc::downgrade(&pool);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                ticks.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                pool.close_expired();
-            }
-        });
+        super::sweep::every_second(&pool, Http1Pool::close_expired);
         pool
     }
 

@@ -167,15 +167,7 @@ where
             conns: Mutex::new(Vec::new()),
             metrics,
         });
-        let weak = Arc::downgrade(&pool);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                ticks.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                pool.close_idle();
-            }
-        });
+        super::sweep::every_second(&pool, Http2Pool::close_idle);
         pool
     }
 

@@ -6,6 +6,7 @@
 //!   can be sent again.
 //! - [`http1`]: keep-alive HTTP/1.1 connections, each driven inside its exchange.
 //! - [`http2`]: HTTP/2 connections, as many as the streams in flight need.
+//! - `sweep`: the pools' once-a-second housekeeping.
 //!
 //! [`Upstream`] picks the pool by `PROXY_UPSTREAM_PROTOCOL` (under `auto`, by what the first
 //! connection's ALPN chose) and applies the retry rule.
@@ -15,6 +16,7 @@ pub mod failure;
 pub mod http1;
 pub mod http2;
 pub mod retry;
+mod sweep;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

@@ -132,14 +132,19 @@ impl MockUpstream {
                 let log = log.clone();
                 let options = options.clone();
                 let acceptor = acceptor.clone();
+                let mut stream = Lingering(Some(stream), false);
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve(TokioIo::new(stream), &options, log.clone()).await,
+                        None => {
+                            stream.arm();
+                            serve(TokioIo::new(stream), &options, log.clone()).await
+                        }
                         Some(acceptor) => {
-                            let Ok(tls) = acceptor.accept(stream).await else {
+                            let Ok(mut tls) = acceptor.accept(stream).await else {
                                 log.lock().unwrap().connections_closed.push(Instant::now());
                                 return;
                             };
+                            tls.get_mut().0.arm();
                             {
                                 let session = tls.get_ref().1;
                                 let mut log = log.lock().unwrap();
@@ -269,6 +274,92 @@ where
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A socket that, once the server is done with it, keeps reading (and discarding) for a
+/// second before it closes, as nginx's `lingering_close` and public edges do. Without it, a
+/// frame the client sent just before the close (a WINDOW_UPDATE, a PING, a stream the
+/// server's last GOAWAY will refuse) makes the kernel answer with a reset, which throws away
+/// answers the client has not read yet: a failure no real upstream produces.
+pub struct Lingering(Option<tokio::net::TcpStream>, bool);
+
+impl Lingering {
+    /// From now on, linger on close. A TLS handshake that failed closes at once, so that its
+    /// alert is what the client sees.
+    fn arm(&mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        if let Some(mut stream) = self.0.take().filter(|_| self.1) {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = stream.shutdown().await;
+                let mut sink = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+            });
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(s) => Pin::new(s).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(s) => Pin::new(s).poll_write(cx, buf),
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(s) => Pin::new(s).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(s) => Pin::new(s).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
         }
     }
 }

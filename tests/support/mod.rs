@@ -219,6 +219,57 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Str
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A chat request's head for a raw connection, with `extra` header lines (each ending in CRLF).
+pub fn chat_head(extra: &str, length: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n"
+    )
+}
+
+/// A chat request on a raw connection, with the mock's script in `mock_headers`, so the test
+/// can leave at an exact moment.
+pub async fn send_chat(proxy: &TestProxy, mock_headers: &str) -> TcpStream {
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(format!("{}{{}}", chat_head(mock_headers, 2)).as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
+/// How soon after the client left the upstream must see its exchange dropped.
+pub const DROP_LIMIT: Duration = Duration::from_millis(100);
+
+/// Asserts that the upstream saw a connection close, a stream reset or an upload break off
+/// within [`DROP_LIMIT`] of `aborted`.
+pub async fn assert_upstream_dropped(
+    mock: &MockUpstream,
+    aborted: tokio::time::Instant,
+    what: &str,
+) {
+    let dropped = mock.wait_for_drop(aborted, Duration::from_secs(2)).await;
+    let dropped = dropped.unwrap_or_else(|| panic!("{what}: the upstream never saw the drop"));
+    let after = dropped - aborted;
+    assert!(
+        after <= DROP_LIMIT,
+        "{what}: the upstream saw the drop {after:?} after the client left"
+    );
+}
+
+/// A multipart transcription upload with `audio_len` bytes of audio that are not constant, so
+/// that a dropped or reordered chunk shows up as a difference.
+pub fn multipart(audio_len: usize, boundary: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(audio_len + 512);
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"speech.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n").as_bytes(),
+    );
+    body.extend((0..audio_len).map(|i| (i % 251) as u8));
+    body.extend_from_slice(
+        format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--{boundary}--\r\n").as_bytes(),
+    );
+    body
+}
+
 /// Opens a raw HTTP/1.1 connection for tests that need to abort at an exact moment.
 pub async fn raw_connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).await.unwrap();
