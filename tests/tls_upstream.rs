@@ -212,3 +212,28 @@ async fn http1_offers_only_http11_even_to_an_upstream_that_prefers_h2() {
     assert!(mock.requests().is_empty());
     assert!(mock.log.lock().unwrap().alpn.is_empty());
 }
+
+/// A second connection resumes the first one's TLS session instead of a full handshake.
+#[tokio::test]
+async fn new_upstream_connections_resume_the_tls_session() {
+    let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
+    let proxy = spawn_tls_proxy(&mock, &ca, "http1", &[]).await;
+    // One request opens a connection; then two at once over HTTP/1.1 need a second one.
+    let url = proxy.url("/v1/chat/completions");
+    let first = client().request(stream_request(&url, 2, 0)).await.unwrap();
+    assert_eq!(body_string(first).await, mock::expected_chat_sse(2));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (a, b) = tokio::join!(
+        client().request(stream_request(&url, 2, 100)),
+        client().request(stream_request(&url, 2, 100)),
+    );
+    assert_eq!(body_string(a.unwrap()).await, mock::expected_chat_sse(2));
+    assert_eq!(body_string(b.unwrap()).await, mock::expected_chat_sse(2));
+    let log = mock.log.lock().unwrap().clone_connections();
+    assert_eq!(log.resumed.len(), 2, "{:?}", log.resumed);
+    assert!(
+        !log.resumed[0],
+        "the first connection had nothing to resume"
+    );
+    assert!(log.resumed[1], "the second connection did a full handshake");
+}

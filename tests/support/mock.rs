@@ -68,6 +68,8 @@ pub struct MockLog {
     /// Per TLS connection: the SNI the client sent, and the protocol ALPN chose.
     pub sni: Vec<Option<String>>,
     pub alpn: Vec<Option<String>>,
+    /// Per TLS connection: whether the client resumed an earlier session.
+    pub resumed: Vec<bool>,
     /// Requests being answered now, and the most there ever were at once.
     pub active: usize,
     pub most_active: usize,
@@ -81,6 +83,7 @@ impl MockLog {
             connections_closed: self.connections_closed.clone(),
             sni: self.sni.clone(),
             alpn: self.alpn.clone(),
+            resumed: self.resumed.clone(),
             ..MockLog::default()
         }
     }
@@ -149,6 +152,10 @@ impl MockUpstream {
                                 let session = tls.get_ref().1;
                                 let mut log = log.lock().unwrap();
                                 log.sni.push(session.server_name().map(str::to_owned));
+                                log.resumed.push(
+                                    session.handshake_kind()
+                                        == Some(rustls::HandshakeKind::Resumed),
+                                );
                                 log.alpn.push(
                                     session
                                         .alpn_protocol()
