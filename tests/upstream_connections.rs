@@ -265,3 +265,95 @@ async fn a_refused_connect_is_tried_twice_then_answered() {
         );
     }
 }
+
+/// An HTTP/2 upstream, written on the h2 crate directly because hyper's server cannot refuse a
+/// stream: it answers every other stream with `RST_STREAM(REFUSED_STREAM)`, which
+/// proves they were not processed, and the stream after each refused one with the chat
+/// JSON: every request is refused once, and its one retry is answered. Returns its port
+/// and how many requests it processed.
+async fn refusing_h2_upstream(
+    ca: &support::tls::TestCa,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(Alpn::Http2Only));
+    let processed = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = processed.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, processed, seen) = (acceptor.clone(), counted.clone(), seen.clone());
+            tokio::spawn(async move {
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let mut connection = h2::server::handshake(tls).await.unwrap();
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    if seen.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let mut body = request.into_body();
+                    let mut received = 0;
+                    while let Some(Ok(data)) = body.data().await {
+                        received += data.len();
+                        let _ = body.flow_control().release_capacity(data.len());
+                    }
+                    // Counted only if the whole body arrived: a replay that lost the frames
+                    // sent before the refusal would not count.
+                    if received == REFUSED_TEST_BODY {
+                        processed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let head = http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(())
+                        .unwrap();
+                    let mut send = respond.send_response(head, false).unwrap();
+                    let _ = send.send_data(bytes::Bytes::from_static(CHAT_JSON.as_bytes()), true);
+                }
+            });
+        }
+    });
+    (port, processed)
+}
+
+const REFUSED_TEST_BODY: usize = 40_000;
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_with_its_body() {
+    capture::logs_with_quiet_dependencies();
+    let ca = support::tls::TestCa::new("refusing");
+    let (port, processed) = refusing_h2_upstream(&ca).await;
+    let mock = MockUpstream::start().await;
+    let base = format!("https://localhost:{port}/v1");
+    let ca_path = ca.ca_pem_path();
+    let proxy = spawn_proxy(
+        &mock,
+        &[
+            ("OPENAI_BASE_URL", &base),
+            ("PROXY_UPSTREAM_CA", &ca_path),
+            ("PROXY_UPSTREAM_PROTOCOL", "auto"),
+        ],
+    )
+    .await;
+    // A body of several frames, so that what was sent before the refusal must be replayed.
+    let body = "x".repeat(REFUSED_TEST_BODY);
+    for _ in 0..3 {
+        let response = client()
+            .request(chat_request(&proxy.url("/v1/chat/completions"), &body))
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = body_string(response).await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(text, CHAT_JSON);
+    }
+    assert_eq!(processed.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(
+        metric(
+            &proxy,
+            "memoctopus_upstream_retries_total{reason=\"refused_stream\"}"
+        )
+        .await,
+        3.0
+    );
+}
