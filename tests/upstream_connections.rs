@@ -15,6 +15,15 @@ use tokio::time::Instant;
 
 const PROTOCOLS: [&str; 3] = ["auto", "http1", "http2"];
 
+/// A TLS mock that behaves as `options` say, offering h2 and http/1.1, and a proxy in front of
+/// it speaking `protocol`. The load tests log dependencies from info up.
+async fn edge(options: MockOptions, protocol: &str) -> (MockUpstream, TestProxy) {
+    capture::logs_with_quiet_dependencies();
+    let (mock, ca) = tls_mock(Alpn::Both, options).await;
+    let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+    (mock, proxy)
+}
+
 async fn retries(proxy: &TestProxy) -> f64 {
     let mut total = 0.0;
     for reason in ["stale_connection", "refused_stream", "goaway", "connect"] {
@@ -32,16 +41,14 @@ async fn retries(proxy: &TestProxy) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_slow_streams_all_start_before_the_first_ends() {
     for protocol in PROTOCOLS {
-        capture::logs_with_quiet_dependencies();
-        let (mock, ca) = tls_mock(
-            Alpn::Both,
+        let (mock, proxy) = edge(
             MockOptions {
                 max_streams: Some(100),
                 ..MockOptions::default()
             },
+            protocol,
         )
         .await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
         let client = client();
         let url = proxy.url("/v1/chat/completions");
         let started = Instant::now();
@@ -101,16 +108,14 @@ async fn six_hundred_slow_streams_all_start_before_the_first_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_every_fifty_requests_loses_no_request() {
     for protocol in PROTOCOLS {
-        capture::logs_with_quiet_dependencies();
-        let (mock, ca) = tls_mock(
-            Alpn::Both,
+        let (mock, proxy) = edge(
             MockOptions {
                 goaway_after: Some(50),
                 ..MockOptions::default()
             },
+            protocol,
         )
         .await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
         let client = client();
         let url = Arc::new(proxy.url("/v1/chat/completions"));
         let mut workers = tokio::task::JoinSet::new();
@@ -157,16 +162,14 @@ async fn goaway_every_fifty_requests_loses_no_request() {
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_dropped_while_idle_gets_no_502() {
     for protocol in PROTOCOLS {
-        capture::logs_with_quiet_dependencies();
-        let (mock, ca) = tls_mock(
-            Alpn::Both,
+        let (mock, proxy) = edge(
             MockOptions {
                 idle_close: Some(Duration::from_millis(200)),
                 ..MockOptions::default()
             },
+            protocol,
         )
         .await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
         for round in 0..3 {
             let response = client()
                 .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
@@ -188,9 +191,7 @@ async fn a_pooled_connection_the_upstream_dropped_while_idle_gets_no_502() {
 #[tokio::test]
 async fn an_upstream_500_is_not_retried() {
     for protocol in PROTOCOLS {
-        capture::logs_with_quiet_dependencies();
-        let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let (mock, proxy) = edge(MockOptions::default(), protocol).await;
         let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
         request
             .headers_mut()
@@ -206,9 +207,7 @@ async fn an_upstream_500_is_not_retried() {
 #[tokio::test]
 async fn a_reset_after_the_head_is_not_retried() {
     for protocol in PROTOCOLS {
-        capture::logs_with_quiet_dependencies();
-        let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let (mock, proxy) = edge(MockOptions::default(), protocol).await;
         let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
         request
             .headers_mut()
