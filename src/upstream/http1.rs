@@ -92,9 +92,6 @@ struct Idle<B: SendBody> {
 
 pub struct Http1Pool<B: SendBody> {
     connector: Arc<Connector>,
-    /// What ALPN offers on this pool's connections: HTTP/1.1 only, so a TLS upstream never
-    /// answers one of them in HTTP/2.
-    offer: Offer,
     builder: http1::Builder,
     /// Most recently used last, so the warmest connection is reused first.
     idle: Mutex<Vec<Idle<B>>>,
@@ -132,7 +129,6 @@ where
         builder.writev(true);
         Http1Pool {
             connector,
-            offer: Offer::Http1,
             builder,
             idle: Mutex::new(Vec::new()),
             metrics,
@@ -164,7 +160,8 @@ where
     }
 
     async fn connect(&self) -> Result<Conn<B>, UpstreamError> {
-        let connected = self.connector.connect(self.offer).await?;
+        // HTTP/1.1 only in ALPN, so a TLS upstream never answers this pool in HTTP/2.
+        let connected = self.connector.connect(Offer::Http1).await?;
         self.handshake(connected).await
     }
 

@@ -198,18 +198,19 @@ where
         request: Request<B>,
     ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
         let (head, body) = request.into_parts();
-        let http2 = match self.use_http2().await {
-            Ok(http2) => http2,
+        let (http2, probe_retried) = match self.use_http2().await {
+            Ok(http2) => (http2, false),
             // The probe's connect failed: nothing was sent; once more.
             Err(error) if error.kind == FailureKind::Connect => {
                 self.metrics.upstream_retry(RetryReason::Connect);
-                self.use_http2().await?
+                (self.use_http2().await?, true)
             }
             Err(error) => return Err(error),
         };
         // hyper gives back an HTTP/2 request only if it never left, so a copy of the head and
-        // the frames sent are kept; an HTTP/1.1 request that was written is never retried.
-        let (body, recovery, head_copy) = if http2 {
+        // the frames sent are kept (unless the one retry went to the probe); an HTTP/1.1
+        // request that was written is never retried.
+        let (body, recovery, head_copy) = if http2 && !probe_retried {
             let (body, recovery) = Replayable::recorded(body);
             (body, Some(recovery), Some(copy_head(&head)))
         } else {
@@ -217,6 +218,7 @@ where
         };
         let failure = match self.attempt(http2, Request::from_parts(head, body)).await {
             Ok(answer) => return Ok(answer),
+            Err(failure) if probe_retried => return Err(failure.into_error()),
             Err(failure) => failure,
         };
         let (reason, again) = match failure {
@@ -309,7 +311,7 @@ where
                         // Perhaps the upstream stopped offering HTTP/2: probe again.
                         self.learned.store(UNKNOWN, Ordering::Release);
                     }
-                    Err(retry_unless_timeout(request, reason, error))
+                    Err(unsent_failure(request, reason, error))
                 }
                 Err(Http2Failure::Failed {
                     error,
@@ -335,7 +337,7 @@ where
                 request,
                 reason,
                 error,
-            }) => Err(retry_unless_timeout(request, reason, error)),
+            }) => Err(unsent_failure(request, reason, error)),
             Err(Http1Failure::Failed(error)) => Err(Attempt::Failed(error)),
         }
     }
@@ -344,7 +346,7 @@ where
 /// A request that never left is sent again, unless it was a connect that timed out, a TLS or
 /// certificate failure, or a forward proxy's refusal: trying those again would only repeat
 /// them, and a client waiting on a timeout should not wait twice.
-fn retry_unless_timeout<B: SendBody>(
+fn unsent_failure<B: SendBody>(
     request: Request<Replayable<B>>,
     reason: RetryReason,
     error: UpstreamError,
