@@ -198,7 +198,11 @@ impl Proxy {
 
         let started = exchange.started();
         let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
-        let body = RequestBody::new(body, clock, config.max_body_bytes, exchange.request.clone());
+        let mut body =
+            RequestBody::new(body, clock, config.max_body_bytes, exchange.request.clone());
+        if body.first_frame().await.is_err() {
+            return Err(self.body_fault(exchange).unwrap_or(ProxyError::ClientBodyFailed));
+        }
         let sending = self.0.upstream.send(Request::from_parts(parts, body));
 
         let first_byte_deadline = started + config.timeouts.first_byte;
@@ -232,23 +236,31 @@ impl Proxy {
         Ok(response)
     }
 
-    /// Whose fault a failed upstream call was: the request body's (too large, broken, stalled)
-    /// or the upstream's.
-    fn upstream_error(&self, error: UpstreamError, exchange: &Exchange) -> ProxyError {
+    /// The request body's own failure, if it had one: too large, stalled, or broken off.
+    fn body_fault(&self, exchange: &Exchange) -> Option<ProxyError> {
         use std::sync::atomic::Ordering::Relaxed;
         let config = &self.0.config;
         let stats = &exchange.request;
         if stats.too_large.load(Relaxed) {
-            return ProxyError::BodyTooLarge {
+            Some(ProxyError::BodyTooLarge {
                 limit: config.max_body_bytes,
-            };
+            })
+        } else if stats.timed_out.load(Relaxed) {
+            Some(ProxyError::RequestBodyTimeout(config.timeouts.idle))
+        } else if stats.client_failed.load(Relaxed) {
+            Some(ProxyError::ClientBodyFailed)
+        } else {
+            None
         }
-        if stats.timed_out.load(Relaxed) {
-            return ProxyError::RequestBodyTimeout(config.timeouts.idle);
+    }
+
+    /// Whose fault a failed upstream call was: the request body's (too large, broken, stalled)
+    /// or the upstream's.
+    fn upstream_error(&self, error: UpstreamError, exchange: &Exchange) -> ProxyError {
+        if let Some(fault) = self.body_fault(exchange) {
+            return fault;
         }
-        if stats.client_failed.load(Relaxed) {
-            return ProxyError::ClientBodyFailed;
-        }
+        let config = &self.0.config;
         let description = upstream::describe(&*error.error);
         tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
         let kind = error.kind;

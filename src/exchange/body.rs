@@ -123,6 +123,8 @@ impl FrameClock {
 /// The client's request body on its way upstream, with the size limit and idle timeout.
 pub struct RequestBody {
     inner: Incoming,
+    /// The first frame, read by [`RequestBody::first_frame`] before the request went upstream.
+    first: Option<Frame<Bytes>>,
     clock: FrameClock,
     limit: u64,
     stats: Arc<RequestStats>,
@@ -137,9 +139,29 @@ impl RequestBody {
     ) -> RequestBody {
         RequestBody {
             inner,
+            first: None,
             clock,
             limit,
             stats,
+        }
+    }
+
+    /// Waits for the client's first body frame (or the end of an empty body) and keeps it, to
+    /// be yielded first. The request then goes upstream with its first bytes ready: HTTP/2
+    /// sends HEADERS and the first DATA in one write, as HTTP/1.1 sends head and body, instead
+    /// of flushing the head alone and the body a task hop later. A body that fails first (too
+    /// large, stalled, client gone) fails here, before anything went upstream.
+    pub async fn first_frame(&mut self) -> Result<(), BodyError> {
+        if self.first.is_some() || self.inner.is_end_stream() {
+            return Ok(());
+        }
+        match std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                self.first = Some(frame);
+                Ok(())
+            }
+            Some(Err(error)) => Err(error),
+            None => Ok(()),
         }
     }
 }
@@ -153,6 +175,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.clock.frame_arrived();
@@ -186,11 +211,24 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let held = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |data| data.len() as u64);
+        if held > 0 {
+            // Upper first: `set_lower` asserts the lower bound stays under the upper.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(held));
+            }
+            hint.set_lower(hint.lower().saturating_add(held));
+        }
+        hint
     }
 }
 

@@ -21,10 +21,11 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::coalesce::Coalesce;
 use super::connect::{Connected, Connector, Offer};
 use super::failure::{describe, FailureKind, UpstreamError};
 use super::retry::{self, RetryReason};
@@ -324,7 +325,7 @@ where
     B: SendBody,
 {
     let (sender, mut connection) = builder
-        .handshake(connected.io)
+        .handshake(TokioIo::new(Coalesce::new(connected.io.into_inner())))
         .await
         .map_err(|e| UpstreamError::new(FailureKind::Connect, e))?;
     let open = metrics.upstream_connection_opened(true);

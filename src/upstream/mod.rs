@@ -11,6 +11,7 @@
 //! [`Upstream`] picks the pool by `PROXY_UPSTREAM_PROTOCOL` (under `auto`, by what the first
 //! connection's ALPN chose) and applies the retry rule.
 
+mod coalesce;
 pub mod connect;
 pub mod failure;
 pub mod http1;
