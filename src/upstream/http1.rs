@@ -195,7 +195,8 @@ where
             let fresh = reused.is_none();
             let mut conn = match reused.take() {
                 Some(conn) => conn,
-                None => match self.connect().await {
+                // Boxed: a new connection's future is large, and needed only now and then.
+                None => match Box::pin(self.connect()).await {
                     Ok(conn) => conn,
                     Err(error) => {
                         return Err(Http1Failure::Unsent {

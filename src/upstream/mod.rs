@@ -226,15 +226,19 @@ where
             Attempt::Unsent {
                 request, reason, ..
             } => (reason, request),
-            Attempt::Unprocessed { reason, error } => match recover(recovery, head_copy).await {
-                Some(request) => (reason, request),
-                None => return Err(error),
-            },
+            Attempt::Unprocessed { reason, error } => {
+                match Box::pin(recover(recovery, head_copy)).await {
+                    Some(request) => (reason, request),
+                    None => return Err(error),
+                }
+            }
             Attempt::Failed(error) => return Err(error),
         };
         self.metrics.upstream_retry(reason);
         let http2 = self.use_http2().await?;
-        self.attempt(http2, again)
+        // Boxed, as every path taken only now and then: the future of the common path stays
+        // small, and it is moved (copied) at each `.await` above it.
+        Box::pin(self.attempt(http2, again))
             .await
             .map_err(Attempt::into_error)
     }
@@ -259,15 +263,7 @@ where
             if self.learned.load(Ordering::Acquire) != UNKNOWN {
                 continue;
             }
-            let connected = self.connector.connect(Offer::Both).await?;
-            let learned = if connected.http2 {
-                self.http2.adopt(connected).await?;
-                LEARNED_HTTP2
-            } else {
-                let conn = self.http1.handshake(connected).await?;
-                self.http1.give_back(conn);
-                LEARNED_HTTP1
-            };
+            let learned = Box::pin(self.probe()).await?;
             tracing::info!(
                 protocol = if learned == LEARNED_HTTP2 {
                     "h2"
@@ -277,6 +273,19 @@ where
                 "upstream protocol chosen by ALPN"
             );
             self.learned.store(learned, Ordering::Release);
+        }
+    }
+
+    /// One connection offering both protocols; it joins the pool of the one ALPN chose.
+    async fn probe(&self) -> Result<u8, UpstreamError> {
+        let connected = self.connector.connect(Offer::Both).await?;
+        if connected.http2 {
+            self.http2.adopt(connected).await?;
+            Ok(LEARNED_HTTP2)
+        } else {
+            let conn = self.http1.handshake(connected).await?;
+            self.http1.give_back(conn);
+            Ok(LEARNED_HTTP1)
         }
     }
 
