@@ -191,8 +191,10 @@ impl Acceptor {
                     else {
                         return;
                     };
-                    return serve_connection(stream, protocol, builder, watcher, metrics, handle)
-                        .await;
+                    return Box::pin(serve_connection(
+                        stream, protocol, builder, watcher, metrics, handle,
+                    ))
+                    .await;
                 };
                 let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
@@ -208,7 +210,10 @@ impl Acceptor {
                 } else {
                     Protocol::Http1
                 };
-                serve_connection(stream, protocol, builder, watcher, metrics, handle).await;
+                Box::pin(serve_connection(
+                    stream, protocol, builder, watcher, metrics, handle,
+                ))
+                .await;
             });
             while let Some(ended) = self.connections.try_join_next() {
                 if let Err(error) = ended {
