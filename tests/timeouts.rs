@@ -143,3 +143,35 @@ async fn a_stalled_upload_gets_408_and_the_upstream_is_dropped() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(mock.requests().iter().all(|s| s.body.is_none()));
 }
+
+/// The request waits for its body's first bytes before it goes upstream (so that HTTP/2 sends
+/// HEADERS and DATA in one write): a client that stalls before them costs the upstream nothing,
+/// not even a connection, and still gets its 408.
+#[tokio::test]
+async fn an_upload_stalled_before_its_first_byte_never_reaches_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mock, ca) = tls_mock(tls::Alpn::Both, mock::MockOptions::default()).await;
+    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
+    let mut stream = raw_connect(proxy.addr).await;
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests().len());
+    let opened = r#"memoctopus_upstream_connections_opened_total{protocol="http2"}"#;
+    assert_eq!(metric(&proxy, opened).await, 0.0);
+    // The same request, whole, does go upstream: the series above is the one that counts it.
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(metric(&proxy, opened).await, 1.0);
+}
