@@ -127,21 +127,28 @@ async fn a_live_stream_is_never_cut_by_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_stalled_upload_gets_408_and_the_upstream_is_dropped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
+    stall_and_expect_408(
+        &proxy,
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\nhalf",
+    )
+    .await;
+    assert!(mock.requests().iter().all(|s| s.body.is_none()));
+}
+
+/// Sends `bytes` (a head and perhaps part of a body), then nothing: the answer is a 408 well
+/// before 2 s (the tests set `PROXY_IDLE_TIMEOUT` to 300 ms).
+async fn stall_and_expect_408(proxy: &TestProxy, bytes: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = raw_connect(proxy.addr).await;
-    stream
-        .write_all(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000\r\n\r\nhalf")
-        .await
-        .unwrap();
+    stream.write_all(bytes).await.unwrap();
     let started = Instant::now();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(mock.requests().iter().all(|s| s.body.is_none()));
 }
 
 /// The request waits for its body's first bytes before it goes upstream (so that HTTP/2 sends
@@ -149,20 +156,13 @@ async fn a_stalled_upload_gets_408_and_the_upstream_is_dropped() {
 /// not even a connection, and still gets its 408.
 #[tokio::test]
 async fn an_upload_stalled_before_its_first_byte_never_reaches_the_upstream() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mock, ca) = tls_mock(tls::Alpn::Both, mock::MockOptions::default()).await;
     let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
-    let mut stream = raw_connect(proxy.addr).await;
-    stream
-        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    stall_and_expect_408(
+        &proxy,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+    )
+    .await;
     assert!(mock.requests().is_empty(), "{:?}", mock.requests().len());
     let opened = r#"memoctopus_upstream_connections_opened_total{protocol="http2"}"#;
     assert_eq!(metric(&proxy, opened).await, 0.0);
