@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
+use crate::policy::client_limits::{Limit, Limited};
+
 #[derive(Debug)]
 pub enum ProxyError {
     // The client's fault.
@@ -19,6 +21,8 @@ pub enum ProxyError {
         allow: String,
     },
     InvalidClientKey,
+    /// A per-client limit refused the request; nothing went upstream.
+    ClientLimited(Limited),
     OriginNotAllowed,
     BodyTooLarge {
         limit: u64,
@@ -51,6 +55,7 @@ impl ProxyError {
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::InvalidClientKey => StatusCode::UNAUTHORIZED,
+            ProxyError::ClientLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -74,6 +79,14 @@ impl ProxyError {
             ProxyError::NotFound { .. } => return None,
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::InvalidClientKey => "invalid_api_key",
+            // Not OpenAI's `rate_limit_exceeded`: a client can tell this proxy's refusal apart.
+            ProxyError::ClientLimited(Limited {
+                limit: Limit::Concurrency,
+                ..
+            }) => "proxy_concurrency_limit",
+            ProxyError::ClientLimited(Limited {
+                limit: Limit::Rate, ..
+            }) => "proxy_rate_limit",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
@@ -102,6 +115,14 @@ impl ProxyError {
             ProxyError::InvalidClientKey => {
                 "Incorrect or missing API key for this proxy. Send it as 'Authorization: Bearer <key>'.".to_owned()
             }
+            ProxyError::ClientLimited(Limited { limit: Limit::Concurrency, retry_after }) => format!(
+                "This proxy allows each client a limited number of requests at once (PROXY_CLIENT_MAX_IN_FLIGHT), and this client has that many open. Retry after {} s.",
+                retry_after.as_secs()
+            ),
+            ProxyError::ClientLimited(Limited { limit: Limit::Rate, retry_after }) => format!(
+                "This proxy allows each client a limited number of requests a minute (PROXY_CLIENT_RATE), and this client has used them. Retry after {} s.",
+                retry_after.as_secs()
+            ),
             ProxyError::OriginNotAllowed => "This origin is not allowed by PROXY_CORS_ORIGINS".to_owned(),
             ProxyError::RequestBodyTimeout(t) => {
                 format!("The request body stalled for longer than {t:?} (PROXY_IDLE_TIMEOUT)")
@@ -142,6 +163,8 @@ impl ProxyError {
 
     fn kind(&self) -> &'static str {
         match self.status().as_u16() {
+            // OpenAI's type for a limit on the number of requests.
+            429 => "requests",
             400..=499 => "invalid_request_error",
             _ => "server_error",
         }
@@ -158,10 +181,18 @@ impl ProxyError {
             }
         });
         let mut response = json_response(status, body.to_string());
-        if let ProxyError::MethodNotAllowed { allow, .. } = &self {
-            if let Ok(allow) = HeaderValue::from_str(allow) {
-                response.headers_mut().insert(header::ALLOW, allow);
+        match &self {
+            ProxyError::MethodNotAllowed { allow, .. } => {
+                if let Ok(allow) = HeaderValue::from_str(allow) {
+                    response.headers_mut().insert(header::ALLOW, allow);
+                }
             }
+            ProxyError::ClientLimited(limited) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, limited.retry_after.as_secs().into());
+            }
+            _ => {}
         }
         response
     }

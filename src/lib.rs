@@ -8,11 +8,14 @@
 //! From the bottom layer up; each layer uses only the ones listed before it.
 //! - [`limits`], [`outcome`], [`drain`], [`trim`]: shared limits, the words for how things
 //!   end, what graceful shutdown counts, and handing freed heap back to the OS.
-//! - [`policy`]: pure rules: routes, header rewriting and the key swap, client keys, CORS.
-//! - [`config`]: the environment and `.env` to a validated [`Config`].
+//! - [`policy`]: pure rules: routes and the upstream query, header rewriting and the key swap,
+//!   client keys and their names, the per-client limits, CORS.
+//! - [`config`]: the environment, `.env` and key files to a validated [`Config`], a file per
+//!   group of settings.
 //! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.
+//! - [`keys`]: the keys in force, and the watcher that reloads their files while serving.
 //! - [`upstream`]: connecting (TCP, forward-proxy tunnel, TLS and ALPN), the HTTP/1.1 and
 //!   HTTP/2 pools, and the retry rule.
 //! - [`exchange`]: one request and its answer: the record and access log line, and the
@@ -32,6 +35,7 @@ pub mod drain;
 pub mod error;
 pub mod exchange;
 pub mod inbound;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod outcome;

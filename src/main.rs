@@ -87,7 +87,10 @@ async fn serve(config: Config) -> ExitCode {
             }
         },
     };
-    if config.client_keys.0.is_empty() && !config.listen.ip().is_loopback() {
+    if config.keys.client_keys.is_empty()
+        && config.keys.client_keys_file.is_none()
+        && !config.listen.ip().is_loopback()
+    {
         tracing::warn!(
             address = %config.listen,
             "PROXY_CLIENT_KEYS is unset and HOST is not loopback: anyone who can reach this port spends the server's OpenAI key"

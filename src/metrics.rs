@@ -2,11 +2,13 @@
 //! with no global registry and few dependencies.
 //!
 //! Labels have low cardinality only: route (a configured pattern), method, status code,
-//! outcome, error kind. Never an id, a path a client chose, or a key. Per-route series are
+//! outcome, error kind, and the client's configured name. Never an id, a path a client chose,
+//! or a key. Per-route series are
 //! created once at start, so the hot path only touches atomics.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::{
     prometheus_text, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
@@ -30,17 +32,19 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: RouteName,
+    route: Shared,
     method: &'static str,
     status: u16,
     outcome: &'static str,
+    client: Shared,
 }
 
-/// A route's pattern, shared, so that counting an exchange allocates nothing.
+/// A route's pattern or a client's name, shared, so that counting an exchange allocates
+/// nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct RouteName(Arc<str>);
+struct Shared(Arc<str>);
 
-impl EncodeLabelValue for RouteName {
+impl EncodeLabelValue for Shared {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&&*self.0, encoder)
     }
@@ -75,6 +79,23 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    setting: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SettingLabels {
+    setting: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    client: Shared,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -94,7 +115,7 @@ fn histogram() -> Histogram {
 pub struct RouteMetrics {
     /// The route's configured pattern, such as `/v1/models/*`.
     pub name: String,
-    label: RouteName,
+    label: Shared,
     duration: Histogram,
     head: Histogram,
     request_bytes: Counter,
@@ -118,6 +139,9 @@ pub struct Metrics {
     upstream_opened: [Counter; 2],
     upstream_open: [Gauge; 2],
     upstream_retries: Family<ReasonLabels, Counter>,
+    key_reloads: Family<ReloadLabels, Counter>,
+    key_loaded: Family<SettingLabels, Gauge<f64, AtomicU64>>,
+    client_limited: Family<LimitLabels, Counter>,
 }
 
 /// An open upstream connection, counted in `/metrics` until this is dropped.
@@ -154,6 +178,7 @@ impl UpstreamErrorKind {
 /// What an exchange reports when it ends.
 pub struct Ended<'a> {
     pub route: &'a RouteMetrics,
+    pub client: &'a Arc<str>,
     pub method: &'a str,
     pub status: u16,
     pub outcome: Outcome,
@@ -252,6 +277,24 @@ impl Metrics {
                 reason: reason.label(),
             }));
         }
+        let key_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "key_reloads",
+            "Key files re-read after a change, by setting and result: success, or error (the old keys stay in force)",
+            key_reloads.clone(),
+        );
+        let key_loaded = Family::<SettingLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "key_last_load_timestamp_seconds",
+            "When each key file was last loaded successfully, at start or on a reload, in Unix seconds",
+            key_loaded.clone(),
+        );
+        let client_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "client_limit_rejections",
+            "Requests refused with 429 by PROXY_CLIENT_MAX_IN_FLIGHT (concurrency) or PROXY_CLIENT_RATE (rate), by client",
+            client_limited.clone(),
+        );
         let upstream_opened =
             PROTOCOLS.map(|protocol| opened.get_or_create_owned(&ProtocolLabels { protocol }));
         let upstream_open =
@@ -297,7 +340,7 @@ impl Metrics {
                 };
                 Arc::new(RouteMetrics {
                     name: name.to_owned(),
-                    label: RouteName(Arc::from(name)),
+                    label: Shared(Arc::from(name)),
                     duration: duration.get_or_create_owned(&labels),
                     head: head.get_or_create_owned(&labels),
                     request_bytes: request_bytes.get_or_create_owned(&labels),
@@ -320,7 +363,51 @@ impl Metrics {
             upstream_opened,
             upstream_open,
             upstream_retries,
+            key_reloads,
+            key_loaded,
+            client_limited,
         }
+    }
+
+    /// A key file now watched: its series start at zero, and its first load is now.
+    pub fn key_file_watched(&self, setting: &'static str) {
+        for result in ["success", "error"] {
+            drop(
+                self.key_reloads
+                    .get_or_create(&ReloadLabels { setting, result }),
+            );
+        }
+        self.key_file_loaded(setting);
+    }
+
+    /// A key file re-read after a change; on an error the old keys stay in force.
+    pub fn key_reloaded(&self, setting: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.key_reloads
+            .get_or_create(&ReloadLabels { setting, result })
+            .inc();
+        if ok {
+            self.key_file_loaded(setting);
+        }
+    }
+
+    fn key_file_loaded(&self, setting: &'static str) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.key_loaded
+            .get_or_create(&SettingLabels { setting })
+            .set(now);
+    }
+
+    /// A request refused by a per-client limit (`limit` is `concurrency` or `rate`).
+    pub fn client_limited(&self, client: &Arc<str>, limit: &'static str) {
+        self.client_limited
+            .get_or_create(&LimitLabels {
+                client: Shared(client.clone()),
+                limit,
+            })
+            .inc();
     }
 
     /// A new upstream connection; it counts as open until the guard is dropped.
@@ -369,6 +456,7 @@ impl Metrics {
                 method: method_label(ended.method),
                 status: ended.status,
                 outcome: ended.outcome.as_str(),
+                client: Shared(ended.client.clone()),
             })
             .inc();
         route.duration.observe(ended.total.as_secs_f64());

@@ -9,6 +9,8 @@ pub enum Outcome {
     ClientCancelled,
     /// The proxy answered the client itself with a 4xx (no route, bad key, ...).
     Rejected,
+    /// A per-client limit answered 429.
+    Limited,
     BodyTooLarge,
     ConnectTimeout,
     FirstByteTimeout,
@@ -26,6 +28,7 @@ impl Outcome {
             Outcome::Completed => "completed",
             Outcome::ClientCancelled => "client_cancelled",
             Outcome::Rejected => "rejected",
+            Outcome::Limited => "limited",
             Outcome::BodyTooLarge => "body_too_large",
             Outcome::ConnectTimeout => "connect_timeout",
             Outcome::FirstByteTimeout => "first_byte_timeout",

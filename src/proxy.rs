@@ -12,9 +12,11 @@ use crate::drain::DrainState;
 use crate::error::{json_response, ProxyError};
 use crate::exchange::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
 use crate::exchange::record::{new_request_id, Exchange};
+use crate::keys::Keys;
 use crate::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::outcome::Outcome;
 use crate::outcome::Refused;
+use crate::policy::client_limits::ClientLimits;
 use crate::policy::cors;
 use crate::policy::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
 use crate::policy::routes::{upstream_target, Route, RouteError};
@@ -27,6 +29,9 @@ pub struct Proxy(Arc<Inner>);
 struct Inner {
     config: Config,
     identity: UpstreamIdentity,
+    /// The keys in force now; the file watcher replaces them.
+    keys: Arc<Keys>,
+    limits: ClientLimits,
     upstream: Upstream<RequestBody>,
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
@@ -35,18 +40,21 @@ struct Inner {
 impl Proxy {
     pub fn new(
         config: Config,
+        keys: Arc<Keys>,
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, rustls::Error> {
         let upstream = Upstream::new(&config.upstream, config.timeouts.connect, metrics.clone())?;
         let identity = UpstreamIdentity {
-            authorization: config.authorization.clone(),
-            organization: config.organization.clone(),
-            project: config.project.clone(),
+            auth: config.upstream.auth,
+            organization: config.upstream.organization.clone(),
+            project: config.upstream.project.clone(),
         };
         Ok(Proxy(Arc::new(Inner {
+            limits: ClientLimits::new(config.client_limits),
             config,
             identity,
+            keys,
             upstream,
             drain,
             metrics,
@@ -125,7 +133,11 @@ impl Proxy {
             self.0.metrics.clone(),
         );
 
-        let (upstream_response, lease) = match self.call_upstream(request, &exchange).await {
+        let answer = match self.admit(&request, &mut exchange) {
+            Ok(()) => self.call_upstream(request, &exchange).await,
+            Err(error) => Err(error),
+        };
+        let (upstream_response, lease) = match answer {
             Ok(answer) => answer,
             Err(error) => {
                 exchange.finish(outcome_of(&error));
@@ -152,6 +164,33 @@ impl Proxy {
         Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
     }
 
+    /// Who the client is, by its key, and whether its limits let this request through. The
+    /// in-flight slot it takes goes with the exchange.
+    fn admit(
+        &self,
+        request: &Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<(), ProxyError> {
+        let client = self
+            .0
+            .keys
+            .admit(request.headers())
+            .ok_or(ProxyError::InvalidClientKey)?;
+        exchange.client = client.clone();
+        match self.0.limits.admit(&client, Instant::now()) {
+            Ok(permit) => {
+                exchange.permit = permit;
+                Ok(())
+            }
+            Err(limited) => {
+                self.0
+                    .metrics
+                    .client_limited(&client, limited.limit.label());
+                Err(ProxyError::ClientLimited(limited))
+            }
+        }
+    }
+
     fn total_deadline(&self, started: Instant) -> Option<Instant> {
         self.0.config.timeouts.total.map(|total| started + total)
     }
@@ -165,9 +204,6 @@ impl Proxy {
         let config = &self.0.config;
         let (mut parts, body) = request.into_parts();
 
-        if !config.client_keys.admit(&parts.headers) {
-            return Err(ProxyError::InvalidClientKey);
-        }
         let declared_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -183,6 +219,7 @@ impl Proxy {
             &config.upstream.base_path,
             parts.uri.path(),
             parts.uri.query(),
+            &config.upstream.query,
         );
         parts.uri = Uri::builder()
             .scheme(config.upstream.scheme.clone())
@@ -194,7 +231,13 @@ impl Proxy {
         // on the client's version would be refused by a connection of the other kind.
         parts.version = Version::HTTP_11;
         parts.extensions.clear();
-        headers::rewrite_request(&mut parts.headers, &self.0.identity, &exchange.id);
+        let credential = self.0.keys.credential();
+        headers::rewrite_request(
+            &mut parts.headers,
+            &self.0.identity,
+            &credential,
+            &exchange.id,
+        );
 
         let started = exchange.started();
         let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
@@ -234,7 +277,7 @@ impl Proxy {
             // the body is dropped unread and the client learns only that the proxy is broken.
             tracing::error!(
                 request_id = exchange.id.to_str().unwrap_or("-"),
-                "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY"
+                "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY or OPENAI_API_KEY_FILE"
             );
             return Err(ProxyError::UpstreamRejectedKey);
         }
@@ -341,5 +384,6 @@ fn outcome_of(error: &ProxyError) -> Outcome {
         | ProxyError::OriginNotAllowed
         | ProxyError::BadRequest(_)
         | ProxyError::HeadTooLarge => Outcome::Rejected,
+        ProxyError::ClientLimited(_) => Outcome::Limited,
     }
 }

@@ -12,7 +12,9 @@ use std::task::{Context, Poll, Waker};
 
 use memoctopus::config::{parse_duration, Config};
 use memoctopus::inbound::framing::{FramingGuard, Refusals};
-use memoctopus::policy::headers::{rewrite_request, rewrite_response, UpstreamIdentity};
+use memoctopus::policy::headers::{
+    rewrite_request, rewrite_response, UpstreamAuth, UpstreamIdentity,
+};
 use memoctopus::policy::routes::{ExtraRoute, Route, Routes};
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -91,10 +93,9 @@ proptest! {
             headers.append("authorization", v);
         }
         let before = headers.clone();
-        let mut authorization = HeaderValue::from_static("Bearer sk-ours");
-        authorization.set_sensitive(true);
-        let identity = UpstreamIdentity { authorization, organization: None, project: None };
-        rewrite_request(&mut headers, &identity, &HeaderValue::from_static("id-1"));
+        let credential = UpstreamAuth::Bearer.credential(&HeaderValue::from_static("sk-ours"));
+        let identity = UpstreamIdentity { auth: UpstreamAuth::Bearer, organization: None, project: None };
+        rewrite_request(&mut headers, &identity, &credential, &HeaderValue::from_static("id-1"));
 
         let auth: Vec<_> = headers.get_all("authorization").iter().collect();
         prop_assert_eq!(auth.len(), 1);
@@ -109,7 +110,7 @@ proptest! {
         for (name, value) in before.iter() {
             let special = HOP_BY_HOP.contains(&name.as_str())
                 || connection_names.iter().any(|c| c == name.as_str())
-                || ["authorization", "host", "expect", "openai-organization", "openai-project", "x-client-request-id"].contains(&name.as_str());
+                || ["authorization", "api-key", "host", "expect", "openai-organization", "openai-project", "x-client-request-id"].contains(&name.as_str());
             if !special {
                 prop_assert!(headers.get_all(name).iter().any(|v| v == value), "{} lost", name);
             }

@@ -2,35 +2,43 @@
 //! values. A bad value is reported with the name of the setting and never reaches a socket.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Uri};
+use http::HeaderValue;
 use serde::Deserialize;
 
+mod egress;
+mod inbound;
+mod keys;
+mod limits;
 mod upstream;
+mod values;
 
-pub use upstream::{EgressProxy, Protocol, Upstream, DEFAULT_BASE_URL, EGRESS_VARIABLES};
+pub use egress::{EgressProxy, EGRESS_VARIABLES};
+pub use keys::{
+    api_key_file, client_keys_file, read as read_key_file, KeySettings, API_KEY_FILE,
+    CLIENT_KEYS_FILE,
+};
+pub use limits::Timeouts;
+pub use upstream::{Protocol, Upstream, DEFAULT_BASE_URL};
+pub use values::{parse_duration, ConfigError};
 
-use crate::policy::client_keys::ClientKeys;
+use crate::policy::client_limits::LimitSettings;
 use crate::policy::cors::CorsOrigins;
 use crate::policy::routes::{ExtraRoute, Routes};
+use values::{comma_list, duration, invalid, parse_number, present};
 
 /// The proxy's whole configuration. Built by [`Config::from_vars`] or [`Config::load`].
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `Bearer $OPENAI_API_KEY`, marked sensitive so that neither `Debug` nor HTTP/2's HPACK
-    /// table ever holds it in the clear.
-    pub authorization: HeaderValue,
-    /// Where every proxied request goes.
+    /// The server's key and the clients' keys, as loaded at start, and the files that
+    /// replace them while serving.
+    pub keys: KeySettings,
+    /// Where every proxied request goes, and how.
     pub upstream: Upstream,
-    /// Sent as `OpenAI-Organization` when set; the client's own value is never forwarded.
-    pub organization: Option<HeaderValue>,
-    /// Sent as `OpenAI-Project` when set; the client's own value is never forwarded.
-    pub project: Option<HeaderValue>,
     /// `HOST`:`PORT`, the address `main` binds.
     pub listen: SocketAddr,
     /// `PROXY_LISTEN_BACKLOG`: connections the kernel queues before they are accepted.
@@ -45,8 +53,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// After the delay, how long in-flight exchanges may run before they are cut.
     pub shutdown_grace: Duration,
-    /// Bearer tokens that clients must present; empty means no inbound check.
-    pub client_keys: ClientKeys,
+    /// `PROXY_CLIENT_MAX_IN_FLIGHT` and `PROXY_CLIENT_RATE`, per client.
+    pub client_limits: LimitSettings,
     /// Browser origins allowed by CORS; `None` means no CORS headers at all.
     pub cors_origins: Option<CorsOrigins>,
     /// How log lines are written.
@@ -59,52 +67,17 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    /// TCP plus TLS connect to the upstream.
-    pub connect: Duration,
-    /// From the start of the request to the upstream's response head.
-    pub first_byte: Duration,
-    /// Longest gap between two body frames once a body flows, in either direction.
-    pub idle: Duration,
-    /// Optional cap on a whole exchange.
-    pub total: Option<Duration>,
-    /// A client must send its whole request head within this.
-    pub header_read: Duration,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// A setting that could not be used, named as the operator wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub setting: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.setting, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-pub(crate) fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting,
-        message: message.into(),
-    }
-}
-
 /// The settings exactly as found, before validation. envy fills it from `NAME=value` pairs.
 #[derive(Deserialize, Default)]
 struct RawConfig {
     openai_api_key: Option<String>,
+    openai_api_key_file: Option<String>,
     openai_base_url: Option<String>,
     openai_organization: Option<String>,
     openai_project: Option<String>,
@@ -121,6 +94,10 @@ struct RawConfig {
     proxy_shutdown_delay: Option<String>,
     proxy_shutdown_grace: Option<String>,
     proxy_client_keys: Option<String>,
+    proxy_client_keys_file: Option<String>,
+    proxy_client_max_in_flight: Option<String>,
+    proxy_client_rate: Option<String>,
+    proxy_client_rate_burst: Option<String>,
     proxy_cors_origins: Option<String>,
     proxy_log_format: Option<String>,
     proxy_extra_routes: Option<String>,
@@ -130,6 +107,8 @@ struct RawConfig {
     proxy_upstream_ca: Option<String>,
     proxy_upstream_protocol: Option<String>,
     proxy_upstream_max_streams: Option<String>,
+    proxy_upstream_auth: Option<String>,
+    proxy_upstream_query: Option<String>,
     /// The forward-proxy variables, by their exact names; envy would fold their cases.
     #[serde(skip)]
     egress: HashMap<String, String>,
@@ -200,11 +179,21 @@ impl Config {
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             )
         };
-        let key_len = self.authorization.len().saturating_sub("Bearer ".len());
+        let file = |path: &Option<std::path::PathBuf>, what: String| match path {
+            Some(path) => format!("{what}, from {}, reloaded when it changes", path.display()),
+            None => what,
+        };
+        let keys = &self.keys;
         let lines = [
             (
-                "OPENAI_API_KEY",
-                format!("(set, {key_len} characters, masked)"),
+                match keys.api_key_file {
+                    Some(_) => "OPENAI_API_KEY_FILE",
+                    None => "OPENAI_API_KEY",
+                },
+                file(
+                    &keys.api_key_file,
+                    format!("(set, {} characters, masked)", keys.api_key.len()),
+                ),
             ),
             (
                 "OPENAI_BASE_URL",
@@ -220,6 +209,17 @@ impl Config {
             (
                 "PROXY_UPSTREAM_MAX_STREAMS",
                 self.upstream.max_streams.to_string(),
+            ),
+            (
+                "PROXY_UPSTREAM_AUTH",
+                self.upstream.auth.as_str().to_owned(),
+            ),
+            (
+                "PROXY_UPSTREAM_QUERY",
+                match self.upstream.query.describe() {
+                    q if q.is_empty() => "(unset)".to_owned(),
+                    q => q,
+                },
             ),
             (
                 "PROXY_UPSTREAM_CA",
@@ -239,8 +239,8 @@ impl Config {
                     format!("http://{}{auth}", p.name())
                 })),
             ),
-            ("OPENAI_ORGANIZATION", header(&self.organization)),
-            ("OPENAI_PROJECT", header(&self.project)),
+            ("OPENAI_ORGANIZATION", header(&self.upstream.organization)),
+            ("OPENAI_PROJECT", header(&self.upstream.project)),
             ("HOST", self.listen.ip().to_string()),
             ("PORT", self.listen.port().to_string()),
             (
@@ -266,8 +266,27 @@ impl Config {
             ("PROXY_SHUTDOWN_DELAY", format!("{:?}", self.shutdown_delay)),
             ("PROXY_SHUTDOWN_GRACE", format!("{:?}", self.shutdown_grace)),
             (
-                "PROXY_CLIENT_KEYS",
-                format!("({} keys, masked)", self.client_keys.0.len()),
+                match keys.client_keys_file {
+                    Some(_) => "PROXY_CLIENT_KEYS_FILE",
+                    None => "PROXY_CLIENT_KEYS",
+                },
+                file(
+                    &keys.client_keys_file,
+                    format!("({} keys, masked)", keys.client_keys.len()),
+                ),
+            ),
+            (
+                "PROXY_CLIENT_MAX_IN_FLIGHT",
+                or_unset(self.client_limits.max_in_flight.map(|n| n.to_string())),
+            ),
+            (
+                "PROXY_CLIENT_RATE",
+                or_unset(self.client_limits.rate.map(|r| {
+                    format!(
+                        "{} a minute, burst {} (PROXY_CLIENT_RATE_BURST)",
+                        r.per_minute, r.burst
+                    )
+                })),
             ),
             (
                 "PROXY_CORS_ORIGINS",
@@ -310,134 +329,70 @@ impl Config {
     }
 }
 
-fn is_our_setting(name: &str) -> bool {
-    name.starts_with("OPENAI_") || name.starts_with("PROXY_") || name == "HOST" || name == "PORT"
-}
-
-/// Treats an empty value like an absent one, as `.env` templates leave optional ones blank.
-pub(crate) fn present(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
 impl RawConfig {
     fn validate(&self) -> Result<Config, ConfigError> {
-        let key = present(&self.openai_api_key).ok_or_else(|| {
-            invalid(
-                "OPENAI_API_KEY",
-                "is required; set it in the environment or in .env (see config/example.env)",
-            )
-        })?;
-        let mut authorization = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
-            invalid(
-                "OPENAI_API_KEY",
-                "contains characters not allowed in a header",
-            )
-        })?;
-        authorization.set_sensitive(true);
-
+        let keys = keys::RawKeys {
+            api_key: &self.openai_api_key,
+            api_key_file: &self.openai_api_key_file,
+            client_keys: &self.proxy_client_keys,
+            client_keys_file: &self.proxy_client_keys_file,
+        }
+        .validate()?;
         let upstream = upstream::RawUpstream {
             base_url: present(&self.openai_base_url),
             ca: present(&self.proxy_upstream_ca),
             protocol: present(&self.proxy_upstream_protocol),
             max_streams: &self.proxy_upstream_max_streams,
             egress: &self.egress,
+            auth: present(&self.proxy_upstream_auth),
+            query: present(&self.proxy_upstream_query),
+            organization: &self.openai_organization,
+            project: &self.openai_project,
         }
         .validate()?;
-        let organization = optional_header("OPENAI_ORGANIZATION", &self.openai_organization)?;
-        let project = optional_header("OPENAI_PROJECT", &self.openai_project)?;
-
-        let host = present(&self.host).unwrap_or("0.0.0.0");
-        // `localhost` is what people write for loopback; other names would need a lookup.
-        let host: IpAddr = match host {
-            "localhost" => IpAddr::from([127, 0, 0, 1]),
-            _ => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse()
-                .map_err(|_| {
-                    invalid(
-                        "HOST",
-                        format!("{host:?} is not an IP address or localhost"),
-                    )
-                })?,
-        };
-        let port = parse_number::<u16>("PORT", &self.port, 8000)?;
-
-        let timeouts = Timeouts {
-            connect: duration("PROXY_CONNECT_TIMEOUT", &self.proxy_connect_timeout, 10)?,
-            first_byte: duration(
-                "PROXY_FIRST_BYTE_TIMEOUT",
-                &self.proxy_first_byte_timeout,
-                600,
-            )?,
-            idle: duration("PROXY_IDLE_TIMEOUT", &self.proxy_idle_timeout, 300)?,
-            total: match present(&self.proxy_total_timeout) {
-                None => None,
-                Some(v) => Some(parse_duration(v).map_err(|m| invalid("PROXY_TOTAL_TIMEOUT", m))?),
-            },
-            header_read: duration(
-                "PROXY_HEADER_READ_TIMEOUT",
-                &self.proxy_header_read_timeout,
-                10,
-            )?,
-        };
-        for (setting, value) in [
-            ("PROXY_CONNECT_TIMEOUT", timeouts.connect),
-            ("PROXY_FIRST_BYTE_TIMEOUT", timeouts.first_byte),
-            ("PROXY_IDLE_TIMEOUT", timeouts.idle),
-            (
-                "PROXY_TOTAL_TIMEOUT",
-                timeouts.total.unwrap_or(Duration::MAX),
-            ),
-            ("PROXY_HEADER_READ_TIMEOUT", timeouts.header_read),
-        ] {
-            if value.is_zero() {
-                return Err(invalid(setting, "must be greater than zero"));
-            }
+        let timeouts = limits::RawTimeouts {
+            connect: &self.proxy_connect_timeout,
+            first_byte: &self.proxy_first_byte_timeout,
+            idle: &self.proxy_idle_timeout,
+            total: &self.proxy_total_timeout,
+            header_read: &self.proxy_header_read_timeout,
         }
-
-        let max_body_bytes =
-            parse_number::<u64>("PROXY_MAX_BODY_BYTES", &self.proxy_max_body_bytes, 32 << 20)?;
-        let listen_backlog =
-            parse_number::<u32>("PROXY_LISTEN_BACKLOG", &self.proxy_listen_backlog, 4096)?;
-        if listen_backlog == 0 {
-            return Err(invalid("PROXY_LISTEN_BACKLOG", "must be at least 1"));
-        }
-        let max_connections =
-            parse_number::<usize>("PROXY_MAX_CONNECTIONS", &self.proxy_max_connections, 10_000)?;
-        if max_connections == 0 {
-            return Err(invalid("PROXY_MAX_CONNECTIONS", "must be at least 1"));
-        }
-
-        let metrics_addr = present(&self.proxy_metrics_addr)
-            .map(|v| {
-                v.parse::<SocketAddr>().map_err(|_| {
-                    invalid(
-                        "PROXY_METRICS_ADDR",
-                        format!("{v:?} is not an address such as 127.0.0.1:9090"),
-                    )
-                })
-            })
-            .transpose()?;
+        .validate()?;
+        let client_limits = limits::client_limits(
+            &self.proxy_client_max_in_flight,
+            &self.proxy_client_rate,
+            &self.proxy_client_rate_burst,
+        )?;
+        let metrics_addr = inbound::metrics_addr(&self.proxy_metrics_addr)?;
         let mut routes = Routes::with_extra(parse_extra_routes(&self.proxy_extra_routes)?);
         if metrics_addr.is_some() {
             routes = routes.without_metrics();
         }
 
         Ok(Config {
-            authorization,
+            keys,
             upstream,
-            organization,
-            project,
-            listen: SocketAddr::new(host, port),
-            listen_backlog,
+            listen: inbound::listen(&self.host, &self.port)?,
+            listen_backlog: inbound::at_least_one(
+                "PROXY_LISTEN_BACKLOG",
+                &self.proxy_listen_backlog,
+                4096,
+            )?,
             timeouts,
-            max_body_bytes,
-            max_connections,
+            max_body_bytes: parse_number::<u64>(
+                "PROXY_MAX_BODY_BYTES",
+                &self.proxy_max_body_bytes,
+                32 << 20,
+            )?,
+            max_connections: inbound::at_least_one(
+                "PROXY_MAX_CONNECTIONS",
+                &self.proxy_max_connections,
+                10_000,
+            )?,
             shutdown_delay: duration("PROXY_SHUTDOWN_DELAY", &self.proxy_shutdown_delay, 0)?,
             shutdown_grace: duration("PROXY_SHUTDOWN_GRACE", &self.proxy_shutdown_grace, 30)?,
-            client_keys: parse_client_keys(&self.proxy_client_keys)?,
-            cors_origins: parse_cors_origins(&self.proxy_cors_origins)?,
+            client_limits,
+            cors_origins: inbound::cors_origins(&self.proxy_cors_origins)?,
             log_format: match present(&self.proxy_log_format).unwrap_or("text") {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
@@ -450,183 +405,13 @@ impl RawConfig {
             },
             routes,
             metrics_addr,
-            tls: match (present(&self.proxy_tls_cert), present(&self.proxy_tls_key)) {
-                (None, None) => None,
-                (Some(cert), Some(key)) => Some(load_tls(Path::new(cert), Path::new(key))?),
-                (Some(_), None) => {
-                    return Err(invalid(
-                        "PROXY_TLS_KEY",
-                        "is required when PROXY_TLS_CERT is set",
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(invalid(
-                        "PROXY_TLS_CERT",
-                        "is required when PROXY_TLS_KEY is set",
-                    ))
-                }
-            },
+            tls: inbound::tls(&self.proxy_tls_cert, &self.proxy_tls_key)?,
         })
     }
 }
 
-/// Reads a PEM certificate chain and private key into a server configuration that offers
-/// HTTP/2 and HTTP/1.1 by ALPN.
-fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            invalid(
-                "PROXY_TLS_CERT",
-                format!("cannot read {}: {e}", cert.display()),
-            )
-        })?;
-    if chain.is_empty() {
-        return Err(invalid(
-            "PROXY_TLS_CERT",
-            format!("{} holds no certificate", cert.display()),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        invalid(
-            "PROXY_TLS_KEY",
-            format!("cannot read a private key from {}: {e}", key.display()),
-        )
-    })?;
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| invalid("PROXY_TLS_CERT", e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| {
-        invalid(
-            "PROXY_TLS_KEY",
-            format!("does not match the certificate or is unusable: {e}"),
-        )
-    })?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(server))
-}
-
-fn optional_header(
-    setting: &'static str,
-    value: &Option<String>,
-) -> Result<Option<HeaderValue>, ConfigError> {
-    present(value)
-        .map(|v| {
-            HeaderValue::from_str(v)
-                .map_err(|_| invalid(setting, "contains characters not allowed in a header"))
-        })
-        .transpose()
-}
-
-pub(crate) fn parse_number<T: std::str::FromStr>(
-    setting: &'static str,
-    value: &Option<String>,
-    default: T,
-) -> Result<T, ConfigError> {
-    match present(value) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            invalid(
-                setting,
-                format!("{v:?} is not a valid whole number in range"),
-            )
-        }),
-    }
-}
-
-fn duration(
-    setting: &'static str,
-    value: &Option<String>,
-    default_secs: u64,
-) -> Result<Duration, ConfigError> {
-    match present(value) {
-        None => Ok(Duration::from_secs(default_secs)),
-        Some(v) => parse_duration(v).map_err(|m| invalid(setting, m)),
-    }
-}
-
-/// Parses `30` (seconds), `30s`, `250ms`, `5m` or `1h`.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (digits, unit) = value.split_at(split);
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration such as 30, 30s, 250ms or 5m"))?;
-    let millis_per_unit = match unit.trim() {
-        "" | "s" => 1_000,
-        "ms" => 1,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("{value:?} has an unknown unit; use ms, s, m or h")),
-    };
-    amount
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{value:?} is too large"))
-}
-
-fn comma_list(value: &Option<String>) -> impl Iterator<Item = &str> {
-    present(value)
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
-fn parse_client_keys(value: &Option<String>) -> Result<ClientKeys, ConfigError> {
-    let mut keys = Vec::new();
-    for key in comma_list(value) {
-        if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(
-                "PROXY_CLIENT_KEYS",
-                "a key contains spaces or non-printable characters",
-            ));
-        }
-        keys.push(Box::from(key.as_bytes()));
-    }
-    Ok(ClientKeys(keys))
-}
-
-fn parse_cors_origins(value: &Option<String>) -> Result<Option<CorsOrigins>, ConfigError> {
-    let origins: Vec<&str> = comma_list(value).collect();
-    if origins.is_empty() {
-        return Ok(None);
-    }
-    if origins.contains(&"*") {
-        return Ok(Some(CorsOrigins::Any));
-    }
-    let mut list = Vec::with_capacity(origins.len());
-    for origin in origins {
-        let uri: Uri = origin
-            .parse()
-            .map_err(|_| invalid("PROXY_CORS_ORIGINS", format!("{origin:?} is not an origin")))?;
-        let is_origin = matches!(uri.scheme_str(), Some("http" | "https"))
-            && uri.authority().is_some()
-            && !origin
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .contains('/');
-        if !is_origin {
-            return Err(invalid(
-                "PROXY_CORS_ORIGINS",
-                format!("{origin:?} is not an origin such as https://app.example.com"),
-            ));
-        }
-        list.push(
-            HeaderValue::from_str(origin)
-                .map_err(|_| invalid("PROXY_CORS_ORIGINS", "bad characters"))?,
-        );
-    }
-    Ok(Some(CorsOrigins::List(list)))
+fn is_our_setting(name: &str) -> bool {
+    name.starts_with("OPENAI_") || name.starts_with("PROXY_") || name == "HOST" || name == "PORT"
 }
 
 fn parse_extra_routes(value: &Option<String>) -> Result<Vec<ExtraRoute>, ConfigError> {
@@ -658,7 +443,12 @@ mod tests {
         assert_eq!(c.timeouts.total, None);
         assert_eq!(c.max_body_bytes, 33_554_432);
         assert_eq!(c.max_connections, 10_000);
-        assert!(c.client_keys.0.is_empty());
+        assert!(c.keys.client_keys.is_empty());
+        assert_eq!(c.client_limits, LimitSettings::default());
+        assert_eq!(
+            c.upstream.auth,
+            crate::policy::headers::UpstreamAuth::Bearer
+        );
         assert!(c.cors_origins.is_none());
     }
 
@@ -687,6 +477,13 @@ mod tests {
             ("PROXY_MAX_CONNECTIONS", "0"),
             ("PROXY_METRICS_ADDR", "9090"),
             ("PROXY_EXTRA_ROUTES", "GET /v2/models"),
+            ("PROXY_CLIENT_KEYS", "a:ck-1,a:ck-2"),
+            ("PROXY_CLIENT_MAX_IN_FLIGHT", "0"),
+            ("PROXY_CLIENT_RATE", "fast"),
+            ("PROXY_CLIENT_RATE_BURST", "5"),
+            ("PROXY_UPSTREAM_AUTH", "basic"),
+            ("PROXY_UPSTREAM_QUERY", "api-version"),
+            ("PROXY_CLIENT_KEYS_FILE", "/nonexistent/memoctopus-keys"),
         ] {
             let err = with(&[(name, value)]).unwrap_err();
             assert_eq!(err.setting, name, "{name}={value}");
@@ -694,15 +491,35 @@ mod tests {
     }
 
     #[test]
-    fn durations_accept_the_documented_forms() {
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("99999999999999999999h").is_err());
+    fn key_files_are_read_at_start_and_exactly_one_source_is_set() {
+        let dir = std::env::temp_dir().join(format!("memoctopus-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        let clients = dir.join("clients");
+        std::fs::write(&key, "  sk-from-a-file \n").unwrap();
+        std::fs::write(&clients, "# apps\n\nweb:ck-web\n ck-bare \n").unwrap();
+        let (key, clients) = (key.to_str().unwrap(), clients.to_str().unwrap());
+        let c = Config::from_vars([
+            ("OPENAI_API_KEY_FILE", key),
+            ("PROXY_CLIENT_KEYS_FILE", clients),
+        ])
+        .unwrap();
+        assert_eq!(c.keys.api_key.as_bytes(), b"sk-from-a-file");
+        assert_eq!(c.keys.client_keys.len(), 2);
+        assert!(c.describe().contains("reloaded when it changes"));
+        let both = with(&[("OPENAI_API_KEY_FILE", key)]).unwrap_err();
+        assert_eq!(both.setting, "OPENAI_API_KEY");
+        let both = with(&[
+            ("PROXY_CLIENT_KEYS", "ck-1"),
+            ("PROXY_CLIENT_KEYS_FILE", clients),
+        ]);
+        assert_eq!(both.unwrap_err().setting, "PROXY_CLIENT_KEYS");
+        std::fs::write(dir.join("empty"), "\n").unwrap();
+        let empty = dir.join("empty");
+        let err =
+            Config::from_vars([("OPENAI_API_KEY_FILE", empty.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err.setting, "OPENAI_API_KEY_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -756,7 +573,7 @@ mod tests {
         let env = vec![("PORT".to_string(), "9002".to_string())];
         let c = Config::load(env, Some(&path)).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9002".parse().unwrap());
-        assert_eq!(c.authorization.as_bytes(), b"Bearer sk-from-file");
+        assert_eq!(c.keys.api_key.as_bytes(), b"sk-from-file");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

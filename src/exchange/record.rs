@@ -12,6 +12,8 @@ use tokio::time::Instant;
 use crate::drain::DrainState;
 use crate::metrics::{Ended, Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::outcome::Outcome;
+use crate::policy::client_keys::UNAUTHENTICATED;
+use crate::policy::client_limits::Permit;
 
 /// A fresh request id: random per process, then a counter, so ids never repeat within a
 /// process and almost surely not across processes.
@@ -27,6 +29,11 @@ pub fn new_request_id() -> HeaderValue {
     let id = format!("memo-{process:016x}-{n:x}");
     // Only hex digits and dashes: always a valid header value.
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("memo-invalid"))
+}
+
+fn unauthenticated() -> Arc<str> {
+    static NAME: OnceLock<Arc<str>> = OnceLock::new();
+    NAME.get_or_init(|| Arc::from(UNAUTHENTICATED)).clone()
 }
 
 /// What the request side tells the response side: bytes read, and why it stopped early.
@@ -53,6 +60,10 @@ pub struct Exchange {
     /// OpenAI's own `x-request-id`, logged beside ours for support.
     pub upstream_id: Option<HeaderValue>,
     pub request: Arc<RequestStats>,
+    /// The client's name, once its key is checked: for the access log and the metrics.
+    pub client: Arc<str>,
+    /// The client's in-flight slot, held until the exchange ends, last byte included.
+    pub permit: Option<Permit>,
     pub response_bytes: u64,
     pub sse_events: u64,
     outcome: Option<Outcome>,
@@ -81,6 +92,8 @@ impl Exchange {
             head_after: None,
             upstream_id: None,
             request: Arc::default(),
+            client: unauthenticated(),
+            permit: None,
             response_bytes: 0,
             sse_events: 0,
             outcome: None,
@@ -129,6 +142,7 @@ impl Drop for Exchange {
         self.metrics.in_flight.dec();
         self.metrics.exchange_ended(Ended {
             route: &self.route,
+            client: &self.client,
             method: self.method.as_str(),
             status,
             outcome,
@@ -145,6 +159,7 @@ impl Drop for Exchange {
             target: "memoctopus::access",
             method = %self.method,
             route = %self.route.name,
+            client = %self.client,
             status,
             upstream_status,
             request_bytes,

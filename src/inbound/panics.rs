@@ -74,10 +74,8 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 }
 
 fn secrets_of(config: &Config) -> Vec<Vec<u8>> {
-    let server_key = config.authorization.as_bytes();
-    let server_key = server_key.strip_prefix(b"Bearer ").unwrap_or(server_key);
-    std::iter::once(server_key)
-        .chain(config.client_keys.0.iter().map(|k| &k[..]))
+    std::iter::once(config.keys.api_key.as_bytes())
+        .chain(config.keys.client_keys.secrets())
         .filter(|k| !k.is_empty())
         .map(<[u8]>::to_vec)
         .collect()

@@ -24,6 +24,7 @@ use crate::error::ProxyError;
 use crate::exchange::body::ProxyBody;
 use crate::inbound::framing::{FramingGuard, Refusals};
 use crate::inbound::panics::CatchUnwind;
+use crate::keys::Keys;
 use crate::limits::MAX_REQUEST_HEAD_BYTES;
 use crate::metrics::Metrics;
 use crate::proxy::{metrics_response, not_found, refused as refused_response, Proxy};
@@ -58,8 +59,14 @@ pub async fn run_with_metrics_listener(
 ) -> io::Result<DrainReport> {
     let drain = Arc::new(DrainState::default());
     let metrics = Arc::new(Metrics::new(&config.routes));
-    let proxy =
-        Proxy::new(config.clone(), drain.clone(), metrics.clone()).map_err(io::Error::other)?;
+    let keys = Arc::new(Keys::new(&config.keys, config.upstream.auth));
+    let key_watcher = tokio::spawn(crate::keys::watch::watch(
+        keys.clone(),
+        config.keys.clone(),
+        metrics.clone(),
+    ));
+    let proxy = Proxy::new(config.clone(), keys, drain.clone(), metrics.clone())
+        .map_err(io::Error::other)?;
     let trimmer = tokio::spawn(crate::trim::trim_when_idle());
     let metrics_server =
         metrics_listener.map(|listener| tokio::spawn(serve_metrics(listener, metrics.clone())));
@@ -106,6 +113,7 @@ pub async fn run_with_metrics_listener(
         metrics_server.abort();
     }
     trimmer.abort();
+    key_watcher.abort();
     let report = drain.report();
     tracing::info!(finished = report.finished, cut = report.cut, "drained");
     Ok(report)

@@ -5,6 +5,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::client_keys::API_KEY;
+
 /// `X-Client-Request-Id`: the header OpenAI records for support, sent both ways.
 pub static CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -13,11 +15,45 @@ static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The headers the proxy itself puts on every upstream request.
+/// Which header carries the server's key upstream: `PROXY_UPSTREAM_AUTH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// `Authorization: Bearer <key>`, as OpenAI takes it.
+    Bearer,
+    /// `api-key: <key>`, as Azure OpenAI takes it, with no `Authorization` at all.
+    ApiKey,
+}
+
+impl UpstreamAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamAuth::Bearer => "bearer",
+            UpstreamAuth::ApiKey => "api-key",
+        }
+    }
+
+    /// The header value that carries `key`, marked sensitive so that neither `Debug` nor
+    /// HTTP/2's HPACK table ever holds it in the clear. Made once per key, not per request.
+    pub fn credential(self, key: &HeaderValue) -> HeaderValue {
+        let mut value = match self {
+            UpstreamAuth::Bearer => {
+                let mut bytes = Vec::with_capacity(7 + key.len());
+                bytes.extend_from_slice(b"Bearer ");
+                bytes.extend_from_slice(key.as_bytes());
+                // A valid header value after a fixed printable prefix is still valid.
+                HeaderValue::from_bytes(&bytes).unwrap_or_else(|_| key.clone())
+            }
+            UpstreamAuth::ApiKey => key.clone(),
+        };
+        value.set_sensitive(true);
+        value
+    }
+}
+
+/// The headers the proxy itself puts on every upstream request, besides the key.
 #[derive(Debug, Clone)]
 pub struct UpstreamIdentity {
-    /// `Bearer $OPENAI_API_KEY`, already marked sensitive.
-    pub authorization: HeaderValue,
+    pub auth: UpstreamAuth,
     pub organization: Option<HeaderValue>,
     pub project: Option<HeaderValue>,
 }
@@ -51,9 +87,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Makes a client's request headers fit to send upstream.
+/// `credential` is the server's key as [`UpstreamAuth::credential`] made it.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     identity: &UpstreamIdentity,
+    credential: &HeaderValue,
     request_id: &HeaderValue,
 ) {
     remove_hop_by_hop(headers);
@@ -62,7 +100,17 @@ pub fn rewrite_request(
     headers.remove(header::HOST);
     // hyper has already answered `Expect: 100-continue` on the client's side.
     headers.remove(header::EXPECT);
-    headers.insert(header::AUTHORIZATION, identity.authorization.clone());
+    // Whatever the client presented, in either header, stays here.
+    headers.remove(&API_KEY);
+    match identity.auth {
+        UpstreamAuth::Bearer => {
+            headers.insert(header::AUTHORIZATION, credential.clone());
+        }
+        UpstreamAuth::ApiKey => {
+            headers.remove(header::AUTHORIZATION);
+            headers.insert(API_KEY.clone(), credential.clone());
+        }
+    }
     // The server's key decides the organization and project, never the client.
     headers.remove(&OPENAI_ORGANIZATION);
     headers.remove(&OPENAI_PROJECT);
@@ -105,13 +153,15 @@ mod tests {
     use super::*;
 
     fn identity() -> UpstreamIdentity {
-        let mut authorization = HeaderValue::from_static("Bearer sk-server");
-        authorization.set_sensitive(true);
         UpstreamIdentity {
-            authorization,
+            auth: UpstreamAuth::Bearer,
             organization: Some(HeaderValue::from_static("org-server")),
             project: None,
         }
+    }
+
+    fn server_key() -> HeaderValue {
+        UpstreamAuth::Bearer.credential(&HeaderValue::from_static("sk-server"))
     }
 
     #[test]
@@ -146,7 +196,8 @@ mod tests {
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         h.insert("x-request-id", HeaderValue::from_static("client-req"));
         let id = HeaderValue::from_static("req-1");
-        rewrite_request(&mut h, &identity(), &id);
+        h.insert("api-key", HeaderValue::from_static("client-azure-key"));
+        rewrite_request(&mut h, &identity(), &server_key(), &id);
 
         assert_eq!(h[header::AUTHORIZATION], "Bearer sk-server");
         assert!(h[header::AUTHORIZATION].is_sensitive());
@@ -160,6 +211,7 @@ mod tests {
             "upgrade",
             "proxy-authorization",
             "openai-project",
+            "api-key",
         ] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }
@@ -168,6 +220,22 @@ mod tests {
         assert_eq!(h[header::ACCEPT_ENCODING], "gzip");
         assert_eq!(h["x-request-id"], "client-req");
         assert_eq!(h["x-client-request-id"], "req-1");
+    }
+
+    #[test]
+    fn api_key_auth_sends_the_key_in_api_key_and_no_authorization() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer ck"));
+        let identity = UpstreamIdentity {
+            auth: UpstreamAuth::ApiKey,
+            organization: None,
+            project: None,
+        };
+        let key = UpstreamAuth::ApiKey.credential(&HeaderValue::from_static("azure-key"));
+        rewrite_request(&mut h, &identity, &key, &HeaderValue::from_static("r"));
+        assert_eq!(h["api-key"], "azure-key");
+        assert!(h["api-key"].is_sensitive());
+        assert!(!h.contains_key(header::AUTHORIZATION));
     }
 
     #[test]

@@ -200,17 +200,96 @@ fn matches_pattern(pattern: &str, path: &str) -> bool {
 /// The upstream request target for a forwarded request: the base URL's path, then the
 /// client's path after `/v1`, then the client's query unchanged. Every forwarded route starts
 /// with `/v1/`, which [`ExtraRoute::parse`] checks.
-pub fn upstream_target(base_path: &str, client_path: &str, query: Option<&str>) -> String {
+pub fn upstream_target(
+    base_path: &str,
+    client_path: &str,
+    query: Option<&str>,
+    added: &UpstreamQuery,
+) -> String {
     let rest = client_path.strip_prefix("/v1").unwrap_or(client_path);
-    let mut target =
-        String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    let mut target = String::with_capacity(
+        base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + added.len(),
+    );
     target.push_str(base_path);
     target.push_str(rest);
+    let mut separator = "?";
     if let Some(query) = query {
         target.push('?');
         target.push_str(query);
+        separator = if query.is_empty() { "" } else { "&" };
+    }
+    for param in &added.0 {
+        if query.is_some_and(|q| query_names(q).any(|name| name == param.name)) {
+            continue;
+        }
+        target.push_str(separator);
+        target.push_str(&param.pair);
+        separator = "&";
     }
     target
+}
+
+/// `PROXY_UPSTREAM_QUERY`: `name=value` pairs, joined by `&` as in a URL, added to every
+/// upstream URL unless the client's query already has the name. Azure OpenAI's
+/// `api-version=2024-10-21` is the case it exists for.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamQuery(Vec<QueryParam>);
+
+#[derive(Clone, Debug)]
+struct QueryParam {
+    /// The name, percent-decoded, to compare with the client's names.
+    name: String,
+    /// `name=value` exactly as configured.
+    pair: String,
+}
+
+impl UpstreamQuery {
+    pub fn parse(value: &str) -> Result<UpstreamQuery, String> {
+        let mut params = Vec::new();
+        for pair in value.trim().split('&').filter(|p| !p.is_empty()) {
+            let (name, _) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not name=value"))?;
+            let fits_a_query = !name.is_empty()
+                && !pair.contains('#')
+                && format!("/?{pair}")
+                    .parse::<http::uri::PathAndQuery>()
+                    .is_ok();
+            if !fits_a_query {
+                return Err(format!(
+                    "{pair:?} is not a name=value pair fit for a URL; percent-encode other characters"
+                ));
+            }
+            params.push(QueryParam {
+                name: decoded(name),
+                pair: pair.to_owned(),
+            });
+        }
+        Ok(UpstreamQuery(params))
+    }
+
+    /// The configured pairs joined, for `--check-config`.
+    pub fn describe(&self) -> String {
+        let pairs: Vec<&str> = self.0.iter().map(|p| p.pair.as_str()).collect();
+        pairs.join("&")
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|p| p.pair.len() + 1).sum()
+    }
+}
+
+/// The percent-decoded names in a query string.
+fn query_names(query: &str) -> impl Iterator<Item = String> + '_ {
+    query
+        .split('&')
+        .map(|pair| decoded(pair.split('=').next().unwrap_or(pair)))
+}
+
+fn decoded(name: &str) -> String {
+    percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -343,17 +422,43 @@ mod tests {
 
     #[test]
     fn upstream_target_swaps_the_v1_prefix_for_the_base_path_and_keeps_the_query() {
+        let none = UpstreamQuery::default();
         assert_eq!(
-            upstream_target("/v1", "/v1/chat/completions", None),
+            upstream_target("/v1", "/v1/chat/completions", None, &none),
             "/v1/chat/completions"
         );
         assert_eq!(
-            upstream_target("", "/v1/models/x", Some("a=1&b")),
+            upstream_target("", "/v1/models/x", Some("a=1&b"), &none),
             "/models/x?a=1&b"
         );
         assert_eq!(
-            upstream_target("/openai/v1", "/v1/embeddings", Some("")),
+            upstream_target("/openai/v1", "/v1/embeddings", Some(""), &none),
             "/openai/v1/embeddings?"
         );
+    }
+
+    #[test]
+    fn configured_query_parameters_are_added_unless_the_client_sent_the_name() {
+        let added = UpstreamQuery::parse("api-version=2024-10-21&x=1").unwrap();
+        let target = |query| upstream_target("/openai", "/v1/chat/completions", query, &added);
+        assert_eq!(
+            target(None),
+            "/openai/chat/completions?api-version=2024-10-21&x=1"
+        );
+        assert_eq!(
+            target(Some("api-version=preview")),
+            "/openai/chat/completions?api-version=preview&x=1"
+        );
+        assert_eq!(
+            target(Some("api%2Dversion=preview&x")),
+            "/openai/chat/completions?api%2Dversion=preview&x"
+        );
+        assert_eq!(
+            target(Some("")),
+            "/openai/chat/completions?api-version=2024-10-21&x=1"
+        );
+        for bad in ["api-version", "=1", "a=b c", "a=1#f"] {
+            assert!(UpstreamQuery::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,0 +1,150 @@
+//! The keys: the server's own (`OPENAI_API_KEY` or `OPENAI_API_KEY_FILE`) and the clients'
+//! (`PROXY_CLIENT_KEYS` or `PROXY_CLIENT_KEYS_FILE`). The file readers here serve both the
+//! start, where a fault exits 64, and the reloads while serving, where it keeps the old keys.
+//! No message ever holds a key.
+
+use std::path::{Path, PathBuf};
+
+use http::HeaderValue;
+
+use super::values::{comma_list, invalid, present, ConfigError};
+use crate::policy::client_keys::ClientKeys;
+
+/// The keys as loaded at start, and the files they are reloaded from.
+#[derive(Clone, Debug)]
+pub struct KeySettings {
+    /// The server's OpenAI key alone (no scheme), marked sensitive.
+    pub api_key: HeaderValue,
+    /// `OPENAI_API_KEY_FILE`: watched, and re-read when it changes.
+    pub api_key_file: Option<PathBuf>,
+    /// The client keys; empty means no inbound check.
+    pub client_keys: ClientKeys,
+    /// `PROXY_CLIENT_KEYS_FILE`: watched, and re-read when it changes.
+    pub client_keys_file: Option<PathBuf>,
+}
+
+/// The settings' names, as the reload metrics and logs give them.
+pub const API_KEY_FILE: &str = "OPENAI_API_KEY_FILE";
+pub const CLIENT_KEYS_FILE: &str = "PROXY_CLIENT_KEYS_FILE";
+
+pub(super) struct RawKeys<'a> {
+    pub api_key: &'a Option<String>,
+    pub api_key_file: &'a Option<String>,
+    pub client_keys: &'a Option<String>,
+    pub client_keys_file: &'a Option<String>,
+}
+
+impl RawKeys<'_> {
+    pub(super) fn validate(&self) -> Result<KeySettings, ConfigError> {
+        let (api_key, api_key_file) = match (present(self.api_key), present(self.api_key_file)) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "OPENAI_API_KEY",
+                    "and OPENAI_API_KEY_FILE are both set; set exactly one of them",
+                ))
+            }
+            (Some(key), None) => (
+                parse_api_key(key).map_err(|m| invalid("OPENAI_API_KEY", m))?,
+                None,
+            ),
+            (None, Some(path)) => (
+                read_api_key(Path::new(path)).map_err(|m| invalid(API_KEY_FILE, m))?,
+                Some(PathBuf::from(path)),
+            ),
+            (None, None) => {
+                return Err(invalid(
+                    "OPENAI_API_KEY",
+                    "is required (or OPENAI_API_KEY_FILE); set it in the environment or in .env (see config/example.env)",
+                ))
+            }
+        };
+        let (client_keys, client_keys_file) =
+            match (present(self.client_keys), present(self.client_keys_file)) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "PROXY_CLIENT_KEYS",
+                        "and PROXY_CLIENT_KEYS_FILE are both set; set at most one of them",
+                    ))
+                }
+                (_, None) => (
+                    ClientKeys::parse(comma_list(self.client_keys))
+                        .map_err(|e| invalid("PROXY_CLIENT_KEYS", e.0))?,
+                    None,
+                ),
+                (None, Some(path)) => (
+                    read_client_keys(Path::new(path)).map_err(|m| invalid(CLIENT_KEYS_FILE, m))?,
+                    Some(PathBuf::from(path)),
+                ),
+            };
+        Ok(KeySettings {
+            api_key,
+            api_key_file,
+            client_keys,
+            client_keys_file,
+        })
+    }
+}
+
+/// A key as written: surrounding whitespace ignored, and then printable ASCII only.
+pub fn parse_api_key(text: &str) -> Result<HeaderValue, String> {
+    let key = text.trim();
+    if key.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "contains spaces, line breaks or characters not allowed in a header".to_owned(),
+        );
+    }
+    let mut value =
+        HeaderValue::from_str(key).map_err(|_| "contains characters not allowed in a header")?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Reads the key file: the key, with surrounding whitespace ignored.
+pub fn read_api_key(path: &Path) -> Result<HeaderValue, String> {
+    api_key_file(path, &read(path)?)
+}
+
+/// The key file's contents, read from `path`.
+pub fn api_key_file(path: &Path, contents: &[u8]) -> Result<HeaderValue, String> {
+    let text = std::str::from_utf8(contents)
+        .map_err(|_| format!("{}: the key is not text", path.display()))?;
+    parse_api_key(text).map_err(|m| format!("{}: the key {m}", path.display()))
+}
+
+/// Reads the client-keys file.
+pub fn read_client_keys(path: &Path) -> Result<ClientKeys, String> {
+    client_keys_file(path, &read(path)?)
+}
+
+/// The client-keys file's contents, read from `path`: one `name:key` or bare `key` a line;
+/// blank lines and lines that start with `#` are ignored.
+pub fn client_keys_file(path: &Path, contents: &[u8]) -> Result<ClientKeys, String> {
+    let text = std::str::from_utf8(contents)
+        .map_err(|_| format!("{}: the file is not text", path.display()))?;
+    let entries = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'));
+    ClientKeys::parse(entries).map_err(|e| format!("{}: {}", path.display(), e.0))
+}
+
+/// A key file's bytes; the error names the file and the cause, never the contents.
+pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_ignores_surrounding_whitespace_and_refuses_two_keys() {
+        assert_eq!(parse_api_key("  sk-abc\n").unwrap().as_bytes(), b"sk-abc");
+        assert!(parse_api_key("\n\n").is_err());
+        let err = parse_api_key("sk-one\nsk-two").unwrap_err();
+        assert!(!err.contains("sk-"), "{err}");
+    }
+}

@@ -1,0 +1,56 @@
+//! The keys in force: the server's credential for the upstream and the clients' keys. Each is
+//! replaced whole when its file changes ([`watch`]); a request reads each once, through an
+//! `ArcSwap`, and keeps what it read to its end, so exchanges in flight are never touched.
+
+pub mod watch;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::KeySettings;
+use crate::policy::client_keys::ClientKeys;
+use crate::policy::headers::UpstreamAuth;
+
+/// The keys a request uses. Shared by the service and the file watcher.
+pub struct Keys {
+    /// The server's key as `PROXY_UPSTREAM_AUTH` sends it (`Bearer <key>` or the bare key),
+    /// made once per load rather than per request, and marked sensitive.
+    credential: ArcSwap<HeaderValue>,
+    clients: ArcSwap<ClientKeys>,
+    auth: UpstreamAuth,
+}
+
+impl Keys {
+    pub fn new(settings: &KeySettings, auth: UpstreamAuth) -> Keys {
+        Keys {
+            credential: ArcSwap::from_pointee(auth.credential(&settings.api_key)),
+            clients: ArcSwap::from_pointee(settings.client_keys.clone()),
+            auth,
+        }
+    }
+
+    /// The upstream credential for the next request.
+    pub fn credential(&self) -> HeaderValue {
+        HeaderValue::clone(&self.credential.load())
+    }
+
+    /// The client's name, if its key is one of the client keys now in force.
+    pub fn admit(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        self.clients.load().admit(headers)
+    }
+
+    /// Whether client keys are configured now.
+    pub fn checks_clients(&self) -> bool {
+        !self.clients.load().is_empty()
+    }
+
+    pub(crate) fn replace_api_key(&self, key: &HeaderValue) {
+        self.credential.store(Arc::new(self.auth.credential(key)));
+    }
+
+    pub(crate) fn replace_client_keys(&self, keys: ClientKeys) {
+        self.clients.store(Arc::new(keys));
+    }
+}

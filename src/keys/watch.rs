@@ -1,0 +1,114 @@
+//! Key files re-read while serving: `OPENAI_API_KEY_FILE` and `PROXY_CLIENT_KEYS_FILE`.
+//!
+//! Each file is read again every [`POLL`] and compared with what was read last. Polling the
+//! contents, rather than watching for file events, follows every way a file is replaced: an
+//! edit in place, a rename over it, and the symlink swap with which the kubelet updates a
+//! mounted Secret (`..data` is re-pointed at a new directory, so an inotify watch on the old
+//! file sees nothing; this is why Kubernetes itself documents polling for projected volumes).
+//! A file read costs microseconds once a second.
+//!
+//! A change that parses replaces the keys for the next request. One that does not (empty,
+//! unreadable, malformed) leaves the old keys in force, logs an error that names the setting
+//! and the cause but never the contents, and counts in `memoctopus_key_reloads_total`. The
+//! same bad contents are reported once, not every second.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Keys;
+use crate::config::{
+    api_key_file, client_keys_file, read_key_file, KeySettings, API_KEY_FILE, CLIENT_KEYS_FILE,
+};
+use crate::metrics::Metrics;
+
+/// How often each key file is read again.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// One watched file: which setting it is, and what was last read from it.
+struct Watched {
+    setting: &'static str,
+    path: PathBuf,
+    /// The bytes last read, or the error last reported, so that nothing is applied or
+    /// reported twice.
+    last: Option<Result<Vec<u8>, String>>,
+}
+
+/// Watches the key files named in `settings` until dropped; does nothing if there are none.
+pub async fn watch(keys: Arc<Keys>, settings: KeySettings, metrics: Arc<Metrics>) {
+    let mut files: Vec<Watched> = [
+        (API_KEY_FILE, settings.api_key_file),
+        (CLIENT_KEYS_FILE, settings.client_keys_file),
+    ]
+    .into_iter()
+    .filter_map(|(setting, path)| {
+        path.map(|path| Watched {
+            setting,
+            path,
+            last: None,
+        })
+    })
+    .collect();
+    if files.is_empty() {
+        return;
+    }
+    for file in &files {
+        metrics.key_file_watched(file.setting);
+    }
+    let mut first = true;
+    loop {
+        for file in &mut files {
+            let path = file.path.clone();
+            let read = tokio::task::spawn_blocking(move || read_key_file(&path))
+                .await
+                .unwrap_or_else(|e| Err(format!("the read failed: {e}")));
+            if file.last.as_ref() == Some(&read) {
+                continue;
+            }
+            // The first read applies what may have changed since start-up loaded the file, but
+            // only a failure is news then.
+            let outcome = apply(&keys, file, &read);
+            if !first || outcome.is_err() {
+                report(&metrics, file.setting, outcome);
+            }
+            file.last = Some(read);
+        }
+        first = false;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Replaces the keys if the file's contents parse; says what changed, or why not.
+fn apply(keys: &Keys, file: &Watched, read: &Result<Vec<u8>, String>) -> Result<String, String> {
+    read.as_ref().map_err(String::clone).and_then(|contents| {
+        if file.setting == API_KEY_FILE {
+            api_key_file(&file.path, contents).map(|key| {
+                keys.replace_api_key(&key);
+                "the new key applies to the next request".to_owned()
+            })
+        } else {
+            client_keys_file(&file.path, contents).map(|clients| {
+                let count = clients.len();
+                keys.replace_client_keys(clients);
+                format!("{count} client keys apply to the next request")
+            })
+        }
+    })
+}
+
+fn report(metrics: &Metrics, setting: &'static str, outcome: Result<String, String>) {
+    match outcome {
+        Ok(what) => {
+            metrics.key_reloaded(setting, true);
+            tracing::info!(setting, "key file reloaded: {what}");
+        }
+        Err(error) => {
+            metrics.key_reloaded(setting, false);
+            tracing::error!(
+                setting,
+                %error,
+                "key file change not applied; the keys loaded before stay in force"
+            );
+        }
+    }
+}
