@@ -120,3 +120,58 @@ fn check_config_prints_the_settings_with_the_key_masked() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn bad_key_files_exit_64_naming_the_setting_and_never_the_contents() {
+    let dir = std::env::temp_dir().join(format!("memoctopus-cli-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, contents: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let empty = write("empty", "\n  \n");
+    let two_keys = write("two", "sk-cli-file-secret-1\nsk-cli-file-secret-2\n");
+    let good_key = write("good", "sk-cli-file-secret-1\n");
+    let repeated = write("clients", "web:ck-cli-file-secret\nweb:ck-cli-file-other\n");
+    let missing = dir.join("missing").to_str().unwrap().to_owned();
+    for (vars, setting) in [
+        (
+            vec![("OPENAI_API_KEY_FILE", empty.as_str())],
+            "OPENAI_API_KEY_FILE",
+        ),
+        (
+            vec![("OPENAI_API_KEY_FILE", two_keys.as_str())],
+            "OPENAI_API_KEY_FILE",
+        ),
+        (
+            vec![("OPENAI_API_KEY_FILE", missing.as_str())],
+            "OPENAI_API_KEY_FILE",
+        ),
+        (
+            vec![
+                ("OPENAI_API_KEY_FILE", good_key.as_str()),
+                ("PROXY_CLIENT_KEYS_FILE", repeated.as_str()),
+            ],
+            "PROXY_CLIENT_KEYS_FILE",
+        ),
+        (
+            vec![
+                ("OPENAI_API_KEY_FILE", good_key.as_str()),
+                ("OPENAI_API_KEY", "sk-cli-secret"),
+            ],
+            "OPENAI_API_KEY",
+        ),
+    ] {
+        let mut vars = vars;
+        vars.push(("HOST", "127.0.0.1"));
+        let out = memoctopus(&vars);
+        assert_eq!(out.status.code(), Some(64), "{vars:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(setting), "{stderr}");
+        for secret in ["sk-cli-file-secret", "ck-cli-file", "sk-cli-secret"] {
+            assert!(!stderr.contains(secret), "{stderr}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

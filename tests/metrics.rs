@@ -76,7 +76,7 @@ async fn counts_match_known_traffic() {
         value(
             &text,
             &format!(
-                r#"memoctopus_requests_total{{{route},method="POST",status="200",outcome="completed"}}"#
+                r#"memoctopus_requests_total{{{route},method="POST",status="200",outcome="completed",client="anonymous"}}"#
             )
         ),
         4.0
@@ -85,7 +85,7 @@ async fn counts_match_known_traffic() {
         value(
             &text,
             &format!(
-                r#"memoctopus_requests_total{{{route},method="POST",status="429",outcome="completed"}}"#
+                r#"memoctopus_requests_total{{{route},method="POST",status="429",outcome="completed",client="anonymous"}}"#
             )
         ),
         1.0
@@ -94,7 +94,7 @@ async fn counts_match_known_traffic() {
         value(
             &text,
             &format!(
-                r#"memoctopus_requests_total{{{route},method="POST",status="200",outcome="client_cancelled"}}"#
+                r#"memoctopus_requests_total{{{route},method="POST",status="200",outcome="client_cancelled",client="anonymous"}}"#
             )
         ),
         1.0
@@ -236,7 +236,7 @@ async fn metrics_can_move_to_their_own_listener() {
     assert_eq!(
         value(
             &text,
-            r#"memoctopus_requests_total{route="/v1/chat/completions",method="POST",status="200",outcome="completed"}"#
+            r#"memoctopus_requests_total{route="/v1/chat/completions",method="POST",status="200",outcome="completed",client="anonymous"}"#
         ),
         1.0
     );

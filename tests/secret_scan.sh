@@ -16,6 +16,10 @@ keys=(
   ck-wrong-guess-0001           # tests/logs.rs: a wrong client key
   ck-alpha ck-beta              # tests/client_keys.rs
   client-key-never-forwarded    # the Authorization every test client sends
+  sk-file-old-key-5550001 sk-file-new-key-5550002  # tests/key_files.rs
+  ck-file-web-7001 ck-file-batch-7002 ck-file-mobile-7003
+  ck-limits-web-8001 ck-limits-batch-8002 ck-limits-bare-8003 ck-limits-wrong-8004  # tests/client_limits.rs
+  ck-azure-app-9001 ck-azure-wrong-9002  # tests/upstream_auth.rs
   pp-egress-secret-4242         # tests/upstream_trust.rs: the forward proxy's password
   ZWdyZXNzLXVzZXI6cHAtZWdyZXNzLXNlY3JldC00MjQy  # ...and its Proxy-Authorization
 )

@@ -12,7 +12,7 @@
 //! and the cause but never the contents, and counts in `memoctopus_key_reloads_total`. The
 //! same bad contents are reported once, not every second.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,17 @@ use crate::metrics::Metrics;
 
 /// How often each key file is read again.
 pub const POLL: Duration = Duration::from_secs(1);
+
+/// How long a changed file must stay the same before it is applied.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// A file read on the blocking pool, so that a slow volume never stalls the runtime.
+async fn read_off_thread(path: &Path) -> Result<Vec<u8>, String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || read_key_file(&path))
+        .await
+        .unwrap_or_else(|e| Err(format!("the read failed: {e}")))
+}
 
 /// One watched file: which setting it is, and what was last read from it.
 struct Watched {
@@ -58,11 +69,14 @@ pub async fn watch(keys: Arc<Keys>, settings: KeySettings, metrics: Arc<Metrics>
     let mut first = true;
     loop {
         for file in &mut files {
-            let path = file.path.clone();
-            let read = tokio::task::spawn_blocking(move || read_key_file(&path))
-                .await
-                .unwrap_or_else(|e| Err(format!("the read failed: {e}")));
+            let read = read_off_thread(&file.path).await;
             if file.last.as_ref() == Some(&read) {
+                continue;
+            }
+            // A file written in place is empty, then partly written, for a moment: a change
+            // counts once a second read shortly after agrees with it.
+            tokio::time::sleep(SETTLE).await;
+            if read_off_thread(&file.path).await != read {
                 continue;
             }
             // The first read applies what may have changed since start-up loaded the file, but

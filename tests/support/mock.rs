@@ -1,5 +1,6 @@
 //! An in-process hyper mock of OpenAI. Request headers script its answer:
-//! - `x-mock-status: 429`: answer that status with an OpenAI error body;
+//! - `x-mock-status: 429`: answer that status with an OpenAI error body (a 429 with OpenAI's
+//!   `retry-after` and `x-ratelimit-*` headers);
 //! - `x-mock-head-delay-ms: N`: wait before the response head;
 //! - `x-mock-events: N` and `x-mock-interval-ms: D`: an SSE stream of N events D ms apart,
 //!   ending with `data: [DONE]`;
@@ -457,9 +458,23 @@ async fn answer(
         .status(status)
         .header("x-request-id", "req_mock_upstream_1")
         .header("openai-processing-ms", "42")
-        .header("x-ratelimit-remaining-requests", "4999")
+        .header(
+            "x-ratelimit-remaining-requests",
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                "0"
+            } else {
+                "4999"
+            },
+        )
         .header("connection", "keep-alive")
         .header("keep-alive", "timeout=5");
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // What OpenAI sends with a 429, so that a test can see it pass through untouched.
+        builder = builder
+            .header("retry-after", "20")
+            .header("x-ratelimit-limit-requests", "5000")
+            .header("x-ratelimit-reset-requests", "19.5s");
+    }
 
     if !status.is_success() {
         let error = format!(

@@ -1,0 +1,278 @@
+//! `OPENAI_API_KEY_FILE` and `PROXY_CLIENT_KEYS_FILE`: files re-read while serving. A change
+//! applies to the next request, never to one in flight; a bad change keeps the old keys.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::Full;
+use support::*;
+
+const OLD_KEY: &str = "sk-file-old-key-5550001";
+const NEW_KEY: &str = "sk-file-new-key-5550002";
+/// How long a change may take to apply: the watcher reads every second.
+const RELOAD_LIMIT: Duration = Duration::from_secs(4);
+
+/// Replaces `path` whole, as a deploy tool does: a new file renamed over the old one.
+fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Starts the proxy with `OPENAI_API_KEY_FILE` at `key_file` (and no `OPENAI_API_KEY`).
+async fn spawn_with_key_file(
+    mock: &MockUpstream,
+    key_file: &Path,
+    extra: &[(&str, &str)],
+) -> TestProxy {
+    let mut vars: Vec<(String, String)> = vec![
+        (
+            "OPENAI_API_KEY_FILE".into(),
+            key_file.to_str().unwrap().into(),
+        ),
+        ("OPENAI_BASE_URL".into(), format!("http://{}/v1", mock.addr)),
+        ("HOST".into(), "127.0.0.1".into()),
+        ("PORT".into(), "0".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    spawn_proxy_with(memoctopus::Config::from_vars(vars).unwrap()).await
+}
+
+/// The key the upstream saw on a fresh chat request.
+async fn key_seen_upstream(proxy: &TestProxy, mock: &MockUpstream) -> String {
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    body_bytes(response).await;
+    mock.last_request().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn wait_for_key(proxy: &TestProxy, mock: &MockUpstream, key: &str) -> Duration {
+    let expected = format!("Bearer {key}");
+    eventually(RELOAD_LIMIT, || async {
+        key_seen_upstream(proxy, mock).await == expected
+    })
+    .await
+    .unwrap_or_else(|| panic!("the new key was not in use within {RELOAD_LIMIT:?}"))
+}
+
+#[tokio::test]
+async fn a_rotated_key_applies_to_the_next_request_and_a_running_stream_keeps_the_old_one() {
+    let dir = scratch_dir("rotate");
+    let key_file = dir.join("openai-key");
+    std::fs::write(&key_file, format!("{OLD_KEY}\n")).unwrap();
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_with_key_file(&mock, &key_file, &[]).await;
+    assert_eq!(
+        key_seen_upstream(&proxy, &mock).await,
+        format!("Bearer {OLD_KEY}")
+    );
+
+    // A 3 s stream, started with the old key.
+    let stream = client()
+        .request(stream_request(&proxy.url("/v1/chat/completions"), 30, 100))
+        .await
+        .unwrap();
+    let streamed = tokio::spawn(read_all(stream));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Written in place, with surrounding whitespace, as an editor or `echo >` would.
+    std::fs::write(&key_file, format!("\n  {NEW_KEY}  \n")).unwrap();
+    let took = wait_for_key(&proxy, &mock, NEW_KEY).await;
+    assert!(
+        !streamed.is_finished(),
+        "the stream ended before the rotation was seen ({took:?})"
+    );
+
+    let (body, clean) = streamed.await.unwrap();
+    assert!(clean, "the running stream was cut by the rotation");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        mock::expected_chat_sse(30)
+    );
+    let stream_request_seen = mock
+        .requests()
+        .into_iter()
+        .find(|r| r.headers.contains_key("x-mock-events"))
+        .unwrap();
+    assert_eq!(
+        stream_request_seen.headers["authorization"],
+        format!("Bearer {OLD_KEY}")
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "memoctopus_key_reloads_total{setting=\"OPENAI_API_KEY_FILE\",result=\"success\"}"
+        )
+        .await,
+        1.0
+    );
+    let loaded = metric(
+        &proxy,
+        "memoctopus_key_last_load_timestamp_seconds{setting=\"OPENAI_API_KEY_FILE\"}",
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - loaded).abs() < 10.0,
+        "last load at {loaded}, now {now}"
+    );
+}
+
+/// The layout the kubelet makes for a mounted Secret: `key -> ..data/key`, and
+/// `..data -> ..<timestamp>/`. An update writes a new timestamped directory and renames a new
+/// `..data` link over the old one, so the file named `key` is never written.
+fn kubernetes_secret_update(dir: &Path, generation: u32, key: &str) {
+    let version = format!("..2026_11_26_{generation}");
+    std::fs::create_dir(dir.join(&version)).unwrap();
+    std::fs::write(dir.join(&version).join("key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if !dir.join("key").exists() {
+        std::os::unix::fs::symlink("..data/key", dir.join("key")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_secret_update_through_a_symlink_swap_is_picked_up() {
+    let dir = scratch_dir("k8s-secret");
+    kubernetes_secret_update(&dir, 1, OLD_KEY);
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_with_key_file(&mock, &dir.join("key"), &[]).await;
+    assert_eq!(
+        key_seen_upstream(&proxy, &mock).await,
+        format!("Bearer {OLD_KEY}")
+    );
+
+    kubernetes_secret_update(&dir, 2, NEW_KEY);
+    wait_for_key(&proxy, &mock, NEW_KEY).await;
+}
+
+#[tokio::test]
+async fn a_broken_key_file_keeps_the_old_key_reports_once_and_recovers() {
+    let dir = scratch_dir("broken-key");
+    let key_file = dir.join("openai-key");
+    std::fs::write(&key_file, OLD_KEY).unwrap();
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_with_key_file(&mock, &key_file, &[]).await;
+    let errors = "memoctopus_key_reloads_total{setting=\"OPENAI_API_KEY_FILE\",result=\"error\"}";
+    assert_eq!(metric(&proxy, errors).await, 0.0);
+
+    for (broken, expected_errors) in [
+        // Emptied: a rotation script truncated it, or the Secret lost its key.
+        ("\n".to_owned(), 1.0),
+        // Two keys, or a key with a space in it.
+        (format!("{NEW_KEY}\n{OLD_KEY}\n"), 2.0),
+    ] {
+        replace(&key_file, &broken);
+        let seen = eventually(RELOAD_LIMIT, || async {
+            metric(&proxy, errors).await >= expected_errors
+        })
+        .await;
+        assert!(seen.is_some(), "the bad file was not reported");
+        assert_eq!(
+            key_seen_upstream(&proxy, &mock).await,
+            format!("Bearer {OLD_KEY}")
+        );
+    }
+    // Unreadable: gone altogether.
+    std::fs::remove_file(&key_file).unwrap();
+    eventually(RELOAD_LIMIT, || async {
+        metric(&proxy, errors).await >= 3.0
+    })
+    .await
+    .expect("the missing file was not reported");
+    // Reported once, not every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metric(&proxy, errors).await, 3.0);
+    assert_eq!(
+        key_seen_upstream(&proxy, &mock).await,
+        format!("Bearer {OLD_KEY}")
+    );
+
+    let logs = capture::logs().text();
+    assert!(
+        logs.contains("OPENAI_API_KEY_FILE")
+            && logs.contains("the keys loaded before stay in force"),
+        "no error naming the setting"
+    );
+
+    replace(&key_file, NEW_KEY);
+    wait_for_key(&proxy, &mock, NEW_KEY).await;
+}
+
+#[tokio::test]
+async fn client_keys_file_changes_admit_new_clients_and_refuse_removed_ones() {
+    let dir = scratch_dir("client-keys");
+    let clients = dir.join("client-keys");
+    std::fs::write(
+        &clients,
+        "# the apps allowed to call\nweb:ck-file-web-7001\n\nbatch:ck-file-batch-7002\n",
+    )
+    .unwrap();
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(
+        &mock,
+        &[("PROXY_CLIENT_KEYS_FILE", clients.to_str().unwrap())],
+    )
+    .await;
+    let status_with = |key: &'static str| {
+        let url = proxy.url("/v1/chat/completions");
+        async move {
+            let request = Request::post(url)
+                .header("authorization", format!("Bearer {key}"))
+                .body(Full::from("{}"))
+                .unwrap();
+            let response = client().request(request).await.unwrap();
+            let status = response.status().as_u16();
+            body_bytes(response).await;
+            status
+        }
+    };
+    assert_eq!(status_with("ck-file-web-7001").await, 200);
+    assert_eq!(status_with("ck-file-batch-7002").await, 200);
+    assert_eq!(status_with("ck-file-mobile-7003").await, 401);
+
+    replace(
+        &clients,
+        "web:ck-file-web-7001\nmobile:ck-file-mobile-7003\n",
+    );
+    eventually(RELOAD_LIMIT, || async {
+        status_with("ck-file-mobile-7003").await == 200
+    })
+    .await
+    .expect("the new client key was not admitted");
+    assert_eq!(status_with("ck-file-batch-7002").await, 401);
+    assert_eq!(status_with("ck-file-web-7001").await, 200);
+
+    // A malformed change (a name used twice) keeps the keys in force.
+    replace(&clients, "web:ck-file-web-7001\nweb:ck-file-batch-7002\n");
+    let errors =
+        "memoctopus_key_reloads_total{setting=\"PROXY_CLIENT_KEYS_FILE\",result=\"error\"}";
+    eventually(RELOAD_LIMIT, || async {
+        metric(&proxy, errors).await == 1.0
+    })
+    .await
+    .expect("the malformed file was not reported");
+    assert_eq!(status_with("ck-file-mobile-7003").await, 200);
+    assert_eq!(status_with("ck-file-batch-7002").await, 401);
+    // The server's own key never changed, and no client key went upstream.
+    for seen in mock.requests() {
+        assert_eq!(
+            seen.headers["authorization"],
+            format!("Bearer {SERVER_KEY}")
+        );
+    }
+}
