@@ -33,10 +33,13 @@ USAGE:
     memoctopus --help          print this help
 
 SETTINGS (environment variables; real ones win over ./.env; durations: 30, 30s, 250ms, 5m, 1h):
-    OPENAI_API_KEY             required; the server-held key, never shown to clients
+    OPENAI_API_KEY             required (or the file); the server-held key, never shown to clients
+    OPENAI_API_KEY_FILE        unset   a file holding the key instead; re-read while serving
     OPENAI_BASE_URL            https://api.openai.com/v1   (http:// works for local upstreams)
     OPENAI_ORGANIZATION        unset; sent upstream as OpenAI-Organization
     OPENAI_PROJECT             unset; sent upstream as OpenAI-Project
+    PROXY_UPSTREAM_AUTH        bearer  bearer (Authorization: Bearer) or api-key (Azure OpenAI)
+    PROXY_UPSTREAM_QUERY       unset   name=value&... added to every upstream URL (api-version=...)
     HOST                       0.0.0.0
     PORT                       8000
     PROXY_CONNECT_TIMEOUT      10s     TCP + TLS connect to the upstream
@@ -48,7 +51,11 @@ SETTINGS (environment variables; real ones win over ./.env; durations: 30, 30s, 
     PROXY_MAX_CONNECTIONS      10000   inbound connections held at once
     PROXY_SHUTDOWN_DELAY       0s      after SIGTERM, /ready says 503 this long while serving
     PROXY_SHUTDOWN_GRACE       30s     then in-flight exchanges get this long before they are cut
-    PROXY_CLIENT_KEYS          unset   comma-separated bearer tokens clients must present
+    PROXY_CLIENT_KEYS          unset   comma-separated name:key (or bare key) clients must present
+    PROXY_CLIENT_KEYS_FILE     unset   the same, one a line; re-read while serving
+    PROXY_CLIENT_MAX_IN_FLIGHT unset   exchanges one client may have open at once (else 429)
+    PROXY_CLIENT_RATE          unset   requests a minute per client, a token bucket (else 429)
+    PROXY_CLIENT_RATE_BURST    rate/6  requests a quiet client may send at once
     PROXY_CORS_ORIGINS         unset   comma-separated origins, or *, allowed from browsers
     PROXY_EXTRA_ROUTES         empty   more routes, e.g. \"POST /v1/embeddings, GET /v1/models/*\"
     PROXY_METRICS_ADDR         unset   serve /metrics on this address instead of the proxy's port
