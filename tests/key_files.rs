@@ -276,3 +276,50 @@ async fn client_keys_file_changes_admit_new_clients_and_refuse_removed_ones() {
         );
     }
 }
+
+/// The path users take: TLS and HTTP/2 by ALPN, where one upstream connection carries every
+/// request. The rotated key goes out on that same connection, with the stream that started
+/// before the rotation still running on it.
+#[tokio::test]
+async fn over_tls_and_http2_the_new_key_goes_out_on_the_open_connection() {
+    let dir = scratch_dir("rotate-tls");
+    let key_file = dir.join("openai-key");
+    std::fs::write(&key_file, OLD_KEY).unwrap();
+    let (mock, ca) = tls_mock(tls::Alpn::Both, mock::MockOptions::default()).await;
+    let base_url = format!("https://localhost:{}/v1", mock.addr.port());
+    let ca_path = ca.ca_pem_path();
+    let proxy = spawn_with_key_file(
+        &mock,
+        &key_file,
+        &[
+            ("OPENAI_BASE_URL", &base_url),
+            ("PROXY_UPSTREAM_CA", &ca_path),
+        ],
+    )
+    .await;
+    assert_eq!(
+        key_seen_upstream(&proxy, &mock).await,
+        format!("Bearer {OLD_KEY}")
+    );
+    let stream = client()
+        .request(stream_request(&proxy.url("/v1/chat/completions"), 20, 100))
+        .await
+        .unwrap();
+    let streamed = tokio::spawn(read_all(stream));
+
+    replace(&key_file, NEW_KEY);
+    wait_for_key(&proxy, &mock, NEW_KEY).await;
+    let (body, clean) = streamed.await.unwrap();
+    assert!(clean);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        mock::expected_chat_sse(20)
+    );
+    let seen = mock.last_request();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(
+        mock.connections_opened(),
+        1,
+        "the rotation opened a connection"
+    );
+}

@@ -48,12 +48,19 @@ def mock_upstream():
     proc.kill()
 
 
-def _proxy(mock_addr, extra=None):
+def _proxy(mock_addr, extra=None, base_path="/v1"):
     env = {
         "PATH": os.environ.get("PATH", ""),
         "OPENAI_API_KEY": SERVER_KEY,
-        "OPENAI_BASE_URL": f"http://{mock_addr}/v1",
-        **({"OPENAI_BASE_URL": f"https://localhost:{mock_addr.rsplit(':', 1)[1]}/v1", "PROXY_UPSTREAM_CA": str(CA)} if TLS else {}),
+        "OPENAI_BASE_URL": f"http://{mock_addr}{base_path}",
+        **(
+            {
+                "OPENAI_BASE_URL": f"https://localhost:{mock_addr.rsplit(':', 1)[1]}{base_path}",
+                "PROXY_UPSTREAM_CA": str(CA),
+            }
+            if TLS
+            else {}
+        ),
         "HOST": "127.0.0.1",
         "PORT": "0",
         "PROXY_LOG_FORMAT": "json",
@@ -81,6 +88,36 @@ def proxy_url(mock_upstream):
 @pytest.fixture(scope="session")
 def keyed_proxy_url(mock_upstream):
     proc, addr = _proxy(mock_upstream, {"PROXY_CLIENT_KEYS": CLIENT_KEY})
+    yield f"http://{addr}/v1"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def limited_proxy_url(mock_upstream):
+    """One client, `app`, allowed one request a second with no burst beyond one."""
+    proc, addr = _proxy(
+        mock_upstream,
+        {"PROXY_CLIENT_KEYS": f"app:{CLIENT_KEY}", "PROXY_CLIENT_RATE": "60", "PROXY_CLIENT_RATE_BURST": "1"},
+    )
+    yield f"http://{addr}/v1"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def azure_proxy_url(mock_upstream):
+    """In front of an Azure-style upstream: deployments in the path, api-version, api-key."""
+    proc, addr = _proxy(
+        mock_upstream,
+        {
+            "PROXY_UPSTREAM_AUTH": "api-key",
+            "PROXY_UPSTREAM_QUERY": "api-version=2024-10-21",
+            "PROXY_EXTRA_ROUTES": "POST /v1/deployments/*",
+            "PROXY_CLIENT_KEYS": f"azure-app:{CLIENT_KEY}",
+        },
+        base_path="/openai",
+    )
     yield f"http://{addr}/v1"
     proc.terminate()
     proc.wait(timeout=10)

@@ -4,7 +4,7 @@ import time
 
 import openai
 import pytest
-from openai import OpenAI
+from openai import AzureOpenAI, OpenAI
 
 from conftest import CLIENT_KEY
 
@@ -89,3 +89,41 @@ def test_raw_response_headers_come_through(proxy_url):
     assert raw.headers["x-request-id"] == "req_mock_0123456789abcdef"
     assert raw.headers["x-client-request-id"] == "compat-py-1"
     assert raw.parse().choices[0].message.content == "Hello! How can I help you today?"
+
+
+def test_a_proxy_rate_limit_is_a_rate_limit_error_and_the_sdk_backs_off(limited_proxy_url):
+    strict = OpenAI(base_url=limited_proxy_url, api_key=CLIENT_KEY, max_retries=0)
+    assert strict.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
+    with pytest.raises(openai.RateLimitError) as caught:
+        strict.chat.completions.create(model="gpt-4", messages=MESSAGES)
+    assert caught.value.code == "proxy_rate_limit"
+    assert caught.value.response.headers["retry-after"] == "1"
+    # With its default retries, the SDK waits as Retry-After says and then gets through.
+    patient = OpenAI(base_url=limited_proxy_url, api_key=CLIENT_KEY)
+    started = time.monotonic()
+    assert patient.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
+    assert time.monotonic() - started >= 0.5
+
+
+def test_azure_openai_sdk_in_the_deployment_style(azure_proxy_url):
+    azure = AzureOpenAI(
+        base_url=f"{azure_proxy_url}/deployments/gpt-4o-prod",
+        api_key=CLIENT_KEY,
+        api_version="2024-10-21",
+        max_retries=0,
+    )
+    completion = azure.chat.completions.create(model="gpt-4o-prod", messages=MESSAGES)
+    assert completion.choices[0].message.content == "Hello! How can I help you today?"
+    text = ""
+    for chunk in azure.chat.completions.create(model="gpt-4o-prod", messages=MESSAGES, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+    assert text.startswith("tok0 ")
+    wrong = AzureOpenAI(
+        base_url=f"{azure_proxy_url}/deployments/gpt-4o-prod",
+        api_key="ck-compat-wrong-key-444555",
+        api_version="2024-10-21",
+        max_retries=0,
+    )
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="gpt-4o-prod", messages=MESSAGES)
