@@ -1,6 +1,9 @@
 //! What graceful shutdown needs to know about exchanges in flight.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 /// Shared by the accept loop, the service and every exchange.
 #[derive(Debug, Default)]
@@ -13,6 +16,22 @@ pub struct DrainState {
     finished: AtomicU64,
     /// Exchanges ended by the grace period running out.
     cut: AtomicU64,
+    /// WebSocket sessions open now. They outlive the HTTP connection they were upgraded
+    /// from, so the drain waits for them as well as for the connections.
+    sessions: AtomicU64,
+    /// Signalled when the last session ends.
+    sessions_ended: Notify,
+}
+
+/// An open WebSocket session, counted until dropped.
+pub struct SessionGuard(Arc<DrainState>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.sessions_ended.notify_waiters();
+        }
+    }
 }
 
 /// How a drain ended, for the last log line.
@@ -48,6 +67,23 @@ impl DrainState {
         } else {
             self.finished.fetch_add(1, Ordering::Relaxed);
             false
+        }
+    }
+
+    /// Counts a session open until the guard is dropped.
+    pub fn session_started(self: &Arc<Self>) -> SessionGuard {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        SessionGuard(self.clone())
+    }
+
+    /// Completes once no session is open.
+    pub async fn sessions_closed(&self) {
+        loop {
+            let ended = self.sessions_ended.notified();
+            if self.sessions.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
         }
     }
 

@@ -132,6 +132,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub open_streams: Gauge,
     pub open_connections: Gauge,
+    open_realtime_sessions: Gauge,
     upstream_errors: Family<KindLabels, Counter>,
     body_limit_rejections: Counter,
     refused_heads: Family<KindLabels, Counter>,
@@ -144,7 +145,7 @@ pub struct Metrics {
     client_limited: Family<LimitLabels, Counter>,
 }
 
-/// An open upstream connection, counted in `/metrics` until this is dropped.
+/// An open upstream connection or session, counted in `/metrics` until this is dropped.
 pub struct OpenConnection(Gauge);
 
 impl Drop for OpenConnection {
@@ -317,6 +318,12 @@ impl Metrics {
             "Inbound client connections open",
             open_connections.clone(),
         );
+        let open_realtime_sessions = Gauge::default();
+        registry.register(
+            "open_realtime_sessions",
+            "WebSocket sessions (the Realtime API) open now",
+            open_realtime_sessions.clone(),
+        );
         // Known kinds start at zero, so that rates work before the first failure.
         for kind in [
             UpstreamErrorKind::Connect,
@@ -357,6 +364,7 @@ impl Metrics {
             in_flight,
             open_streams,
             open_connections,
+            open_realtime_sessions,
             upstream_errors,
             body_limit_rejections,
             refused_heads,
@@ -417,6 +425,12 @@ impl Metrics {
         let open = self.upstream_open[index].clone();
         open.inc();
         OpenConnection(open)
+    }
+
+    /// A WebSocket session; it counts as open until the guard is dropped.
+    pub fn realtime_session_opened(&self) -> OpenConnection {
+        self.open_realtime_sessions.inc();
+        OpenConnection(self.open_realtime_sessions.clone())
     }
 
     /// A request sent again, and why.

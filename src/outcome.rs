@@ -20,6 +20,10 @@ pub enum Outcome {
     UpstreamFailed,
     /// Cut when the shutdown grace period ran out.
     Shutdown,
+    /// A WebSocket session the client closed (or lost).
+    ClientClosed,
+    /// A WebSocket session the upstream closed (or lost).
+    UpstreamClosed,
 }
 
 impl Outcome {
@@ -37,6 +41,8 @@ impl Outcome {
             Outcome::UpstreamUnreachable => "upstream_unreachable",
             Outcome::UpstreamFailed => "upstream_failed",
             Outcome::Shutdown => "shutdown",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::UpstreamClosed => "upstream_closed",
         }
     }
 }

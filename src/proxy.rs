@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+
 use http::header;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -12,6 +15,7 @@ use crate::drain::DrainState;
 use crate::error::{json_response, ProxyError};
 use crate::exchange::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
 use crate::exchange::record::{new_request_id, Exchange};
+use crate::exchange::session::{Handoff, Pipe};
 use crate::keys::Keys;
 use crate::metrics::{self, Metrics, UpstreamErrorKind};
 use crate::outcome::Outcome;
@@ -20,6 +24,8 @@ use crate::policy::client_limits::ClientLimits;
 use crate::policy::cors;
 use crate::policy::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
 use crate::policy::routes::{upstream_target, Route, RouteError};
+use crate::policy::websocket;
+use crate::upstream::websocket::WebSocketAnswer;
 use crate::upstream::{self, FailureKind, Lease, Upstream, UpstreamError};
 
 /// The proxy's request handler. Cheap to clone: one per connection.
@@ -69,9 +75,17 @@ impl Proxy {
             .cors_origins
             .as_ref()
             .and_then(|cors| cors.allowed_origin(request.headers()));
+        let upgrade = websocket::is_upgrade(request.headers());
         let mut response = self.dispatch(request, origin.is_some()).await;
         if let Some(origin) = origin {
             cors::allow_origin(response.headers_mut(), origin);
+        }
+        // The framing guard stops reading an HTTP/1 connection's heads after an upgrade
+        // request; if there was no upgrade after all, the connection must not carry another.
+        if upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -119,7 +133,7 @@ impl Proxy {
 
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         route: Arc<metrics::RouteMetrics>,
         started: Instant,
     ) -> Response<ProxyBody> {
@@ -133,48 +147,104 @@ impl Proxy {
             self.0.metrics.clone(),
         );
 
-        let answer = match self.admit(&request, &mut exchange) {
+        if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
+            // A session is rare next to requests: its larger future is boxed.
+            let key = websocket::take_key_subprotocol(request.headers_mut());
+            let opened = match self.admit(request.headers(), key.as_deref(), &mut exchange) {
+                Ok(()) => Box::pin(self.open_session(request, &exchange)).await,
+                Err(error) => Err(error),
+            };
+            return match opened {
+                Ok(Opened::Switched(session)) => self.switched(session, exchange, &id),
+                Ok(Opened::Refused(response)) => self.respond(response, None, exchange, &id),
+                Err(error) => failed(error, exchange, id),
+            };
+        }
+
+        let answer = match self.admit(request.headers(), None, &mut exchange) {
             Ok(()) => self.call_upstream(request, &exchange).await,
             Err(error) => Err(error),
         };
-        let (upstream_response, lease) = match answer {
-            Ok(answer) => answer,
-            Err(error) => {
-                exchange.finish(outcome_of(&error));
-                let mut response = error.into_response();
-                exchange.status = Some(response.status());
-                response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
-                return response;
-            }
-        };
+        match answer {
+            Ok((response, lease)) => self.respond(response, Some(lease), exchange, &id),
+            Err(error) => failed(error, exchange, id),
+        }
+    }
 
+    /// The upstream's answer, passed on: its head rewritten, its body forwarded frame by frame
+    /// with the exchange's record and the connection it came on.
+    fn respond(
+        &self,
+        upstream_response: Response<Incoming>,
+        lease: Option<Lease<RequestBody>>,
+        mut exchange: Exchange,
+        id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let started = exchange.started();
         let (mut parts, body) = upstream_response.into_parts();
         exchange.upstream_status = Some(parts.status);
         exchange.status = Some(parts.status);
         exchange.head_after = Some(started.elapsed());
         exchange.upstream_id = parts.headers.get("x-request-id").cloned();
-        headers::rewrite_response(&mut parts.headers, &id);
+        headers::rewrite_response(&mut parts.headers, id);
         parts.version = Version::HTTP_11;
         let is_sse = parts
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
-        let body = ResponseBody::new(body, Some(lease), clock, exchange, is_sse);
+        let body = ResponseBody::new(body, lease, clock, exchange, is_sse);
         Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
+    }
+
+    /// The upstream switched to a WebSocket: the client gets the `101` with the upstream's
+    /// `Sec-WebSocket-*` headers, and the session is left for the client's connection task to
+    /// run once hyper has written it.
+    fn switched(
+        &self,
+        session: SwitchedSession,
+        mut exchange: Exchange,
+        id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let SwitchedSession {
+            head,
+            stream,
+            connection,
+            client,
+            handoff,
+        } = session;
+        let (mut parts, ()) = head.into_parts();
+        exchange.upstream_status = Some(parts.status);
+        exchange.status = Some(parts.status);
+        exchange.head_after = Some(exchange.started().elapsed());
+        exchange.upstream_id = parts.headers.get("x-request-id").cloned();
+        headers::rewrite_response(&mut parts.headers, id);
+        websocket::mark_upgrade(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        let pipe = Pipe {
+            client,
+            upstream: stream,
+            upstream_connection: connection,
+            exchange,
+            session: self.0.drain.session_started(),
+            idle: self.0.config.timeouts.idle,
+        };
+        handoff.put(Box::pin(pipe.run()));
+        Response::from_parts(parts, ProxyBody::default())
     }
 
     /// Who the client is, by its key, and whether its limits let this request through. The
     /// in-flight slot it takes goes with the exchange.
     fn admit(
         &self,
-        request: &Request<Incoming>,
+        headers: &http::HeaderMap,
+        subprotocol_key: Option<&[u8]>,
         exchange: &mut Exchange,
     ) -> Result<(), ProxyError> {
         let client = self
             .0
             .keys
-            .admit(request.headers())
+            .admit_with(headers, subprotocol_key)
             .ok_or(ProxyError::InvalidClientKey)?;
         exchange.client = client.clone();
         match self.0.limits.admit(&client, Instant::now()) {
@@ -215,30 +285,7 @@ impl Proxy {
             });
         }
 
-        let target = upstream_target(
-            &config.upstream.base_path,
-            parts.uri.path(),
-            parts.uri.query(),
-            &config.upstream.query,
-        );
-        parts.uri = Uri::builder()
-            .scheme(config.upstream.scheme.clone())
-            .authority(config.upstream.authority.clone())
-            .path_and_query(target)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded"))?;
-        // hyper-util picks HTTP/1.1 or HTTP/2 per upstream connection; a request that insists
-        // on the client's version would be refused by a connection of the other kind.
-        parts.version = Version::HTTP_11;
-        parts.extensions.clear();
-        let credential = self.0.keys.credential();
-        headers::rewrite_request(
-            &mut parts.headers,
-            &self.0.identity,
-            &credential,
-            &exchange.id,
-        );
-
+        self.upstream_head(&mut parts, exchange)?;
         let started = exchange.started();
         let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
         let mut body =
@@ -253,35 +300,130 @@ impl Proxy {
         // upstream call's ~6 KB became ~27 KB by `forward`, copied on every request.
         let sending = Box::pin(self.0.upstream.send(Request::from_parts(parts, body)));
 
+        let response = self.wait_for_head(sending, exchange).await?;
+        self.check_key_accepted(response.0.status(), exchange)?;
+        Ok(response)
+    }
+
+    /// Makes a client's request head fit to go upstream: the target under the base URL, with
+    /// `PROXY_UPSTREAM_QUERY`; the server's key in place of the client's; the headers rewritten.
+    fn upstream_head(
+        &self,
+        parts: &mut http::request::Parts,
+        exchange: &Exchange,
+    ) -> Result<(), ProxyError> {
+        let upstream = &self.0.config.upstream;
+        let target = upstream_target(
+            &upstream.base_path,
+            parts.uri.path(),
+            parts.uri.query(),
+            &upstream.query,
+        );
+        parts.uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(target)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded"))?;
+        // hyper-util picks HTTP/1.1 or HTTP/2 per upstream connection; a request that insists
+        // on the client's version would be refused by a connection of the other kind.
+        parts.version = Version::HTTP_11;
+        parts.extensions.clear();
+        let credential = self.0.keys.credential();
+        headers::rewrite_request(
+            &mut parts.headers,
+            &self.0.identity,
+            &credential,
+            &exchange.id,
+        );
+        Ok(())
+    }
+
+    /// Waits for the upstream's response head within `PROXY_FIRST_BYTE_TIMEOUT` (and
+    /// `PROXY_TOTAL_TIMEOUT`, if it is sooner).
+    async fn wait_for_head<T>(
+        &self,
+        sending: impl Future<Output = Result<T, UpstreamError>>,
+        exchange: &Exchange,
+    ) -> Result<T, ProxyError> {
+        let config = &self.0.config;
+        let started = exchange.started();
         let first_byte_deadline = started + config.timeouts.first_byte;
         let total_deadline = self.total_deadline(started);
         let wait_until =
             total_deadline.map_or(first_byte_deadline, |total| total.min(first_byte_deadline));
-        let response = match tokio::time::timeout_at(wait_until, sending).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(self.upstream_error(error, exchange)),
+        match tokio::time::timeout_at(wait_until, sending).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(self.upstream_error(error, exchange)),
             Err(_) => {
                 exchange.upstream_failed(UpstreamErrorKind::Timeout);
-                return Err(
+                Err(
                     if total_deadline.is_some_and(|total| total <= first_byte_deadline) {
                         ProxyError::TotalTimeout(config.timeouts.total.unwrap_or_default())
                     } else {
                         ProxyError::FirstByteTimeout(config.timeouts.first_byte)
                     },
-                );
+                )
             }
-        };
-
-        if response.0.status() == StatusCode::UNAUTHORIZED {
-            // OpenAI's 401 means our key was refused, and its message echoes part of the key:
-            // the body is dropped unread and the client learns only that the proxy is broken.
-            tracing::error!(
-                request_id = exchange.id.to_str().unwrap_or("-"),
-                "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY or OPENAI_API_KEY_FILE"
-            );
-            return Err(ProxyError::UpstreamRejectedKey);
         }
-        Ok(response)
+    }
+
+    /// OpenAI's 401 means our key was refused, and its message echoes part of the key: the
+    /// body is dropped unread and the client learns only that the proxy is broken.
+    fn check_key_accepted(
+        &self,
+        status: StatusCode,
+        exchange: &Exchange,
+    ) -> Result<(), ProxyError> {
+        if status != StatusCode::UNAUTHORIZED {
+            return Ok(());
+        }
+        tracing::error!(
+            request_id = exchange.id.to_str().unwrap_or("-"),
+            "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY or OPENAI_API_KEY_FILE"
+        );
+        Err(ProxyError::UpstreamRejectedKey)
+    }
+
+    /// Sends a WebSocket upgrade upstream, on a connection of its own, and waits for its
+    /// answer. Only an HTTP/1.1 client connection can be upgraded: it alone has a [`Handoff`].
+    async fn open_session(
+        &self,
+        mut request: Request<Incoming>,
+        exchange: &Exchange,
+    ) -> Result<Opened, ProxyError> {
+        let handoff =
+            request
+                .extensions_mut()
+                .remove::<Handoff>()
+                .ok_or(ProxyError::BadRequest(
+                    "A WebSocket needs an HTTP/1.1 connection (Upgrade: websocket)",
+                ))?;
+        let client = hyper::upgrade::on(&mut request);
+        let (mut parts, _) = request.into_parts();
+        self.upstream_head(&mut parts, exchange)?;
+        websocket::mark_upgrade(&mut parts.headers);
+        let opening = self
+            .0
+            .upstream
+            .open_websocket(Request::from_parts(parts, Empty::new()));
+        match self.wait_for_head(opening, exchange).await? {
+            WebSocketAnswer::Refused(response) => {
+                self.check_key_accepted(response.status(), exchange)?;
+                Ok(Opened::Refused(response))
+            }
+            WebSocketAnswer::Switched {
+                head,
+                stream,
+                connection,
+            } => Ok(Opened::Switched(SwitchedSession {
+                head,
+                stream,
+                connection,
+                client,
+                handoff,
+            })),
+        }
     }
 
     /// The request body's own failure, if it had one: too large, stalled, or broken off.
@@ -329,6 +471,30 @@ impl Proxy {
             FailureKind::Reset => ProxyError::UpstreamFailed(description),
         }
     }
+}
+
+/// What a WebSocket upgrade came to.
+enum Opened {
+    Switched(SwitchedSession),
+    /// The upstream answered something else, passed on like any answer.
+    Refused(Response<Incoming>),
+}
+
+struct SwitchedSession {
+    head: Response<()>,
+    stream: hyper::upgrade::Upgraded,
+    connection: crate::metrics::OpenConnection,
+    client: hyper::upgrade::OnUpgrade,
+    handoff: Handoff,
+}
+
+/// An error answer for the client, recorded as the exchange's end.
+fn failed(error: ProxyError, mut exchange: Exchange, id: HeaderValue) -> Response<ProxyBody> {
+    exchange.finish(outcome_of(&error));
+    let mut response = error.into_response();
+    exchange.status = Some(response.status());
+    response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
+    response
 }
 
 /// The Prometheus exposition, for `GET /metrics` on either listener.

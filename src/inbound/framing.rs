@@ -306,7 +306,16 @@ fn check_head(bytes: &[u8]) -> Head {
     let mut length: Option<u64> = None;
     // Like hyper, the last Transfer-Encoding line decides, and chunked must be its last coding.
     let mut chunked: Option<bool> = None;
+    let mut websocket = false;
     for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("upgrade")
+            && header
+                .value
+                .split(|b| *b == b',')
+                .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        {
+            websocket = true;
+        }
         if header.name.eq_ignore_ascii_case("transfer-encoding") {
             if !http_11 {
                 return refuse("Transfer-Encoding is not allowed in an HTTP/1.0 request");
@@ -332,6 +341,9 @@ fn check_head(bytes: &[u8]) -> Head {
             return refuse("Transfer-Encoding must end with chunked, the only coding accepted")
         }
         (Some(true), None) => State::ChunkSize,
+        // After a WebSocket upgrade the bytes are no longer HTTP; if the upgrade is refused,
+        // the service closes the connection after its answer (see `Proxy::handle`).
+        (None, Some(0) | None) if websocket && request.method == Some("GET") => State::Unchecked,
         (None, Some(0) | None) => State::Head,
         (None, Some(length)) => State::Body(length),
     };

@@ -22,11 +22,13 @@ use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
 use crate::error::ProxyError;
 use crate::exchange::body::ProxyBody;
+use crate::exchange::session::Handoff;
 use crate::inbound::framing::{FramingGuard, Refusals};
 use crate::inbound::panics::CatchUnwind;
 use crate::keys::Keys;
 use crate::limits::MAX_REQUEST_HEAD_BYTES;
 use crate::metrics::Metrics;
+use crate::policy::websocket;
 use crate::proxy::{metrics_response, not_found, refused as refused_response, Proxy};
 
 /// HTTP/2 streams one client connection may have open at once.
@@ -101,7 +103,13 @@ pub async fn run_with_metrics_listener(
         grace = ?config.shutdown_grace,
         "listener closed; waiting for exchanges in flight"
     );
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    // WebSocket sessions outlive the connections they were upgraded from: the grace is for
+    // both.
+    let drained = async {
+        graceful.shutdown().await;
+        drain.sessions_closed().await;
+    };
+    if tokio::time::timeout(config.shutdown_grace, drained)
         .await
         .is_err()
     {
@@ -251,10 +259,17 @@ async fn serve_connection<I, H, F>(
 {
     let refusals = Arc::new(Refusals::default());
     let requests = AtomicU64::new(0);
+    // Where the service leaves a WebSocket session, to run here once hyper lets go of the
+    // connection: it keeps the connection's slot, and the drain cuts it with the connection.
+    let handoff = Handoff::default();
     let service = {
         let refusals = refusals.clone();
-        service_fn(move |request| {
+        let handoff = handoff.clone();
+        service_fn(move |mut request: Request<Incoming>| {
             let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
+            if protocol == Protocol::Http1 && websocket::is_upgrade(request.headers()) {
+                request.extensions_mut().insert(handoff.clone());
+            }
             let handle = handle.clone();
             let metrics = metrics.clone();
             async move {
@@ -277,7 +292,11 @@ async fn serve_connection<I, H, F>(
         Protocol::Http1 => {
             let io = TokioIo::new(FramingGuard::new(io, refusals));
             watcher
-                .watch(builder.http1_only().serve_connection(io, service))
+                .watch(
+                    builder
+                        .http1_only()
+                        .serve_connection_with_upgrades(io, service),
+                )
                 .await
         }
         Protocol::Http2 => {
@@ -289,6 +308,9 @@ async fn serve_connection<I, H, F>(
     };
     if let Err(error) = ended {
         tracing::debug!(error = %error, "connection ended with an error");
+    }
+    if let Some(session) = handoff.take() {
+        session.await;
     }
 }
 

@@ -41,6 +41,19 @@ impl Keys {
         self.clients.load().admit(headers)
     }
 
+    /// The client's name for a key presented in a WebSocket subprotocol, or in the headers.
+    pub fn admit_with(
+        &self,
+        headers: &HeaderMap,
+        subprotocol_key: Option<&[u8]>,
+    ) -> Option<Arc<str>> {
+        let clients = self.clients.load();
+        match subprotocol_key {
+            Some(key) => clients.admit_key(Some(key)),
+            None => clients.admit(headers),
+        }
+    }
+
     /// Whether client keys are configured now.
     pub fn checks_clients(&self) -> bool {
         !self.clients.load().is_empty()

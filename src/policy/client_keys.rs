@@ -114,14 +114,21 @@ impl ClientKeys {
     /// key is compared in constant time, so the answer's timing tells nothing about how close
     /// a guess was.
     pub fn admit(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| bearer_token(v.as_bytes()))
+            .or_else(|| headers.get(&API_KEY).map(|v| v.as_bytes().trim_ascii()));
+        self.admit_key(presented)
+    }
+
+    /// The client's name for a key presented some other way (a WebSocket subprotocol), or
+    /// for none: [`ANONYMOUS`] when no keys are configured.
+    pub fn admit_key(&self, presented: Option<&[u8]>) -> Option<Arc<str>> {
         if self.entries.is_empty() {
             static ANON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
             return Some(ANON.get_or_init(|| Arc::from(ANONYMOUS)).clone());
         }
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| bearer_token(v.as_bytes()))
-            .or_else(|| headers.get(&API_KEY).map(|v| v.as_bytes().trim_ascii()))?;
+        let presented = presented?;
         let mut found = 0u32;
         let mut matched = subtle::Choice::from(0);
         for (index, entry) in self.entries.iter().enumerate() {

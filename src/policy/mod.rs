@@ -7,3 +7,4 @@ pub mod client_limits;
 pub mod cors;
 pub mod headers;
 pub mod routes;
+pub mod websocket;

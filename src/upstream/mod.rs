@@ -20,6 +20,7 @@ pub mod http1;
 pub mod http2;
 pub mod retry;
 mod sweep;
+pub mod websocket;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

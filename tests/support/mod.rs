@@ -7,6 +7,7 @@ pub mod connect_proxy;
 pub mod faults;
 pub mod mock;
 pub mod tls;
+pub mod ws_mock;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,7 +50,12 @@ impl TestProxy {
 
 /// Starts the proxy in front of `upstream` with extra settings.
 pub async fn spawn_proxy(upstream: &MockUpstream, extra: &[(&str, &str)]) -> TestProxy {
-    let base_url = format!("http://{}/v1", upstream.addr);
+    spawn_proxy_at(&format!("http://{}/v1", upstream.addr), extra).await
+}
+
+/// Starts the proxy in front of whatever serves `base_url`, with extra settings.
+pub async fn spawn_proxy_at(base_url: &str, extra: &[(&str, &str)]) -> TestProxy {
+    let base_url = base_url.to_owned();
     let mut vars: Vec<(String, String)> = vec![
         ("OPENAI_API_KEY".into(), SERVER_KEY.into()),
         ("OPENAI_BASE_URL".into(), base_url),

@@ -1,0 +1,163 @@
+//! A WebSocket session after the `101`: two upgraded streams joined as a byte pipe. Frames are
+//! never read as frames; bytes go on as they arrive, through one fixed buffer each way, so a
+//! session's memory does not grow with what it carries.
+//!
+//! Either side closing or failing ends the session and closes the other at once: that is what
+//! stops the upstream, and its billing, when a client walks away from an audio session. A
+//! session with no byte in either direction for `PROXY_IDLE_TIMEOUT` is closed too.
+//!
+//! The session runs in the task of the client connection it was upgraded from, handed over
+//! through [`Handoff`], so it keeps that connection's slot under `PROXY_MAX_CONNECTIONS` and is
+//! cut with it when the drain's grace runs out.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::record::Exchange;
+use crate::drain::SessionGuard;
+use crate::metrics::OpenConnection;
+use crate::outcome::Outcome;
+
+/// Bytes read and written at a time, each way.
+const BUFFER_BYTES: usize = 16 * 1024;
+/// How long closing the two streams politely may take before they are simply dropped.
+const CLOSE_WAIT: Duration = Duration::from_millis(100);
+
+/// A session to run once the connection it came from has been upgraded.
+pub type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where the service leaves a session for its connection's task to run. The connection task
+/// puts one in an upgrade request's extensions; the service fills it when it answers `101`.
+#[derive(Clone, Default)]
+pub struct Handoff(Arc<Mutex<Option<Session>>>);
+
+impl Handoff {
+    pub fn put(&self, session: Session) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
+    }
+
+    pub fn take(&self) -> Option<Session> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// What a session holds while it runs.
+pub struct Pipe {
+    /// The client's side: its upgrade completes once hyper has written the `101`.
+    pub client: OnUpgrade,
+    pub upstream: Upgraded,
+    pub upstream_connection: OpenConnection,
+    /// The record of the upgrade request: the session's access log line and metrics.
+    pub exchange: Exchange,
+    /// Counts the session for the drain, which waits for it as for a connection.
+    pub session: SessionGuard,
+    pub idle: Duration,
+}
+
+impl Pipe {
+    /// Runs the session to its end.
+    pub async fn run(self) {
+        let Pipe {
+            client,
+            upstream,
+            upstream_connection,
+            mut exchange,
+            session,
+            idle,
+        } = self;
+        let _session = session;
+        let _gauge = exchange.metrics().realtime_session_opened();
+        let _open = upstream_connection;
+        let client = match client.await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::debug!(%error, "the client's side of the upgrade failed");
+                exchange.finish(Outcome::ClientCancelled);
+                return;
+            }
+        };
+        let started = Instant::now();
+        let last_active = AtomicU64::new(0);
+        let up_bytes = AtomicU64::new(0);
+        let down_bytes = AtomicU64::new(0);
+        let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+        let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
+        let touch = || last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let outcome = tokio::select! {
+            ended = copy(&mut client_read, &mut upstream_write, &up_bytes, touch) => match ended {
+                Ended::ReadClosed | Ended::ReadFailed => Outcome::ClientClosed,
+                Ended::WriteFailed => Outcome::UpstreamClosed,
+            },
+            ended = copy(&mut upstream_read, &mut client_write, &down_bytes, touch) => match ended {
+                Ended::ReadClosed | Ended::ReadFailed => Outcome::UpstreamClosed,
+                Ended::WriteFailed => Outcome::ClientClosed,
+            },
+            () = idle_for(idle, started, &last_active) => Outcome::IdleTimeout,
+        };
+        exchange.finish(outcome);
+        exchange
+            .request
+            .bytes
+            .store(up_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        exchange.response_bytes = down_bytes.load(Ordering::Relaxed);
+        // Close both at once; a side that does not take its FIN (or close_notify) quickly is
+        // dropped, which closes it too.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = tokio::join!(client_write.shutdown(), upstream_write.shutdown());
+        })
+        .await;
+    }
+}
+
+/// How one direction of the pipe ended.
+enum Ended {
+    ReadClosed,
+    ReadFailed,
+    WriteFailed,
+}
+
+async fn copy<R, W>(from: &mut R, to: &mut W, bytes: &AtomicU64, touch: impl Fn()) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; BUFFER_BYTES];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) => return Ended::ReadClosed,
+            Ok(n) => n,
+            Err(_) => return Ended::ReadFailed,
+        };
+        touch();
+        if write(to, &buffer[..n]).await.is_err() {
+            return Ended::WriteFailed;
+        }
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+async fn write<W: AsyncWrite + Unpin>(to: &mut W, bytes: &[u8]) -> io::Result<()> {
+    to.write_all(bytes).await?;
+    to.flush().await
+}
+
+/// Completes once neither side has sent a byte for `idle`.
+async fn idle_for(idle: Duration, started: Instant, last_active: &AtomicU64) {
+    loop {
+        let last = started + Duration::from_millis(last_active.load(Ordering::Relaxed));
+        let deadline = last + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}

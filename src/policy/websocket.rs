@@ -1,0 +1,105 @@
+//! WebSocket upgrades (the Realtime API): which requests ask for one, the headers an upgrade
+//! needs on each side, and the browser's key subprotocol. Pure: no sockets.
+//!
+//! Browsers cannot set headers on a WebSocket, so OpenAI also takes the key as a subprotocol,
+//! `openai-insecure-api-key.<key>`. Every such entry is taken out before the request goes
+//! upstream: the client's value never reaches OpenAI, and with client keys set it is checked
+//! like a bearer token.
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+/// The prefix of the subprotocol that carries a key.
+pub const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
+
+/// Whether the request asks to become a WebSocket: `Upgrade: websocket` (any case, possibly
+/// among other protocols).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    })
+}
+
+/// Removes every `openai-insecure-api-key.*` subprotocol, keeping the others in their order,
+/// and returns the first key found. The header goes away if nothing is left in it.
+pub fn take_key_subprotocol(headers: &mut HeaderMap) -> Option<Vec<u8>> {
+    let mut key = None;
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for protocol in value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+        {
+            match protocol.strip_prefix(KEY_SUBPROTOCOL.as_bytes()) {
+                Some(value) => {
+                    key.get_or_insert_with(|| value.to_vec());
+                }
+                None if !protocol.is_empty() => kept.push(protocol.to_vec()),
+                None => {}
+            }
+        }
+    }
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b", "[..])) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
+    key
+}
+
+/// Puts back the two hop-by-hop headers that make a request, or a `101`, an upgrade; header
+/// rewriting removes them with the rest of the hop-by-hop set.
+pub fn mark_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_protocols(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(value),
+        );
+        h
+    }
+
+    #[test]
+    fn the_key_subprotocol_is_taken_out_and_the_rest_kept_in_order() {
+        let mut h =
+            with_protocols("realtime, openai-insecure-api-key.ck-123, openai-beta.realtime-v1");
+        assert_eq!(
+            take_key_subprotocol(&mut h).as_deref(),
+            Some(&b"ck-123"[..])
+        );
+        assert_eq!(
+            h[header::SEC_WEBSOCKET_PROTOCOL],
+            "realtime, openai-beta.realtime-v1"
+        );
+
+        let mut h = with_protocols("openai-insecure-api-key.a,openai-insecure-api-key.b");
+        assert_eq!(take_key_subprotocol(&mut h).as_deref(), Some(&b"a"[..]));
+        assert!(!h.contains_key(header::SEC_WEBSOCKET_PROTOCOL));
+
+        let mut h = with_protocols("realtime");
+        assert_eq!(take_key_subprotocol(&mut h), None);
+        assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "realtime");
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade_here() {
+        let mut h = HeaderMap::new();
+        assert!(!is_upgrade(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_upgrade(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(is_upgrade(&h));
+    }
+}

@@ -1,0 +1,411 @@
+//! The Realtime API's WebSocket (`GET /v1/realtime`, enabled as an extra route) through the
+//! proxy: the server's key goes upstream, the client's never does, frames pass both ways as
+//! bytes, and either side closing closes the other.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::ws_mock::WsMock;
+use support::*;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+const REALTIME: (&str, &str) = ("PROXY_EXTRA_ROUTES", "GET /v1/realtime");
+
+async fn spawn(ws: &WsMock, extra: &[(&str, &str)]) -> TestProxy {
+    let mut vars = vec![REALTIME];
+    vars.extend_from_slice(extra);
+    spawn_proxy_at(&format!("http://{}/v1", ws.addr), &vars).await
+}
+
+/// Opens a WebSocket to the proxy with `headers`; a refused upgrade comes back as its answer.
+async fn connect(
+    proxy: &TestProxy,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, http::Response<Option<Vec<u8>>>), http::Response<Option<Vec<u8>>>> {
+    let mut request = format!("ws://{}{path}", proxy.addr)
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok(connected) => Ok(connected),
+        Err(tungstenite::Error::Http(response)) => {
+            if let Some(body) = response.body() {
+                capture::received(body);
+            }
+            Err(*response)
+        }
+        Err(error) => panic!("the WebSocket handshake failed: {error}"),
+    }
+}
+
+const CLIENT_AUTH: (&str, &str) = ("authorization", "Bearer client-key-never-forwarded");
+
+async fn echo(ws: &mut Ws, message: Message) -> Message {
+    ws.send(message).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("no echo within 5 s")
+        .unwrap()
+        .unwrap();
+    capture::received(reply.clone().into_data().as_ref());
+    reply
+}
+
+#[tokio::test]
+async fn text_and_binary_frames_round_trip_with_the_server_key_upstream() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[]).await;
+    let (mut socket, response) = connect(
+        &proxy,
+        "/v1/realtime?model=gpt-realtime",
+        &[CLIENT_AUTH, ("sec-websocket-protocol", "realtime")],
+    )
+    .await
+    .expect("upgrade refused");
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "realtime");
+    assert_eq!(response.headers()["x-request-id"], "req_ws_mock_1");
+
+    let text = Message::text(r#"{"type":"session.update","session":{"type":"realtime"}}"#);
+    assert_eq!(echo(&mut socket, text.clone()).await, text);
+    let audio = Message::binary((0..=255u8).cycle().take(70_000).collect::<Vec<u8>>());
+    assert_eq!(echo(&mut socket, audio.clone()).await, audio);
+
+    let seen = &ws.handshakes()[0];
+    assert_eq!(seen.uri, "/v1/realtime?model=gpt-realtime");
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {SERVER_KEY}")
+    );
+    assert_eq!(seen.headers["sec-websocket-protocol"], "realtime");
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert!(seen.headers.contains_key("sec-websocket-key"));
+    assert!(seen.headers.contains_key("x-client-request-id"));
+    assert_eq!(
+        metric(&proxy, "memoctopus_open_realtime_sessions").await,
+        1.0
+    );
+
+    socket.close(None).await.unwrap();
+    ws.wait_for_end(Duration::from_secs(2)).await.unwrap();
+    let closed = eventually(Duration::from_secs(2), || async {
+        metric(&proxy, "memoctopus_open_realtime_sessions").await == 0.0
+    })
+    .await;
+    assert!(closed.is_some(), "the session gauge stayed up");
+    let up = metric(
+        &proxy,
+        "memoctopus_request_bytes_total{route=\"/v1/realtime\"}",
+    )
+    .await;
+    let down = metric(
+        &proxy,
+        "memoctopus_response_bytes_total{route=\"/v1/realtime\"}",
+    )
+    .await;
+    // Frames from the client are masked and a little larger than the mock's answers.
+    assert!(up > 70_000.0 && down > 70_000.0, "up {up}, down {down}");
+    let logs = capture::logs().text();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"route\":\"/v1/realtime\"")
+                && l.contains("\"status\":101")
+                && l.contains("\"request_bytes\":700")
+            // The client sent the Close frame; the upstream answered it and closed first.
+            && l.contains("\"outcome\":\"upstream_closed\"")),
+        "no access log line for the session"
+    );
+}
+
+#[tokio::test]
+async fn without_the_route_a_websocket_gets_404_and_the_connection_closes() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn_proxy_at(&format!("http://{}/v1", ws.addr), &[]).await;
+    let refused = connect(&proxy, "/v1/realtime?model=gpt-realtime", &[CLIENT_AUTH])
+        .await
+        .err()
+        .expect("upgraded without the route");
+    assert_eq!(refused.status(), 404);
+    assert_eq!(refused.headers()["connection"], "close");
+    assert!(ws.handshakes().is_empty());
+}
+
+#[tokio::test]
+async fn a_browser_key_in_the_subprotocol_is_checked_and_never_forwarded() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(
+        &ws,
+        &[("PROXY_CLIENT_KEYS", "browser:ck-realtime-browser-6001")],
+    )
+    .await;
+    let path = "/v1/realtime?intent=transcription";
+    let (mut socket, response) = connect(
+        &proxy,
+        path,
+        &[(
+            "sec-websocket-protocol",
+            "realtime, openai-insecure-api-key.ck-realtime-browser-6001",
+        )],
+    )
+    .await
+    .expect("the subprotocol key was refused");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "realtime");
+    let hello = Message::text("{}");
+    assert_eq!(echo(&mut socket, hello.clone()).await, hello);
+    let seen = &ws.handshakes()[0];
+    assert_eq!(seen.headers["sec-websocket-protocol"], "realtime");
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {SERVER_KEY}")
+    );
+
+    for protocols in [
+        Some("realtime, openai-insecure-api-key.ck-realtime-wrong-6002"),
+        Some("realtime"),
+        None,
+    ] {
+        let headers: Vec<(&str, &str)> = protocols
+            .map(|p| ("sec-websocket-protocol", p))
+            .into_iter()
+            .collect();
+        let refused = connect(&proxy, path, &headers)
+            .await
+            .err()
+            .expect("admitted");
+        assert_eq!(refused.status(), 401, "{protocols:?}");
+    }
+    assert_eq!(
+        ws.handshakes().len(),
+        1,
+        "a refused client reached the upstream"
+    );
+    // An unkeyed proxy also strips a browser's key (it would be OpenAI's key otherwise).
+    let open = spawn(&ws, &[]).await;
+    connect(
+        &open,
+        path,
+        &[(
+            "sec-websocket-protocol",
+            "openai-insecure-api-key.sk-browser-user-key-6003, realtime",
+        )],
+    )
+    .await
+    .expect("upgrade refused");
+    let seen = ws.handshakes().pop().unwrap();
+    assert_eq!(seen.headers["sec-websocket-protocol"], "realtime");
+}
+
+#[tokio::test]
+async fn the_client_leaving_closes_the_upstream_within_100_ms() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[]).await;
+    let (mut socket, _) = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .unwrap();
+    echo(&mut socket, Message::text("x")).await;
+    // Gone without a Close frame, as a killed tab or a dropped network is.
+    let left = Instant::now();
+    drop(socket);
+    let ended = ws
+        .wait_for_end(Duration::from_secs(2))
+        .await
+        .expect("the upstream never saw it");
+    assert!(
+        ended - left <= DROP_LIMIT,
+        "the upstream saw it after {:?}",
+        ended - left
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_closing_closes_the_client_within_100_ms() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[]).await;
+    let (mut socket, _) = connect(
+        &proxy,
+        "/v1/realtime?model=m&mock=close-after-ms-200",
+        &[CLIENT_AUTH],
+    )
+    .await
+    .unwrap();
+    // The mock's Close frame arrives, then the connection ends.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), socket.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) => continue,
+            Ok(Some(Ok(_))) => continue,
+            Ok(None | Some(Err(_))) => break,
+            Err(_) => panic!("the client's side stayed open"),
+        }
+    }
+    let seen = Instant::now();
+    let closed = ws.closed_first()[0];
+    assert!(
+        seen - closed <= DROP_LIMIT,
+        "the client saw it after {:?}",
+        seen - closed
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_after_the_idle_timeout() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[("PROXY_IDLE_TIMEOUT", "400ms")]).await;
+    let (mut socket, _) = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    // Traffic keeps it open past the timeout.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        echo(&mut socket, Message::text("keep")).await;
+    }
+    let active = Instant::now();
+    assert!(active - opened >= Duration::from_millis(800));
+    let end = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the idle session stayed open");
+    let idle = active.elapsed();
+    assert!(
+        idle >= Duration::from_millis(350) && idle < Duration::from_millis(1200),
+        "closed after {idle:?} idle"
+    );
+    ws.wait_for_end(Duration::from_secs(1))
+        .await
+        .expect("the upstream stayed open");
+    let logs = capture::logs().text();
+    assert!(
+        logs.contains("\"outcome\":\"idle_timeout\""),
+        "no idle_timeout in the log"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_passes_back_with_its_status() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[]).await;
+    let refused = connect(
+        &proxy,
+        "/v1/realtime?model=m&mock=refuse-429",
+        &[CLIENT_AUTH],
+    )
+    .await
+    .err()
+    .expect("upgraded");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "7");
+    assert_eq!(refused.headers()["connection"], "close");
+    let body = String::from_utf8(refused.body().clone().unwrap()).unwrap();
+    assert!(body.contains("rate_limit_exceeded"), "{body}");
+
+    // The upstream refusing the server's key is a 502, and its message never reaches the client.
+    let wrong_key = spawn_proxy_at(
+        &format!("http://{}/v1", ws.addr),
+        &[
+            REALTIME,
+            ("OPENAI_API_KEY", "sk-realtime-wrong-server-key-6004"),
+        ],
+    )
+    .await;
+    let refused = connect(&wrong_key, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .err()
+        .expect("upgraded");
+    assert_eq!(refused.status(), 502);
+    let body = String::from_utf8(refused.body().clone().unwrap()).unwrap();
+    assert_eq!(error_fields(&body).0, "upstream_auth_failed");
+}
+
+#[tokio::test]
+async fn sessions_count_against_the_client_limits() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[("PROXY_CLIENT_MAX_IN_FLIGHT", "1")]).await;
+    let (mut first, _) = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .unwrap();
+    let refused = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .err()
+        .expect("a second session was admitted");
+    assert_eq!(refused.status(), 429);
+    let body = String::from_utf8(refused.body().clone().unwrap()).unwrap();
+    assert_eq!(error_fields(&body).0, "proxy_concurrency_limit");
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = first.next().await {}
+    let admitted = eventually(Duration::from_secs(2), || async {
+        connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(admitted.is_some(), "the slot never came back");
+}
+
+#[tokio::test]
+async fn the_drain_waits_for_a_session_until_the_grace_and_then_closes_it() {
+    let ws = WsMock::start(None).await;
+    let mut proxy = spawn(&ws, &[("PROXY_SHUTDOWN_GRACE", "600ms")]).await;
+    let (mut socket, _) = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .unwrap();
+    let signalled = Instant::now();
+    proxy.shutdown();
+    // Still served during the grace.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        echo(&mut socket, Message::text("still")).await,
+        Message::text("still")
+    );
+    let end = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the session outlived the grace");
+    let after = signalled.elapsed();
+    assert!(
+        after >= Duration::from_millis(550),
+        "closed after {after:?}"
+    );
+    let report = proxy.handle.await.unwrap().unwrap();
+    assert_eq!(report.cut, 1);
+    ws.wait_for_end(Duration::from_secs(1))
+        .await
+        .expect("the upstream stayed open");
+}
+
+/// The path users take: `wss://` to a TLS upstream that offers h2 and http/1.1, as OpenAI's
+/// edge does; the upgrade goes over a connection of its own that offered only http/1.1.
+#[tokio::test]
+async fn over_a_tls_upstream_the_upgrade_goes_over_http1() {
+    let ca = tls::TestCa::new("ws");
+    let ws = WsMock::start(Some(ca.server_config(tls::Alpn::Both))).await;
+    let base_url = format!("https://localhost:{}/v1", ws.addr.port());
+    let ca_path = ca.ca_pem_path();
+    let proxy = spawn_proxy_at(&base_url, &[REALTIME, ("PROXY_UPSTREAM_CA", &ca_path)]).await;
+    let (mut socket, _) = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .expect("upgrade refused");
+    let audio = Message::binary(vec![7u8; 200_000]);
+    assert_eq!(echo(&mut socket, audio.clone()).await, audio);
+    assert_eq!(
+        ws.handshakes()[0].headers["authorization"],
+        format!("Bearer {SERVER_KEY}")
+    );
+}

@@ -1,0 +1,203 @@
+//! A WebSocket upstream, as OpenAI's Realtime API looks from the proxy: it checks the server's
+//! key, echoes every text and binary frame, and, told so by the query string, refuses the
+//! upgrade or closes first.
+//!
+//! - `?mock=refuse-429`: answer 429 with OpenAI's `retry-after` and an error body;
+//! - `?mock=close-after-ms-N`: send a Close frame and drop the connection after N ms.
+//!
+//! A key other than the server's gets 401, as OpenAI does.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::SERVER_KEY;
+
+/// One upgrade request as the mock saw it.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Debug, Default)]
+pub struct WsLog {
+    pub handshakes: Vec<Handshake>,
+    /// When each accepted session ended, however it ended.
+    pub ended: Vec<Instant>,
+    /// When the mock closed a session itself.
+    pub closed_first: Vec<Instant>,
+    /// Bytes of frame payload echoed.
+    pub echoed: u64,
+}
+
+#[derive(Clone)]
+pub struct WsMock {
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<WsLog>>,
+}
+
+impl WsMock {
+    /// Plain, or TLS with `tls` (whose ALPN should offer `http/1.1`).
+    pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> WsMock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(WsLog::default()));
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let shared = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let log = shared.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => session(stream, log).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                session(stream, log).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        WsMock { addr, log }
+    }
+
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.log.lock().unwrap().handshakes.clone()
+    }
+
+    pub fn ended(&self) -> Vec<Instant> {
+        self.log.lock().unwrap().ended.clone()
+    }
+
+    pub fn closed_first(&self) -> Vec<Instant> {
+        self.log.lock().unwrap().closed_first.clone()
+    }
+
+    /// Waits until some session has ended, and says when it did.
+    pub async fn wait_for_end(&self, limit: Duration) -> Option<Instant> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(at) = self.ended().first() {
+                return Some(*at);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    }
+}
+
+fn refuse(status: u16, body: &str, headers: &[(&str, &str)]) -> ErrorResponse {
+    let mut response = http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    response.body(Some(body.to_owned())).unwrap()
+}
+
+async fn session<S>(stream: S, log: Arc<Mutex<WsLog>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut close_after = None;
+    let check = |request: &Request, mut response: Response| {
+        log.lock().unwrap().handshakes.push(Handshake {
+            uri: request.uri().to_string(),
+            headers: request.headers().clone(),
+        });
+        let query = request.uri().query().unwrap_or("");
+        if request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {SERVER_KEY}"))
+            && request
+                .headers()
+                .get("api-key")
+                .and_then(|v| v.to_str().ok())
+                != Some(SERVER_KEY)
+        {
+            return Err(refuse(
+                401,
+                r#"{"error":{"message":"Incorrect API key provided: sk-****","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+                &[],
+            ));
+        }
+        if query.contains("mock=refuse-429") {
+            return Err(refuse(
+                429,
+                r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+                &[
+                    ("retry-after", "7"),
+                    ("x-ratelimit-remaining-requests", "0"),
+                ],
+            ));
+        }
+        if let Some(ms) = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("mock=close-after-ms-"))
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            close_after = Some(Duration::from_millis(ms));
+        }
+        // Select the first subprotocol offered, as OpenAI selects `realtime`.
+        if let Some(first) = request
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+        {
+            response
+                .headers_mut()
+                .insert("sec-websocket-protocol", first.trim().parse().unwrap());
+        }
+        response
+            .headers_mut()
+            .insert("x-request-id", "req_ws_mock_1".parse().unwrap());
+        Ok(response)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
+        return;
+    };
+    let deadline = close_after.map(|after| Instant::now() + after);
+    loop {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    log.lock().unwrap().closed_first.push(Instant::now());
+                    let _ = ws.close(None).await;
+                    break;
+                }
+            },
+            None => ws.next().await,
+        };
+        match next {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                log.lock().unwrap().echoed += message.len() as u64;
+                if ws.send(message).await.is_err() {
+                    break;
+                }
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    log.lock().unwrap().ended.push(Instant::now());
+}
