@@ -109,3 +109,43 @@ async fn speech_audio_streams_through_chunk_by_chunk() {
     let expected: Vec<u8> = (0..5u8).flat_map(|i| vec![i; 4096]).collect();
     assert_eq!(got, expected);
 }
+
+/// The browser flow that never holds a long-lived key: the app's server mints a short-lived
+/// client secret through the proxy, and the browser talks to OpenAI with that.
+#[tokio::test]
+async fn realtime_client_secrets_are_minted_through_an_extra_route() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(
+        &mock,
+        &[
+            (
+                "PROXY_EXTRA_ROUTES",
+                "GET /v1/realtime, POST /v1/realtime/client_secrets",
+            ),
+            ("PROXY_CLIENT_KEYS", "app-server:ck-secrets-app-6101"),
+        ],
+    )
+    .await;
+    let body = r#"{"session":{"type":"transcription"},"expires_after":{"anchor":"created_at","seconds":60}}"#;
+    let request = Request::post(proxy.url("/v1/realtime/client_secrets"))
+        .header("authorization", "Bearer ck-secrets-app-6101")
+        .header("content-type", "application/json")
+        .body(Full::from(body))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    body_bytes(response).await;
+    let seen = mock.last_request();
+    assert_eq!(seen.uri, "/v1/realtime/client_secrets");
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {SERVER_KEY}")
+    );
+    assert_eq!(seen.body.as_deref(), Some(body.as_bytes()));
+    // The route takes POST only.
+    let response = client()
+        .get(proxy.url("/v1/realtime/client_secrets").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+}

@@ -409,3 +409,97 @@ async fn over_a_tls_upstream_the_upgrade_goes_over_http1() {
         format!("Bearer {SERVER_KEY}")
     );
 }
+
+/// VmRSS or VmHWM of a process, in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// 25 MiB of audio frames each way through the real binary: every byte comes back in order,
+/// and the proxy's memory does not grow with what passes through it.
+#[tokio::test]
+async fn a_25_mib_audio_stream_passes_in_constant_memory() {
+    let ws = WsMock::start(None).await;
+    let dir = scratch_dir("realtime-25m");
+    let out = dir.join("stdout");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .env_clear()
+        .env("OPENAI_API_KEY", SERVER_KEY)
+        .env("OPENAI_BASE_URL", format!("http://{}/v1", ws.addr))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("PROXY_EXTRA_ROUTES", "GET /v1/realtime")
+        .env("PROXY_LOG_FORMAT", "json")
+        .current_dir(&dir)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let address = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("memoctopus listening")
+    })
+    .await
+    .and_then(|_| {
+        let text = std::fs::read_to_string(&out).unwrap();
+        let line = text.lines().find(|l| l.contains("memoctopus listening"))?;
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        event["address"].as_str()?.parse().ok()
+    });
+    let Some(address) = address else {
+        child.kill().unwrap();
+        panic!("the binary did not start");
+    };
+    let proxy = TestProxy::external(address);
+    let (socket, _) = connect(&proxy, "/v1/realtime?intent=transcription", &[CLIENT_AUTH])
+        .await
+        .expect("upgrade refused");
+    let baseline = memory_kib(child.id(), "VmRSS:");
+
+    const FRAME: usize = 32 * 1024;
+    const FRAMES: usize = 800; // 25 MiB
+    let (mut sink, mut stream) = socket.split();
+    let sending = tokio::spawn(async move {
+        for i in 0..FRAMES {
+            let frame: Vec<u8> = (0..FRAME).map(|j| ((i * 7 + j) % 251) as u8).collect();
+            sink.send(Message::binary(frame)).await.unwrap();
+        }
+        sink
+    });
+    let mut received = 0usize;
+    while received < FRAMES {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the stream stalled")
+            .unwrap()
+            .unwrap();
+        let data = message.into_data();
+        let expected: Vec<u8> = (0..FRAME)
+            .map(|j| ((received * 7 + j) % 251) as u8)
+            .collect();
+        assert!(
+            data[..] == expected[..],
+            "frame {received} came back different"
+        );
+        received += 1;
+    }
+    sending.await.unwrap();
+    let peak = memory_kib(child.id(), "VmHWM:");
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        peak < baseline + 8 * 1024,
+        "the proxy grew from {baseline} KiB to a peak of {peak} KiB carrying 25 MiB each way"
+    );
+}

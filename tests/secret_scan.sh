@@ -20,6 +20,8 @@ keys=(
   ck-file-web-7001 ck-file-batch-7002 ck-file-mobile-7003
   ck-limits-web-8001 ck-limits-batch-8002 ck-limits-bare-8003 ck-limits-wrong-8004  # tests/client_limits.rs
   ck-azure-app-9001 ck-azure-wrong-9002  # tests/upstream_auth.rs
+  ck-realtime-browser-6001 ck-realtime-wrong-6002 sk-browser-user-key-6003 sk-realtime-wrong-server-key-6004  # tests/realtime.rs
+  ck-secrets-app-6101            # tests/extra_routes.rs
   pp-egress-secret-4242         # tests/upstream_trust.rs: the forward proxy's password
   ZWdyZXNzLXVzZXI6cHAtZWdyZXNzLXNlY3JldC00MjQy  # ...and its Proxy-Authorization
 )

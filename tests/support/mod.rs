@@ -40,6 +40,20 @@ impl TestProxy {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A proxy started some other way (the real binary), reached at `addr`.
+    pub fn external(addr: SocketAddr) -> TestProxy {
+        TestProxy {
+            addr,
+            shutdown: None,
+            handle: tokio::spawn(async {
+                Ok(DrainReport {
+                    finished: 0,
+                    cut: 0,
+                })
+            }),
+        }
+    }
+
     /// Sends the shutdown signal, as SIGTERM would.
     pub fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
