@@ -13,6 +13,8 @@
 //! nginx's `proxy_ssl_trusted_certificate`), HTTP/2 and HTTP/1.1 by ALPN, and at most 128
 //! streams per HTTP/2 connection (nginx's default, and about what public edges allow).
 //!
+//! `GET .../realtime` with `Upgrade: websocket` is a small Realtime API (see `realtime`).
+//!
 //! `GET /stats` answers its counters as JSON (requests, upload bytes, streams completed and
 //! cancelled by the other side); `POST /stats/reset` zeroes them.
 
@@ -152,7 +154,7 @@ where
     let service = service_fn(move |req| answer(req, stats.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(128);
-    let _ = builder.serve_connection(io, service).await;
+    let _ = builder.serve_connection_with_upgrades(io, service).await;
 }
 
 fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -181,6 +183,9 @@ async fn answer(
     req: Request<Incoming>,
     stats: Arc<Stats>,
 ) -> Result<Response<MockBody>, Infallible> {
+    if req.uri().path().ends_with("/realtime") && req.headers().contains_key("sec-websocket-key") {
+        return Ok(realtime(req));
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     if path == "/stats" {
@@ -270,6 +275,73 @@ fn with_openai_headers(mut response: Response<MockBody>) -> Response<MockBody> {
     h.insert("x-request-id", "req_mock_0123456789abcdef".parse().unwrap());
     h.insert("openai-processing-ms", "7".parse().unwrap());
     h.insert("x-ratelimit-remaining-requests", "4999".parse().unwrap());
+    response
+}
+
+/// The Realtime API's WebSocket, enough for the SDKs: `session.created` first (with what the
+/// mock saw of the upgrade under `mock`, so that a suite can check the key and the URL), then
+/// `session.updated` for a `session.update`, and every other frame echoed back.
+fn realtime(mut req: Request<Incoming>) -> Response<MockBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
+    let seen = serde_json::json!({
+        "authorization": req.headers().get("authorization").and_then(|v| v.to_str().ok()),
+        "target": req.uri().to_string(),
+        "subprotocols": req.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+    });
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let created = serde_json::json!({
+            "type": "session.created",
+            "event_id": "event_mock_1",
+            "session": {"type": "realtime", "id": "sess_mock", "object": "realtime.session", "model": "gpt-realtime"},
+            "mock": seen,
+        });
+        if ws.send(Message::text(created.to_string())).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = ws.next().await {
+            let reply = match &message {
+                Message::Text(text) if text.contains("\"session.update\"") => {
+                    let update: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                    Message::text(
+                        serde_json::json!({
+                            "type": "session.updated",
+                            "event_id": "event_mock_2",
+                            "session": update["session"],
+                        })
+                        .to_string(),
+                    )
+                }
+                Message::Text(_) | Message::Binary(_) => message,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(MockBody::Full(None));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert("connection", "upgrade".parse().unwrap());
+    headers.insert("upgrade", "websocket".parse().unwrap());
+    headers.insert(
+        "sec-websocket-accept",
+        derive_accept_key(&key).parse().unwrap(),
+    );
     response
 }
 

@@ -1,11 +1,12 @@
 // The official openai npm package, pointed at memoctopus by baseURL, as a user would.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import OpenAI from "openai";
-import { startMock, startProxy, CLIENT_KEY } from "./harness.js";
+import { startMock, startProxy, CLIENT_KEY, SERVER_KEY } from "./harness.js";
 
 let mock, proxy, keyed;
 const messages = [
@@ -102,4 +103,48 @@ test("raw response headers come through", async () => {
   assert.equal(response.headers.get("x-request-id"), "req_mock_0123456789abcdef");
   assert.equal(response.headers.get("x-client-request-id"), "compat-node-1");
   assert.equal(data.choices[0].message.content, "Hello! How can I help you today?");
+});
+
+// The npm package's OpenAIRealtimeWS always connects with wss://, whatever baseURL's scheme:
+// Node apps need the proxy on HTTPS (PROXY_TLS_CERT and PROXY_TLS_KEY, or an ingress in front).
+// A self-signed certificate for localhost, made with openssl, stands in for the operator's.
+function selfSignedLocalhost() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "memoctopus-tls-"));
+  const cert = path.join(dir, "cert.pem");
+  const key = path.join(dir, "key.pem");
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost",
+  ], { stdio: "ignore" });
+  return { cert, key };
+}
+
+test("realtime WebSocket through the proxy (OpenAIRealtimeWS, wss)", async () => {
+  const { OpenAIRealtimeWS } = await import("openai/realtime/ws");
+  const { cert, key } = selfSignedLocalhost();
+  const voice = await startProxy(mock.addr, {
+    PROXY_EXTRA_ROUTES: "GET /v1/realtime",
+    PROXY_CLIENT_KEYS: `voice-app:${CLIENT_KEY}`,
+    PROXY_TLS_CERT: cert,
+    PROXY_TLS_KEY: key,
+  });
+  try {
+    const port = voice.addr.split(":").pop();
+    const c = new OpenAI({ baseURL: `https://localhost:${port}/v1`, apiKey: CLIENT_KEY, maxRetries: 0 });
+    const rt = await OpenAIRealtimeWS.create(c, { model: "gpt-realtime", options: { ca: fs.readFileSync(cert) } });
+    const created = await new Promise((resolve, reject) => {
+      rt.on("session.created", resolve);
+      rt.on("error", reject);
+    });
+    // What the upstream saw: the server's key, never the client's.
+    assert.equal(created.mock.authorization, `Bearer ${SERVER_KEY}`);
+    assert.equal(created.mock.target, "/v1/realtime?model=gpt-realtime");
+    const updated = new Promise((resolve) => rt.on("session.updated", resolve));
+    rt.send({ type: "session.update", session: { type: "realtime", output_modalities: ["text"] } });
+    assert.deepEqual((await updated).session.output_modalities, ["text"]);
+    rt.close();
+  } finally {
+    voice.proc.kill();
+  }
 });

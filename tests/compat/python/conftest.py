@@ -121,3 +121,15 @@ def azure_proxy_url(mock_upstream):
     yield f"http://{addr}/v1"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def realtime_proxy_url(mock_upstream):
+    """With the Realtime API's WebSocket enabled, and a client key."""
+    proc, addr = _proxy(
+        mock_upstream,
+        {"PROXY_EXTRA_ROUTES": "GET /v1/realtime", "PROXY_CLIENT_KEYS": f"voice-app:{CLIENT_KEY}"},
+    )
+    yield f"http://{addr}/v1"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,12 +1,13 @@
 """The official OpenAI Python SDK, pointed at memoctopus by base_url, as a user would."""
 
+import json
 import time
 
 import openai
 import pytest
 from openai import AzureOpenAI, OpenAI
 
-from conftest import CLIENT_KEY
+from conftest import CLIENT_KEY, SERVER_KEY
 
 MESSAGES = [
     {"role": "developer", "content": "You are a helpful assistant."},
@@ -127,3 +128,25 @@ def test_azure_openai_sdk_in_the_deployment_style(azure_proxy_url):
     )
     with pytest.raises(openai.AuthenticationError):
         wrong.chat.completions.create(model="gpt-4o-prod", messages=MESSAGES)
+
+
+def test_realtime_connect_through_the_proxy(realtime_proxy_url):
+    c = OpenAI(base_url=realtime_proxy_url, api_key=CLIENT_KEY, max_retries=0)
+    with c.realtime.connect(model="gpt-realtime") as connection:
+        created = json.loads(connection.recv_bytes())
+        assert created["type"] == "session.created"
+        # What the upstream saw: the server's key, never the client's, and the SDK's URL.
+        assert created["mock"]["authorization"] == f"Bearer {SERVER_KEY}"
+        assert created["mock"]["target"] == "/v1/realtime?model=gpt-realtime"
+        connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        updated = connection.recv()
+        assert updated.type == "session.updated"
+        assert updated.session.output_modalities == ["text"]
+
+
+def test_realtime_with_a_wrong_client_key_is_refused(realtime_proxy_url):
+    c = OpenAI(base_url=realtime_proxy_url, api_key="ck-compat-wrong-key-444555", max_retries=0)
+    with pytest.raises(Exception) as caught:
+        with c.realtime.connect(model="gpt-realtime", max_retries=0) as connection:
+            connection.recv()
+    assert "401" in str(caught.value)
