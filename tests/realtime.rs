@@ -139,8 +139,7 @@ async fn without_the_route_a_websocket_gets_404_and_the_connection_closes() {
     let proxy = spawn_proxy_at(&format!("http://{}/v1", ws.addr), &[]).await;
     let refused = connect(&proxy, "/v1/realtime?model=gpt-realtime", &[CLIENT_AUTH])
         .await
-        .err()
-        .expect("upgraded without the route");
+        .expect_err("upgraded without the route");
     assert_eq!(refused.status(), 404);
     assert_eq!(refused.headers()["connection"], "close");
     assert!(ws.handshakes().is_empty());
@@ -184,10 +183,7 @@ async fn a_browser_key_in_the_subprotocol_is_checked_and_never_forwarded() {
             .map(|p| ("sec-websocket-protocol", p))
             .into_iter()
             .collect();
-        let refused = connect(&proxy, path, &headers)
-            .await
-            .err()
-            .expect("admitted");
+        let refused = connect(&proxy, path, &headers).await.expect_err("admitted");
         assert_eq!(refused.status(), 401, "{protocols:?}");
     }
     assert_eq!(
@@ -307,8 +303,7 @@ async fn a_refused_upgrade_passes_back_with_its_status() {
         &[CLIENT_AUTH],
     )
     .await
-    .err()
-    .expect("upgraded");
+    .expect_err("upgraded");
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "7");
     assert_eq!(refused.headers()["connection"], "close");
@@ -326,8 +321,7 @@ async fn a_refused_upgrade_passes_back_with_its_status() {
     .await;
     let refused = connect(&wrong_key, "/v1/realtime?model=m", &[CLIENT_AUTH])
         .await
-        .err()
-        .expect("upgraded");
+        .expect_err("upgraded");
     assert_eq!(refused.status(), 502);
     let body = String::from_utf8(refused.body().clone().unwrap()).unwrap();
     assert_eq!(error_fields(&body).0, "upstream_auth_failed");
@@ -342,8 +336,7 @@ async fn sessions_count_against_the_client_limits() {
         .unwrap();
     let refused = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
         .await
-        .err()
-        .expect("a second session was admitted");
+        .expect_err("a second session was admitted");
     assert_eq!(refused.status(), 429);
     let body = String::from_utf8(refused.body().clone().unwrap()).unwrap();
     assert_eq!(error_fields(&body).0, "proxy_concurrency_limit");
@@ -494,7 +487,7 @@ async fn a_25_mib_audio_stream_passes_in_constant_memory() {
         );
         received += 1;
     }
-    sending.await.unwrap();
+    let _sink = sending.await.unwrap();
     let peak = memory_kib(child.id(), "VmHWM:");
     child.kill().unwrap();
     let _ = child.wait();

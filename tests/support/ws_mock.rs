@@ -111,6 +111,8 @@ fn refuse(status: u16, body: &str, headers: &[(&str, &str)]) -> ErrorResponse {
     response.body(Some(body.to_owned())).unwrap()
 }
 
+// tungstenite decides the callback's types: its refusal is a whole HTTP response.
+#[allow(clippy::result_large_err)]
 async fn session<S>(stream: S, log: Arc<Mutex<WsLog>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
