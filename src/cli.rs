@@ -57,7 +57,8 @@ SETTINGS (environment variables; real ones win over ./.env; durations: 30, 30s, 
     PROXY_CLIENT_RATE          unset   requests a minute per client, a token bucket (else 429)
     PROXY_CLIENT_RATE_BURST    rate/6  requests a quiet client may send at once
     PROXY_CORS_ORIGINS         unset   comma-separated origins, or *, allowed from browsers
-    PROXY_EXTRA_ROUTES         empty   more routes, e.g. \"POST /v1/embeddings, GET /v1/models/*\"
+    PROXY_EXTRA_ROUTES         empty   more routes, e.g. \"POST /v1/embeddings, GET /v1/models/*\";
+                                       \"GET /v1/realtime\" enables the Realtime API's WebSocket
     PROXY_METRICS_ADDR         unset   serve /metrics on this address instead of the proxy's port
     PROXY_TLS_CERT             unset   PEM certificate chain: serve HTTPS (with PROXY_TLS_KEY)
     PROXY_TLS_KEY              unset   PEM private key

@@ -9,7 +9,7 @@
 //! - [`limits`], [`outcome`], [`drain`], [`trim`]: shared limits, the words for how things
 //!   end, what graceful shutdown counts, and handing freed heap back to the OS.
 //! - [`policy`]: pure rules: routes and the upstream query, header rewriting and the key swap,
-//!   client keys and their names, the per-client limits, CORS.
+//!   client keys and their names, the per-client limits, WebSocket upgrades, CORS.
 //! - [`config`]: the environment, `.env` and key files to a validated [`Config`], a file per
 //!   group of settings.
 //! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
@@ -17,9 +17,9 @@
 //! - [`telemetry`]: log setup.
 //! - [`keys`]: the keys in force, and the watcher that reloads their files while serving.
 //! - [`upstream`]: connecting (TCP, forward-proxy tunnel, TLS and ALPN), the HTTP/1.1 and
-//!   HTTP/2 pools, and the retry rule.
-//! - [`exchange`]: one request and its answer: the record and access log line, and the
-//!   bodies that forward frames with their limits and timeouts.
+//!   HTTP/2 pools, the retry rule, and WebSocket upgrades on connections of their own.
+//! - [`exchange`]: one request and its answer: the record and access log line, the bodies
+//!   that forward frames with their limits and timeouts, and a WebSocket session's byte pipe.
 //! - [`proxy`]: the service that ties these together.
 //! - [`inbound`]: client connections: the accept loop, connection limit and drain, the
 //!   HTTP/1 framing guard, panics; [`run`] is the entry point.
