@@ -496,3 +496,31 @@ async fn a_25_mib_audio_stream_passes_in_constant_memory() {
         "the proxy grew from {baseline} KiB to a peak of {peak} KiB carrying 25 MiB each way"
     );
 }
+
+/// A session keeps its connection's slot under `PROXY_MAX_CONNECTIONS`: at the limit, the next
+/// client waits in the listen backlog until the session ends.
+#[tokio::test]
+async fn a_session_holds_its_connection_slot() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[("PROXY_MAX_CONNECTIONS", "1")]).await;
+    let (mut socket, _) = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
+        .await
+        .unwrap();
+    let health = {
+        let url = proxy.url("/health");
+        tokio::spawn(async move { client().get(url.parse().unwrap()).await.map(|r| r.status()) })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !health.is_finished(),
+        "a second connection was served beside the session"
+    );
+    socket.close(None).await.unwrap();
+    while let Some(Ok(_)) = socket.next().await {}
+    let status = tokio::time::timeout(Duration::from_secs(3), health)
+        .await
+        .expect("the waiting client was never served")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}

@@ -208,7 +208,13 @@ impl Acceptor {
                         return;
                     };
                     return Box::pin(serve_connection(
-                        stream, protocol, builder, watcher, metrics, handle,
+                        stream,
+                        protocol,
+                        builder,
+                        watcher,
+                        metrics,
+                        header_read,
+                        handle,
                     ))
                     .await;
                 };
@@ -227,7 +233,13 @@ impl Acceptor {
                     Protocol::Http1
                 };
                 Box::pin(serve_connection(
-                    stream, protocol, builder, watcher, metrics, handle,
+                    stream,
+                    protocol,
+                    builder,
+                    watcher,
+                    metrics,
+                    header_read,
+                    handle,
                 ))
                 .await;
             });
@@ -251,6 +263,7 @@ async fn serve_connection<I, H, F>(
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     metrics: Arc<Metrics>,
+    header_read: Duration,
     handle: H,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -258,13 +271,14 @@ async fn serve_connection<I, H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let refusals = Arc::new(Refusals::default());
-    let requests = AtomicU64::new(0);
+    let requests = Arc::new(AtomicU64::new(0));
     // Where the service leaves a WebSocket session, to run here once hyper lets go of the
     // connection: it keeps the connection's slot, and the drain cuts it with the connection.
     let handoff = Handoff::default();
     let service = {
         let refusals = refusals.clone();
         let handoff = handoff.clone();
+        let requests = requests.clone();
         service_fn(move |mut request: Request<Incoming>| {
             let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
             if protocol == Protocol::Http1 && websocket::is_upgrade(request.headers()) {
@@ -291,13 +305,19 @@ async fn serve_connection<I, H, F>(
     let ended = match protocol {
         Protocol::Http1 => {
             let io = TokioIo::new(FramingGuard::new(io, refusals));
-            watcher
-                .watch(
-                    builder
-                        .http1_only()
-                        .serve_connection_with_upgrades(io, service),
-                )
-                .await
+            let builder = builder.http1_only();
+            let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service));
+            // hyper-util reads the first bytes itself before an upgradeable connection starts,
+            // and the framing guard hands over no byte of a head until it is whole: hyper's
+            // header read timer cannot start before the first head has arrived. So the first
+            // head is timed here; hyper times every later one.
+            tokio::select! {
+                ended = connection => ended,
+                () = first_head_overdue(header_read, &requests) => {
+                    tracing::debug!("no complete request head within PROXY_HEADER_READ_TIMEOUT");
+                    Ok(())
+                }
+            }
         }
         Protocol::Http2 => {
             let io = TokioIo::new(io);
@@ -311,6 +331,14 @@ async fn serve_connection<I, H, F>(
     }
     if let Some(session) = handoff.take() {
         session.await;
+    }
+}
+
+/// Completes if no request has started `header_read` from now; otherwise never.
+async fn first_head_overdue(header_read: Duration, requests: &AtomicU64) {
+    tokio::time::sleep(header_read).await;
+    if requests.load(Ordering::Relaxed) > 0 {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -442,6 +470,7 @@ mod tests {
                 builder,
                 graceful.watcher(),
                 metrics,
+                Duration::from_secs(10),
                 handle,
             )
             .await;
