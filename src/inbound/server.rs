@@ -188,14 +188,17 @@ impl Acceptor {
             let _ = stream.set_nodelay(true);
 
             let header_read = self.header_read;
-            let builder = self.builder.clone();
-            let watcher = self.graceful.watcher();
             let proxy = self.proxy.clone();
-            let metrics = self.metrics.clone();
-            metrics.open_connections.inc();
+            self.metrics.open_connections.inc();
+            let serving = Serving {
+                builder: self.builder.clone(),
+                watcher: self.graceful.watcher(),
+                metrics: self.metrics.clone(),
+                header_read,
+            };
             let tls = self.tls.clone();
             self.connections.spawn(async move {
-                let _open = OpenConnection(metrics.clone());
+                let _open = OpenConnection(serving.metrics.clone());
                 let _slot = slot;
                 let handle = move |request| async move { proxy.handle(request).await };
                 let Some(tls) = tls else {
@@ -207,16 +210,7 @@ impl Acceptor {
                     else {
                         return;
                     };
-                    return Box::pin(serve_connection(
-                        stream,
-                        protocol,
-                        builder,
-                        watcher,
-                        metrics,
-                        header_read,
-                        handle,
-                    ))
-                    .await;
+                    return Box::pin(serve_connection(stream, protocol, serving, handle)).await;
                 };
                 let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
@@ -232,16 +226,7 @@ impl Acceptor {
                 } else {
                     Protocol::Http1
                 };
-                Box::pin(serve_connection(
-                    stream,
-                    protocol,
-                    builder,
-                    watcher,
-                    metrics,
-                    header_read,
-                    handle,
-                ))
-                .await;
+                Box::pin(serve_connection(stream, protocol, serving, handle)).await;
             });
             while let Some(ended) = self.connections.try_join_next() {
                 if let Err(error) = ended {
@@ -257,19 +242,18 @@ impl Acceptor {
 /// Serves one client connection until it ends or the drain closes it. HTTP/1 goes through
 /// the [`FramingGuard`], whose refusals the service answers. A request whose `handle` panics
 /// gets a 500, and the connection goes on.
-async fn serve_connection<I, H, F>(
-    io: I,
-    protocol: Protocol,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    metrics: Arc<Metrics>,
-    header_read: Duration,
-    handle: H,
-) where
+async fn serve_connection<I, H, F>(io: I, protocol: Protocol, serving: Serving, handle: H)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: FnOnce(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let Serving {
+        builder,
+        watcher,
+        metrics,
+        header_read,
+    } = serving;
     let refusals = Arc::new(Refusals::default());
     let requests = Arc::new(AtomicU64::new(0));
     // Where the service leaves a WebSocket session, to run here once hyper lets go of the
@@ -332,6 +316,15 @@ async fn serve_connection<I, H, F>(
     if let Some(session) = handoff.take() {
         session.await;
     }
+}
+
+/// What every client connection is served with.
+struct Serving {
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    metrics: Arc<Metrics>,
+    /// `PROXY_HEADER_READ_TIMEOUT`.
+    header_read: Duration,
 }
 
 /// Completes if no request has started `header_read` from now; otherwise never.
@@ -464,16 +457,13 @@ mod tests {
                 json_response(StatusCode::OK, r#"{"ok":true}"#)
             };
             let metrics = Arc::new(Metrics::new(&config.routes));
-            serve_connection(
-                stream,
-                Protocol::Http1,
+            let serving = Serving {
                 builder,
-                graceful.watcher(),
+                watcher: graceful.watcher(),
                 metrics,
-                Duration::from_secs(10),
-                handle,
-            )
-            .await;
+                header_read: Duration::from_secs(10),
+            };
+            serve_connection(stream, Protocol::Http1, serving, handle).await;
         });
 
         let stream = TcpStream::connect(addr).await.unwrap();

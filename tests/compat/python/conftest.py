@@ -77,38 +77,37 @@ def _proxy(mock_addr, extra=None, base_path="/v1"):
     return _start([str(RELEASE / "memoctopus")], env, ready)
 
 
-@pytest.fixture(scope="session")
-def proxy_url(mock_upstream):
-    proc, addr = _proxy(mock_upstream)
+def _serving(mock_addr, extra=None, base_path="/v1"):
+    """A proxy for one fixture: yields its base URL, and stops it afterwards."""
+    proc, addr = _proxy(mock_addr, extra, base_path)
     yield f"http://{addr}/v1"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def proxy_url(mock_upstream):
+    yield from _serving(mock_upstream)
 
 
 @pytest.fixture(scope="session")
 def keyed_proxy_url(mock_upstream):
-    proc, addr = _proxy(mock_upstream, {"PROXY_CLIENT_KEYS": CLIENT_KEY})
-    yield f"http://{addr}/v1"
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield from _serving(mock_upstream, {"PROXY_CLIENT_KEYS": CLIENT_KEY})
 
 
 @pytest.fixture(scope="session")
 def limited_proxy_url(mock_upstream):
     """One client, `app`, allowed one request a second with no burst beyond one."""
-    proc, addr = _proxy(
+    yield from _serving(
         mock_upstream,
         {"PROXY_CLIENT_KEYS": f"app:{CLIENT_KEY}", "PROXY_CLIENT_RATE": "60", "PROXY_CLIENT_RATE_BURST": "1"},
     )
-    yield f"http://{addr}/v1"
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def azure_proxy_url(mock_upstream):
     """In front of an Azure-style upstream: deployments in the path, api-version, api-key."""
-    proc, addr = _proxy(
+    yield from _serving(
         mock_upstream,
         {
             "PROXY_UPSTREAM_AUTH": "api-key",
@@ -118,18 +117,12 @@ def azure_proxy_url(mock_upstream):
         },
         base_path="/openai",
     )
-    yield f"http://{addr}/v1"
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def realtime_proxy_url(mock_upstream):
     """With the Realtime API's WebSocket enabled, and a client key."""
-    proc, addr = _proxy(
+    yield from _serving(
         mock_upstream,
         {"PROXY_EXTRA_ROUTES": "GET /v1/realtime", "PROXY_CLIENT_KEYS": f"voice-app:{CLIENT_KEY}"},
     )
-    yield f"http://{addr}/v1"
-    proc.terminate()
-    proc.wait(timeout=10)
