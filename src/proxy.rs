@@ -182,12 +182,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = exchange.started();
         let (mut parts, body) = upstream_response.into_parts();
-        exchange.upstream_status = Some(parts.status);
-        exchange.status = Some(parts.status);
-        exchange.head_after = Some(started.elapsed());
-        exchange.upstream_id = parts.headers.get("x-request-id").cloned();
-        headers::rewrite_response(&mut parts.headers, id);
-        parts.version = Version::HTTP_11;
+        pass_head(&mut parts, &mut exchange, id);
         let is_sse = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -214,13 +209,8 @@ impl Proxy {
             handoff,
         } = session;
         let (mut parts, ()) = head.into_parts();
-        exchange.upstream_status = Some(parts.status);
-        exchange.status = Some(parts.status);
-        exchange.head_after = Some(exchange.started().elapsed());
-        exchange.upstream_id = parts.headers.get("x-request-id").cloned();
-        headers::rewrite_response(&mut parts.headers, id);
+        pass_head(&mut parts, &mut exchange, id);
         websocket::mark_upgrade(&mut parts.headers);
-        parts.version = Version::HTTP_11;
         let pipe = Pipe {
             client,
             upstream: stream,
@@ -486,6 +476,16 @@ struct SwitchedSession {
     connection: crate::metrics::OpenConnection,
     client: hyper::upgrade::OnUpgrade,
     handoff: Handoff,
+}
+
+/// The upstream's response head, recorded in the exchange and made fit for the client.
+fn pass_head(parts: &mut http::response::Parts, exchange: &mut Exchange, id: &HeaderValue) {
+    exchange.upstream_status = Some(parts.status);
+    exchange.status = Some(parts.status);
+    exchange.head_after = Some(exchange.started().elapsed());
+    exchange.upstream_id = parts.headers.get("x-request-id").cloned();
+    headers::rewrite_response(&mut parts.headers, id);
+    parts.version = Version::HTTP_11;
 }
 
 /// An error answer for the client, recorded as the exchange's end.

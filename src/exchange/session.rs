@@ -87,13 +87,14 @@ impl Pipe {
         };
         let started = Instant::now();
         let last_active = AtomicU64::new(0);
-        let up_bytes = AtomicU64::new(0);
+        // Upstream bytes count where a request body's do; the answer's are set at the end.
+        let request = exchange.request.clone();
         let down_bytes = AtomicU64::new(0);
         let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
         let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
         let touch = || last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let outcome = tokio::select! {
-            ended = copy(&mut client_read, &mut upstream_write, &up_bytes, touch) => match ended {
+            ended = copy(&mut client_read, &mut upstream_write, &request.bytes, touch) => match ended {
                 Ended::ReadClosed | Ended::ReadFailed => Outcome::ClientClosed,
                 Ended::WriteFailed => Outcome::UpstreamClosed,
             },
@@ -104,10 +105,6 @@ impl Pipe {
             () = idle_for(idle, started, &last_active) => Outcome::IdleTimeout,
         };
         exchange.finish(outcome);
-        exchange
-            .request
-            .bytes
-            .store(up_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         exchange.response_bytes = down_bytes.load(Ordering::Relaxed);
         // Close both at once; a side that does not take its FIN (or close_notify) quickly is
         // dropped, which closes it too.

@@ -36,12 +36,8 @@ impl Keys {
         HeaderValue::clone(&self.credential.load())
     }
 
-    /// The client's name, if its key is one of the client keys now in force.
-    pub fn admit(&self, headers: &HeaderMap) -> Option<Arc<str>> {
-        self.clients.load().admit(headers)
-    }
-
-    /// The client's name for a key presented in a WebSocket subprotocol, or in the headers.
+    /// The client's name, if the key it presents (in a WebSocket subprotocol, else in the
+    /// headers) is one of the client keys now in force.
     pub fn admit_with(
         &self,
         headers: &HeaderMap,
@@ -52,11 +48,6 @@ impl Keys {
             Some(key) => clients.admit_key(Some(key)),
             None => clients.admit(headers),
         }
-    }
-
-    /// Whether client keys are configured now.
-    pub fn checks_clients(&self) -> bool {
-        !self.clients.load().is_empty()
     }
 
     pub(crate) fn replace_api_key(&self, key: &HeaderValue) {
