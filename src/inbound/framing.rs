@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::limits::{MAX_HEADERS, MAX_REQUEST_HEAD_BYTES};
 use crate::outcome::Refused;
+use crate::policy::websocket;
 
 /// A chunk-size or trailer line longer than this is left for hyper to refuse.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -308,12 +309,7 @@ fn check_head(bytes: &[u8]) -> Head {
     let mut chunked: Option<bool> = None;
     let mut websocket = false;
     for header in request.headers.iter() {
-        if header.name.eq_ignore_ascii_case("upgrade")
-            && header
-                .value
-                .split(|b| *b == b',')
-                .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-        {
+        if header.name.eq_ignore_ascii_case("upgrade") && websocket::names_websocket(header.value) {
             websocket = true;
         }
         if header.name.eq_ignore_ascii_case("transfer-encoding") {

@@ -14,12 +14,17 @@ pub const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
 /// Whether the request asks to become a WebSocket: `Upgrade: websocket` (any case, possibly
 /// among other protocols).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.get_all(header::UPGRADE).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-    })
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|value| names_websocket(value.as_bytes()))
+}
+
+/// Whether an `Upgrade` header's value lists `websocket`, in any case.
+pub fn names_websocket(upgrade: &[u8]) -> bool {
+    upgrade
+        .split(|b| *b == b',')
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Removes every `openai-insecure-api-key.*` subprotocol, keeping the others in their order,
