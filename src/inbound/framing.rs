@@ -203,6 +203,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
                 let n = this.ready.min(buf.remaining());
                 buf.put_slice(&this.held[..n]);
                 this.held.drain(..n);
+                if this.held.is_empty() {
+                    // Most heads come in one read: an idle connection holds no buffer here.
+                    this.held = Vec::new();
+                }
                 this.ready -= n;
                 return Poll::Ready(Ok(()));
             }

@@ -1,6 +1,7 @@
 //! Client connections: the accept loop and its limits, the HTTP/1 framing guard in front of
-//! hyper, and the panic guard around each request.
+//! hyper, the panic guard around each request, and the graceful close of them all.
 
+pub mod closing;
 pub mod framing;
 pub mod listener;
 pub mod panics;

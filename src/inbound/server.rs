@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -23,6 +22,7 @@ use crate::drain::{DrainReport, DrainState};
 use crate::error::ProxyError;
 use crate::exchange::body::ProxyBody;
 use crate::exchange::session::Handoff;
+use crate::inbound::closing::{Closing, Watcher};
 use crate::inbound::framing::{FramingGuard, Refusals};
 use crate::inbound::panics::CatchUnwind;
 use crate::keys::Keys;
@@ -76,8 +76,8 @@ pub async fn run_with_metrics_listener(
         listener,
         proxy,
         metrics,
-        builder: connection_builder(&config),
-        graceful: GracefulShutdown::new(),
+        builders: Arc::new(Builders::new(&config)),
+        closing: Closing::default(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         connections: JoinSet::new(),
         header_read: config.timeouts.header_read,
@@ -93,7 +93,7 @@ pub async fn run_with_metrics_listener(
 
     let Acceptor {
         listener,
-        graceful,
+        closing,
         mut connections,
         ..
     } = acceptor;
@@ -106,7 +106,7 @@ pub async fn run_with_metrics_listener(
     // WebSocket sessions outlive the connections they were upgraded from: the grace is for
     // both.
     let drained = async {
-        graceful.shutdown().await;
+        closing.close_all().await;
         drain.sessions_closed().await;
     };
     if tokio::time::timeout(config.shutdown_grace, drained)
@@ -127,29 +127,36 @@ pub async fn run_with_metrics_listener(
     Ok(report)
 }
 
-fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.timeouts.header_read)
-        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
-    builder
+/// hyper's settings for each protocol a client may speak.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(config: &Config) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.timeouts.header_read)
+            .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+        Self { http1, http2 }
+    }
 }
 
 struct Acceptor {
     listener: TcpListener,
     proxy: Proxy,
     metrics: Arc<Metrics>,
-    builder: auto::Builder<TokioExecutor>,
-    graceful: GracefulShutdown,
+    builders: Arc<Builders>,
+    closing: Closing,
     /// One permit per open connection: at the limit, new clients wait in the listen backlog
     /// and the connections already open are untouched.
     slots: Arc<Semaphore>,
@@ -191,16 +198,17 @@ impl Acceptor {
             let proxy = self.proxy.clone();
             self.metrics.open_connections.inc();
             let serving = Serving {
-                builder: self.builder.clone(),
-                watcher: self.graceful.watcher(),
+                builders: self.builders.clone(),
+                watcher: self.closing.watcher(),
                 metrics: self.metrics.clone(),
-                header_read,
             };
             let tls = self.tls.clone();
             self.connections.spawn(async move {
                 let _open = OpenConnection(serving.metrics.clone());
                 let _slot = slot;
-                let handle = move |request| async move { proxy.handle(request).await };
+                // Boxed per request: hyper keeps a slot the size of the service's future for
+                // the connection's life, idle or not, and the exchange's future is large.
+                let handle = move |request| Box::pin(async move { proxy.handle(request).await });
                 let Some(tls) = tls else {
                     // hyper's header read timeout starts only once it knows the protocol; a
                     // client that sends nothing, or a lone prefix of the HTTP/2 preface,
@@ -212,7 +220,10 @@ impl Acceptor {
                     };
                     return Box::pin(serve_connection(stream, protocol, serving, handle)).await;
                 };
-                let stream = match tokio::time::timeout(header_read, tls.accept(stream)).await {
+                // Boxed: the handshake's state is large and short-lived, and the task would
+                // otherwise keep room for it for the connection's life.
+                let handshake = Box::pin(tokio::time::timeout(header_read, tls.accept(stream)));
+                let stream = match handshake.await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "TLS handshake failed");
@@ -249,10 +260,9 @@ where
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let Serving {
-        builder,
+        builders,
         watcher,
         metrics,
-        header_read,
     } = serving;
     let refusals = Arc::new(Refusals::default());
     let requests = Arc::new(AtomicU64::new(0));
@@ -289,25 +299,15 @@ where
     let ended = match protocol {
         Protocol::Http1 => {
             let io = TokioIo::new(FramingGuard::new(io, refusals));
-            let builder = builder.http1_only();
-            let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service));
-            // hyper-util reads the first bytes itself before an upgradeable connection starts,
-            // and the framing guard hands over no byte of a head until it is whole: hyper's
-            // header read timer cannot start before the first head has arrived. So the first
-            // head is timed here; hyper times every later one.
-            tokio::select! {
-                ended = connection => ended,
-                () = first_head_overdue(header_read, &requests) => {
-                    tracing::debug!("no complete request head within PROXY_HEADER_READ_TIMEOUT");
-                    Ok(())
-                }
-            }
+            let connection = pin!(builders.http1.serve_connection(io, service).with_upgrades());
+            watcher.serve(connection).await
         }
         Protocol::Http2 => {
             let io = TokioIo::new(io);
-            watcher
-                .watch(builder.http2_only().serve_connection(io, service))
-                .await
+            // An HTTP/2 connection's state is larger than an HTTP/1 one's, and this future is
+            // as large as its largest branch: HTTP/1 connections do not carry its size.
+            let mut connection = Box::pin(builders.http2.serve_connection(io, service));
+            watcher.serve(connection.as_mut()).await
         }
     };
     if let Err(error) = ended {
@@ -320,19 +320,9 @@ where
 
 /// What every client connection is served with.
 struct Serving {
-    builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    builders: Arc<Builders>,
+    watcher: Watcher,
     metrics: Arc<Metrics>,
-    /// `PROXY_HEADER_READ_TIMEOUT`.
-    header_read: Duration,
-}
-
-/// Completes if no request has started `header_read` from now; otherwise never.
-async fn first_head_overdue(header_read: Duration, requests: &AtomicU64) {
-    tokio::time::sleep(header_read).await;
-    if requests.load(Ordering::Relaxed) > 0 {
-        std::future::pending::<()>().await;
-    }
 }
 
 /// The HTTP/2 connection preface; anything else is HTTP/1.
@@ -446,10 +436,10 @@ mod tests {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let builder = connection_builder(&config);
+        let builders = Arc::new(Builders::new(&config));
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let graceful = GracefulShutdown::new();
+            let closing = Closing::default();
             let handle = |request: Request<Incoming>| async move {
                 if request.uri().path() == "/panic" {
                     panic!("handler failed holding {SERVER_KEY} and Bearer {CLIENT_KEY}");
@@ -458,10 +448,9 @@ mod tests {
             };
             let metrics = Arc::new(Metrics::new(&config.routes));
             let serving = Serving {
-                builder,
-                watcher: graceful.watcher(),
+                builders,
+                watcher: closing.watcher(),
                 metrics,
-                header_read: Duration::from_secs(10),
             };
             serve_connection(stream, Protocol::Http1, serving, handle).await;
         });
