@@ -22,7 +22,8 @@
 //!   that forward frames with their limits and timeouts, and a WebSocket session's byte pipe.
 //! - [`proxy`]: the service that ties these together.
 //! - [`inbound`]: client connections: the accept loop, connection limit and drain, the
-//!   HTTP/1 framing guard, panics; [`run`] is the entry point.
+//!   graceful close of open connections, the HTTP/1 framing guard, panics; [`run`] is the
+//!   entry point.
 //! - [`cli`]: `--help`, `--version`, `--check-config`.
 #![cfg_attr(
     not(test),
