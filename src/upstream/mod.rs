@@ -222,11 +222,12 @@ where
         // request that was written is never retried.
         let (body, recovery, head_copy) = if http2 && !probe_retried {
             let (body, recovery) = Replayable::recorded(body);
-            (Box::new(body), Some(recovery), Some(copy_head(&head)))
+            (body, Some(recovery), Some(copy_head(&head)))
         } else {
-            (Box::new(Replayable::once(body)), None, None)
+            (Replayable::once(body), None, None)
         };
-        let failure = match self.attempt(http2, Request::from_parts(head, body)).await {
+        let request = Request::from_parts(head, Box::new(body));
+        let failure = match self.attempt(http2, request).await {
             Ok(answer) => return Ok(answer),
             Err(failure) if probe_retried => return Err(failure.into_error()),
             Err(failure) => failure,
