@@ -6,8 +6,8 @@
 //!   can be sent again.
 //! - [`http1`]: keep-alive HTTP/1.1 connections, each driven inside its exchange.
 //! - [`http2`]: HTTP/2 connections, as many as the streams in flight need.
-//! - `coalesce`: an HTTP/2 connection's writes wait one scheduler turn, so that frames queued
-//!   by several tasks leave in one write.
+//! - `coalesce`: an HTTP/2 connection's writes are gathered and sent once per scheduler turn,
+//!   so that frames queued by several tasks, and an upload's DATA frames, leave together.
 //! - `sweep`: the pools' once-a-second housekeeping.
 //!
 //! [`Upstream`] picks the pool by `PROXY_UPSTREAM_PROTOCOL` (under `auto`, by what the first
