@@ -237,3 +237,78 @@ async fn new_upstream_connections_resume_the_tls_session() {
     );
     assert!(log.resumed[1], "the second connection did a full handshake");
 }
+
+/// Uploads and chat requests at once share one HTTP/2 connection, whose writes the proxy
+/// gathers into batches (and, over TLS, hands large DATA frames straight to rustls): each
+/// request's body must still arrive whole and unmixed, and the small requests must not wait
+/// for the uploads.
+#[tokio::test]
+async fn uploads_and_chat_requests_multiplexed_on_one_http2_connection_arrive_intact() {
+    let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
+    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[]).await;
+    let boundary = "------------------------5d2b5c7a9e0f1a3c";
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4u8 {
+        // Each upload's bytes differ, so a frame sent on the wrong stream shows.
+        let mut body = multipart(3 << 20, boundary);
+        let at = body.len() / 2;
+        body[at..at + 64].fill(b'a' + i);
+        let body = Bytes::from(body);
+        let url = proxy.url("/v1/audio/transcriptions");
+        tasks.spawn(async move {
+            let request = Request::post(url)
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let response = client().request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(body_string(response).await, TRANSCRIPTION_JSON);
+            (body, Duration::ZERO)
+        });
+    }
+    for i in 0..16 {
+        // Bodies of 6 KB go to rustls's queue too; the small ones are gathered.
+        let padding = if i % 2 == 0 { 6000 } else { 10 };
+        let body = Bytes::from(format!(
+            r#"{{"model":"gpt-4","messages":[{{"role":"user","content":"{}{i}"}}]}}"#,
+            "x".repeat(padding)
+        ));
+        let url = proxy.url("/v1/chat/completions");
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let request = Request::post(url)
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let response = client().request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(body_string(response).await, CHAT_JSON);
+            (body, started.elapsed())
+        });
+    }
+    let mut sent = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (body, took) = done.unwrap();
+        assert!(
+            took < Duration::from_secs(5),
+            "a chat request took {took:?}"
+        );
+        sent.push(body);
+    }
+    let mut received: Vec<Bytes> = mock
+        .requests()
+        .into_iter()
+        .map(|seen| {
+            assert_eq!(seen.version, Version::HTTP_2);
+            seen.body.expect("a body did not arrive whole")
+        })
+        .collect();
+    sent.sort();
+    received.sort();
+    assert_eq!(received.len(), sent.len());
+    assert!(received == sent, "a body was altered or mixed with another");
+    assert_eq!(mock.connections_opened(), 1, "all of it on one connection");
+}
