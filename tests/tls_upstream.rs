@@ -239,9 +239,8 @@ async fn new_upstream_connections_resume_the_tls_session() {
 }
 
 /// Uploads and chat requests at once share one HTTP/2 connection, whose writes the proxy
-/// gathers into batches (and, over TLS, hands large DATA frames straight to rustls): each
-/// request's body must still arrive whole and unmixed, and the small requests must not wait
-/// for the uploads.
+/// gathers into batches: each request's body must still arrive whole and unmixed, and the
+/// small requests must not wait for the uploads.
 #[tokio::test]
 async fn uploads_and_chat_requests_multiplexed_on_one_http2_connection_arrive_intact() {
     let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
@@ -270,7 +269,7 @@ async fn uploads_and_chat_requests_multiplexed_on_one_http2_connection_arrive_in
         });
     }
     for i in 0..16 {
-        // Bodies of 6 KB go to rustls's queue too; the small ones are gathered.
+        // Bodies of 6 KB, and small ones.
         let padding = if i % 2 == 0 { 6000 } else { 10 };
         let body = Bytes::from(format!(
             r#"{{"model":"gpt-4","messages":[{{"role":"user","content":"{}{i}"}}]}}"#,

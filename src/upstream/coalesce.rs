@@ -16,11 +16,8 @@
 //!   does a batch that reaches [`GATHER_LIMIT`].
 //!
 //! Each DATA frame's flush in between only adds to the batch, so an upload leaves in writes of
-//! up to 64 KiB instead of one frame each. A write of [`DIRECT`] bytes or more (an upload's
-//! DATA frame) is not copied into the batch: over TLS it goes, with the batch before it,
-//! straight into rustls's queue of encrypted records, which the next send writes out; rustls
-//! copies the bytes as it encrypts them anyway. nginx's `postpone_output` and TCP_CORK trade
-//! the same way.
+//! up to 64 KiB (four full TLS records) instead of one frame each. nginx's `postpone_output`
+//! and TCP_CORK trade the same way.
 
 use std::io;
 use std::pin::Pin;
@@ -28,34 +25,14 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::connect::Io;
-
 /// A batch this large is written without waiting for the flush: four full TLS records.
 const GATHER_LIMIT: usize = 64 * 1024;
-
-/// A write this large goes to the stream's queue, if it has one, instead of being copied.
-const DIRECT: usize = 4096;
-
-/// A stream that can take bytes now and send them, in order, with what it writes next: a TLS
-/// stream's queue of encrypted records.
-pub trait Queue {
-    /// Takes what it can of `bufs`, in order; a stream with no queue takes nothing.
-    fn queue(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
-}
-
-impl Queue for Io {
-    fn queue(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        Io::queue(self, bufs)
-    }
-}
 
 pub struct Coalesce<T> {
     inner: T,
     /// What h2 wrote and `inner` has not taken yet, from `sent` on.
     batch: Vec<u8>,
     sent: usize,
-    /// Bytes in `inner`'s queue, sent with the batch.
-    queued: usize,
     /// This batch was held back for a turn already.
     held: bool,
     /// The connection read to its end since the batch was held: a new turn has begun.
@@ -70,31 +47,26 @@ impl<T> Coalesce<T> {
             inner,
             batch: Vec::new(),
             sent: 0,
-            queued: 0,
             held: false,
             turned: false,
             fresh: false,
         }
     }
 
-    /// Bytes written by h2 and not yet sent.
-    fn pending(&self) -> usize {
-        self.batch.len() - self.sent + self.queued
-    }
-
-    /// Copies `bufs` into the batch, from byte `skip` on.
-    fn gather(&mut self, bufs: &[io::IoSlice<'_>], mut skip: usize) {
+    fn gather(&mut self, bufs: &[io::IoSlice<'_>]) -> usize {
+        let mut taken = 0;
         for buf in bufs {
-            let from = skip.min(buf.len());
-            self.batch.extend_from_slice(&buf[from..]);
-            skip -= from;
+            self.batch.extend_from_slice(buf);
+            taken += buf.len();
         }
+        self.fresh |= taken > 0;
+        taken
     }
 
     /// Whether a flush now should wait, and if so, arranges to be polled again.
     fn hold(&mut self, cx: &mut Context<'_>) -> bool {
         let fresh = std::mem::take(&mut self.fresh);
-        if self.pending() >= GATHER_LIMIT {
+        if self.batch.len() - self.sent >= GATHER_LIMIT {
             return false;
         }
         if !self.held {
@@ -108,30 +80,9 @@ impl<T> Coalesce<T> {
     }
 }
 
-impl<T: AsyncWrite + Queue + Unpin> Coalesce<T> {
-    /// Hands a large write to `inner`'s queue, the batch before it; what the queue does not
-    /// take joins the batch.
-    fn queue(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<()> {
-        let held = &self.batch[self.sent..];
-        let mut slices = Vec::with_capacity(bufs.len() + 1);
-        if !held.is_empty() {
-            slices.push(io::IoSlice::new(held));
-        }
-        slices.extend(bufs.iter().map(|buf| io::IoSlice::new(buf)));
-        let taken = self.inner.queue(&slices)?;
-        let from_batch = taken.min(held.len());
-        self.sent += from_batch;
-        self.queued += taken;
-        if self.sent == self.batch.len() {
-            self.batch.clear();
-            self.sent = 0;
-        }
-        self.gather(bufs, taken - from_batch);
-        Ok(())
-    }
-
-    /// Sends the batch and `inner`'s queue. A batch sent because it reached the limit keeps
-    /// its turn: what follows in the same turn joins the next batch without another wait.
+impl<T: AsyncWrite + Unpin> Coalesce<T> {
+    /// Writes the whole batch to `inner`. A batch sent because it reached the limit keeps its
+    /// turn: what follows in the same turn joins the next batch without another wait.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.batch.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.batch[self.sent..]))?;
@@ -142,10 +93,6 @@ impl<T: AsyncWrite + Queue + Unpin> Coalesce<T> {
         }
         self.batch.clear();
         self.sent = 0;
-        if self.queued > 0 {
-            ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-            self.queued = 0;
-        }
         Poll::Ready(Ok(()))
     }
 }
@@ -165,7 +112,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
     }
 }
 
-impl<T: AsyncWrite + Queue + Unpin> AsyncWrite for Coalesce<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -181,16 +128,10 @@ impl<T: AsyncWrite + Queue + Unpin> AsyncWrite for Coalesce<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len: usize = bufs.iter().map(|buf| buf.len()).sum();
-        if this.pending() > 0 && this.pending() + len > GATHER_LIMIT {
+        if this.batch.len() > this.sent && this.batch.len() - this.sent + len > GATHER_LIMIT {
             ready!(this.poll_send(cx))?;
         }
-        if len >= DIRECT {
-            this.queue(bufs)?;
-        } else {
-            this.gather(bufs, 0);
-        }
-        this.fresh |= len > 0;
-        Poll::Ready(Ok(len))
+        Poll::Ready(Ok(this.gather(bufs)))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -199,7 +140,7 @@ impl<T: AsyncWrite + Queue + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pending() > 0 {
+        if this.sent < this.batch.len() {
             if this.hold(cx) {
                 return Poll::Ready(Ok(()));
             }
@@ -223,30 +164,10 @@ mod tests {
     use std::sync::Arc;
     use std::task::{Wake, Waker};
 
-    /// Records every write it takes, and reads are always pending. With `room`, it queues up
-    /// to that many bytes as a TLS stream queues records, and sends them ahead of its next
-    /// write or on a flush.
+    /// Records the size of every write it takes; reads are always pending.
     #[derive(Default)]
     struct Socket {
         writes: Vec<usize>,
-        sent: Vec<u8>,
-        queue: Vec<u8>,
-        room: usize,
-    }
-
-    impl Queue for Socket {
-        fn queue(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-            let mut taken = 0;
-            for buf in bufs {
-                let n = buf.len().min(self.room - self.queue.len());
-                self.queue.extend_from_slice(&buf[..n]);
-                taken += n;
-                if n < buf.len() {
-                    break;
-                }
-            }
-            Ok(taken)
-        }
     }
 
     impl AsyncRead for Socket {
@@ -265,19 +186,11 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            this.writes.push(this.queue.len() + buf.len());
-            this.sent.append(&mut this.queue);
-            this.sent.extend_from_slice(buf);
+            self.get_mut().writes.push(buf.len());
             Poll::Ready(Ok(buf.len()))
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            let this = self.get_mut();
-            if !this.queue.is_empty() {
-                this.writes.push(this.queue.len());
-                this.sent.append(&mut this.queue);
-            }
             Poll::Ready(Ok(()))
         }
 
@@ -299,52 +212,24 @@ mod tests {
         io: Coalesce<Socket>,
         wakes: Arc<Wakes>,
         waker: Waker,
-        /// Every byte written so far, in order.
-        wrote: Vec<u8>,
     }
 
     impl Harness {
         fn new() -> Harness {
-            Harness::with_queue(0)
-        }
-
-        /// A stream that queues up to `room` bytes, as TLS does.
-        fn with_queue(room: usize) -> Harness {
             let wakes = Arc::new(Wakes::default());
             let waker = Waker::from(wakes.clone());
             Harness {
-                io: Coalesce::new(Socket {
-                    room,
-                    ..Socket::default()
-                }),
+                io: Coalesce::new(Socket::default()),
                 wakes,
                 waker,
-                wrote: Vec::new(),
             }
         }
 
         fn write(&mut self, len: usize) {
-            self.write_parts(&[len]);
-        }
-
-        /// One vectored write, as h2 writes a DATA frame: its head, then its payload.
-        fn write_parts(&mut self, lens: &[usize]) {
-            let parts: Vec<Vec<u8>> = lens
-                .iter()
-                .map(|&len| {
-                    (0..len)
-                        .map(|i| (self.wrote.len() + i) as u8 ^ (lens.len() as u8))
-                        .collect()
-                })
-                .collect();
-            let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
             let mut cx = Context::from_waker(&self.waker);
-            let total: usize = lens.iter().sum();
-            let polled = Pin::new(&mut self.io).poll_write_vectored(&mut cx, &slices);
-            assert!(matches!(polled, Poll::Ready(Ok(n)) if n == total));
-            for part in parts {
-                self.wrote.extend(part);
-            }
+            let frame = vec![7u8; len];
+            let polled = Pin::new(&mut self.io).poll_write(&mut cx, &frame);
+            assert!(matches!(polled, Poll::Ready(Ok(n)) if n == len));
         }
 
         fn flush(&mut self) {
@@ -430,39 +315,5 @@ mod tests {
             Poll::Ready(Ok(()))
         ));
         assert_eq!(h.written(), &[17]);
-    }
-
-    #[test]
-    fn over_tls_large_frames_go_to_the_record_queue_uncopied() {
-        let mut h = Harness::with_queue(1 << 20);
-        h.read_to_end();
-        for _ in 0..5 {
-            h.write_parts(&[9, 16_384]);
-            assert!(h.io.batch.is_empty(), "a large frame must not be copied");
-            h.flush();
-        }
-        h.flush();
-        assert_eq!(h.written(), &[3 * 16_393, 2 * 16_393]);
-        assert_eq!(h.io.inner.sent, h.wrote);
-    }
-
-    #[test]
-    fn what_the_queue_cannot_take_keeps_its_order() {
-        let mut h = Harness::with_queue(20_000);
-        h.write(100);
-        h.flush();
-        h.read_to_end();
-        h.write_parts(&[9, 16_384]);
-        h.write_parts(&[9, 16_384]);
-        h.write(50);
-        h.flush();
-        h.write(30);
-        h.flush();
-        h.flush();
-        assert_eq!(h.io.inner.sent.len(), h.wrote.len());
-        assert!(
-            h.io.inner.sent == h.wrote,
-            "bytes must leave in the order h2 wrote them"
-        );
     }
 }

@@ -242,19 +242,6 @@ impl std::error::Error for ForwardProxyFailed {
     }
 }
 
-impl Io {
-    /// Over TLS, encrypts `bufs` into rustls's queue of records without writing them: the
-    /// next flush (or write) sends them, in order, ahead of anything written after. Returns
-    /// how many bytes rustls took (it stops at its buffer limit); plain TCP has no queue and
-    /// takes none.
-    pub fn queue(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Io::Plain(_) => Ok(0),
-            Io::Tls(s) => io::Write::write_vectored(&mut s.get_mut().1.writer(), bufs),
-        }
-    }
-}
-
 impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
