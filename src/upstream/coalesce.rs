@@ -6,7 +6,7 @@
 //! records and two `writev`s, and the upstream two reads. And h2 writes every DATA frame of
 //! more than 256 bytes on its own (it chains the payload instead of copying it, then flushes
 //! before it takes the next frame), so a 5 MiB upload left in 322 writes of one 16 KiB frame
-//! each, every one split into two TLS records (the frame and the next frame's 9-byte head).
+//! each.
 //!
 //! [`Coalesce`] keeps what h2 writes and sends it on a flush, with two rules:
 //! - a batch is held back for one turn of the runtime: the flush that starts it wakes the
