@@ -14,12 +14,12 @@ requests, A then B. Build the binaries first (bash benches/run.sh does).
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probe  # noqa: E402
 import run  # noqa: E402
 
 
@@ -43,24 +43,12 @@ def measure(binary, protocol, upstream, workdir, args, seconds):
 
 def syscalls(label, binary, protocol, upstream, workdir, args):
     target = started(binary, protocol, upstream, workdir)
-    path = "audio/transcriptions" if "--upload" in args else "chat/completions"
-    url = f"http://127.0.0.1:{target.port}/v1/{path}"
-    load = ["taskset", "-c", run.LOAD_CORE, "oha", "--no-tui"] + [a for a in args if a != "--upload"]
-    out = workdir / "strace"
     try:
-        subprocess.run(load + ["-n", "200", url], capture_output=True, check=True)
-        tracer = subprocess.Popen(["strace", "-f", "-c", "-p", str(target.pids[0]), "-o", str(out)], stderr=subprocess.DEVNULL)
-        run.time.sleep(0.5)
-        subprocess.run(load + ["-n", "2000", url], capture_output=True, check=True)
-        tracer.send_signal(2)
-        tracer.wait()
+        counts = probe.strace_counts(target.pids[0], probe.oha_cmd(args, target.port), 2000, workdir / "strace")
     finally:
         target.stop()
     print(f"{label} syscalls per request:")
-    for line in out.read_text().splitlines()[2:]:
-        fields = line.split()
-        if len(fields) >= 5 and fields[3].isdigit() and int(fields[3]) >= 100:
-            print(f"  {fields[-1]:12} {int(fields[3]) / 2000:.2f}")
+    probe.show(counts, floor=0.05)
 
 
 def main():

@@ -71,6 +71,41 @@ def oha_cmd(args, port, *extra):
     return ["taskset", "-c", run.LOAD_CORE, "oha", "--no-tui", *extra] + [a for a in args if a != "--upload"] + [url(port, args)]
 
 
+def strace_counts(pid, load, count, out):
+    """Runs `load` (an oha command, ending in its URL) for count / 8 requests to warm up, then
+    for `count` requests with `strace -c` on `pid`; returns each syscall's count per request."""
+    warm, traced = load[:-1] + ["-n", str(max(count // 8, 1)), load[-1]], load[:-1] + ["-n", str(count), load[-1]]
+    subprocess.run(warm, capture_output=True, check=True)
+    tracer = subprocess.Popen(["strace", "-f", "-c", "-p", str(pid), "-o", str(out)], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    subprocess.run(traced, capture_output=True, check=True)
+    tracer.send_signal(2)
+    tracer.wait()
+    counts = {}
+    for line in out.read_text().splitlines()[2:]:
+        fields = line.split()
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            counts[fields[-1]] = int(fields[3]) / count
+    return counts
+
+
+def perf_counts(path, count):
+    """`perf stat -x,` output: each event's count per `count`."""
+    counts = {}
+    for line in path.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 3 and fields[0].strip().isdigit():
+            counts[fields[2].split(":")[-1].replace("sys_enter_", "")] = int(fields[0]) / count
+    return counts
+
+
+def show(counts, floor=0.01):
+    for name, per in sorted(counts.items(), key=lambda item: -item[1]):
+        if per >= floor:
+            print(f"  {name:14} {per:.2f}")
+    print(f"  {'total':14} {sum(counts.values()):.2f}")
+
+
 def split(upstream, scenario, names, runs):
     results = {name: [] for name in names}
     for _ in range(runs):
@@ -94,11 +129,7 @@ def split(upstream, scenario, names, runs):
             finally:
                 target.stop()
             user, system = ((b - a) / count * 1e6 for a, b in zip(before, after))
-            counts = {}
-            for line in stat.read_text().splitlines():
-                fields = line.split(",")
-                if len(fields) > 3 and fields[0].strip().isdigit():
-                    counts[fields[2].split(":")[-1].replace("sys_enter_", "")] = int(fields[0]) / count
+            counts = perf_counts(stat, count)
             results[name].append((user, system))
             extra = " ".join(f"{k} {v:.3f}" for k, v in counts.items())
             print(f"{name:24} user {user:8.1f} sys {system:8.1f} total {user + system:8.1f} µs; per request: {extra}", flush=True)
@@ -127,27 +158,15 @@ def syscalls(upstream, scenario, names):
                 streams.wait()
                 count = 4 * EVENTS_PER_SECOND
                 print(f"{name} ({upstream}, slow-streams): {spent / count * 1e6:.1f} µs of CPU per event; syscalls per event:")
-                for line in out.read_text().splitlines():
-                    fields = line.split(",")
-                    if len(fields) > 3 and fields[0].strip().isdigit() and int(fields[0]) / count >= 0.01:
-                        print(f"  {fields[2].split('sys_enter_')[-1]:14} {int(fields[0]) / count:.2f}")
+                show(perf_counts(out, count))
                 continue
-            else:
-                count = 100 if scenario.startswith("upload") else 4000
-                unit = "upload" if scenario.startswith("upload") else "request"
-                subprocess.run(oha_cmd(args, target.port, "-n", str(count // 8)), capture_output=True, check=True)
-                tracer = subprocess.Popen(["strace", "-f", "-c", "-p", str(pid), "-o", str(out)], stderr=subprocess.DEVNULL)
-                time.sleep(0.5)
-                subprocess.run(oha_cmd(args, target.port, "-n", str(count)), capture_output=True, check=True)
-                tracer.send_signal(2)
-                tracer.wait()
+            count = 100 if scenario.startswith("upload") else 4000
+            unit = "upload" if scenario.startswith("upload") else "request"
+            counts = strace_counts(pid, oha_cmd(args, target.port), count, out)
         finally:
             target.stop()
         print(f"{name} ({upstream}, {scenario}), syscalls per {unit}:")
-        for line in out.read_text().splitlines()[2:]:
-            fields = line.split()
-            if len(fields) >= 5 and fields[3].isdigit() and int(fields[3]) / count >= 0.01:
-                print(f"  {fields[-1]:14} {int(fields[3]) / count:.2f}")
+        show(counts)
 
 
 def tail(upstream, names, runs):
