@@ -53,21 +53,16 @@ impl<T> Coalesce<T> {
         }
     }
 
-    fn gather(&mut self, bufs: &[io::IoSlice<'_>]) -> usize {
-        let mut taken = 0;
-        for buf in bufs {
-            self.batch.extend_from_slice(buf);
-            taken += buf.len();
-        }
-        self.fresh |= taken > 0;
-        taken
+    /// Bytes h2 wrote that have not gone to `inner` yet.
+    fn unsent(&self) -> usize {
+        self.batch.len() - self.sent
     }
 
     /// Whether a flush now should wait. A flush that leaves bytes unsent always asks for
     /// another poll, so nothing waits on a wake-up that may not come.
     fn hold(&mut self, cx: &mut Context<'_>) -> bool {
         let fresh = std::mem::take(&mut self.fresh);
-        if self.batch.len() - self.sent >= GATHER_LIMIT {
+        if self.unsent() >= GATHER_LIMIT {
             return false;
         }
         let hold = if self.held {
@@ -133,10 +128,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len: usize = bufs.iter().map(|buf| buf.len()).sum();
-        if this.batch.len() > this.sent && this.batch.len() - this.sent + len > GATHER_LIMIT {
+        if this.unsent() > 0 && this.unsent() + len > GATHER_LIMIT {
             ready!(this.poll_send(cx))?;
         }
-        Poll::Ready(Ok(this.gather(bufs)))
+        for buf in bufs {
+            this.batch.extend_from_slice(buf);
+        }
+        this.fresh |= len > 0;
+        Poll::Ready(Ok(len))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -145,7 +144,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.sent < this.batch.len() {
+        if this.unsent() > 0 {
             if this.hold(cx) {
                 return Poll::Ready(Ok(()));
             }
