@@ -80,15 +80,12 @@ async fn streamed_transcription_comes_back_as_sse() {
     let form = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\nID3fakeaudio\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-mini-transcribe\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--{boundary}--\r\n"
     );
-    let request = http::Request::post(proxy.url("/v1/audio/transcriptions"))
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .header("x-mock-events", "3")
-        .header("x-mock-interval-ms", "20")
-        .body(http_body_util::Full::from(form.clone()))
-        .unwrap();
+    let url = proxy.url("/v1/audio/transcriptions");
+    let mut request = transcription_request(&url, boundary, form.clone());
+    request.headers_mut().insert("x-mock-events", 3.into());
+    request
+        .headers_mut()
+        .insert("x-mock-interval-ms", 20.into());
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Version};
-use http_body_util::{BodyExt, Full};
+use http::Version;
+use http_body_util::BodyExt;
 use support::mock::{MockOptions, CHAT_JSON, TRANSCRIPTION_JSON};
 use support::tls::Alpn;
 use support::*;
@@ -120,13 +120,11 @@ async fn a_25_mib_transcription_arrives_byte_identical_over_tls() {
     for (protocol, version, _) in PROTOCOLS {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
         let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
-        let request = Request::post(proxy.url("/v1/audio/transcriptions"))
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(Full::new(body.clone()))
-            .unwrap();
+        let request = transcription_request(
+            &proxy.url("/v1/audio/transcriptions"),
+            boundary,
+            body.clone(),
+        );
         let response = client().request(request).await.unwrap();
         assert_eq!(response.status(), 200, "{protocol}");
         assert_eq!(body_string(response).await, TRANSCRIPTION_JSON);
@@ -147,15 +145,12 @@ async fn streamed_transcription_arrives_as_events_over_tls() {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
         let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
         let boundary = "b0undary";
-        let request = Request::post(proxy.url("/v1/audio/transcriptions"))
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .header("x-mock-events", "3")
-            .header("x-mock-interval-ms", "20")
-            .body(Full::from(multipart(10_000, boundary)))
-            .unwrap();
+        let url = proxy.url("/v1/audio/transcriptions");
+        let mut request = transcription_request(&url, boundary, multipart(10_000, boundary));
+        request.headers_mut().insert("x-mock-events", 3.into());
+        request
+            .headers_mut()
+            .insert("x-mock-interval-ms", 20.into());
         let response = client().request(request).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -255,13 +250,7 @@ async fn uploads_and_chat_requests_multiplexed_on_one_http2_connection_arrive_in
         let body = Bytes::from(body);
         let url = proxy.url("/v1/audio/transcriptions");
         tasks.spawn(async move {
-            let request = Request::post(url)
-                .header(
-                    "content-type",
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .body(Full::new(body.clone()))
-                .unwrap();
+            let request = transcription_request(&url, boundary, body.clone());
             let response = client().request(request).await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(body_string(response).await, TRANSCRIPTION_JSON);
@@ -278,10 +267,7 @@ async fn uploads_and_chat_requests_multiplexed_on_one_http2_connection_arrive_in
         let url = proxy.url("/v1/chat/completions");
         tasks.spawn(async move {
             let started = Instant::now();
-            let request = Request::post(url)
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()))
-                .unwrap();
+            let request = chat_request(&url, std::str::from_utf8(&body).unwrap());
             let response = client().request(request).await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(body_string(response).await, CHAT_JSON);

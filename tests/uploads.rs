@@ -43,13 +43,11 @@ async fn a_25_mib_transcription_upload_arrives_byte_identical() {
     let proxy = spawn_proxy(&mock, &[]).await;
     let boundary = "------------------------d74496d66958873e";
     let body = multipart(25 << 20, boundary);
-    let request = Request::post(proxy.url("/v1/audio/transcriptions"))
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Full::from(body.clone()))
-        .unwrap();
+    let request = transcription_request(
+        &proxy.url("/v1/audio/transcriptions"),
+        boundary,
+        body.clone(),
+    );
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(body_string(response).await, TRANSCRIPTION_JSON);

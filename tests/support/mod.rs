@@ -159,6 +159,21 @@ pub fn chat_request(url: &str, body: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// A multipart transcription upload, `body` made by [`multipart`] with `boundary`.
+pub fn transcription_request(
+    url: &str,
+    boundary: &str,
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
 /// A streamed chat request; the mock answers `events` SSE events `interval_ms` apart.
 pub fn stream_request(url: &str, events: u32, interval_ms: u32) -> Request<Full<Bytes>> {
     let mut request = chat_request(url, r#"{"stream":true}"#);
