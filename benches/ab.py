@@ -44,7 +44,7 @@ def measure(binary, protocol, upstream, workdir, args, seconds):
 def syscalls(label, binary, protocol, upstream, workdir, args):
     target = started(binary, protocol, upstream, workdir)
     try:
-        counts = probe.strace_counts(target.pids[0], probe.oha_cmd(args, target.port), 2000, workdir / "strace")
+        counts = probe.strace_counts(target.pids[0], run.oha_cmd(target.port, args), 2000, workdir / "strace")
     finally:
         target.stop()
     print(f"{label} syscalls per request:")
@@ -58,12 +58,7 @@ def main():
     scenario = sys.argv[6] if len(sys.argv) == 7 else "chat-json-c1"
     seconds = int(os.environ.get("AB_SECONDS", "5"))
     workdir = Path(tempfile.mkdtemp(prefix="memoctopus-ab-"))
-    files = {}
-    if scenario.startswith("upload"):
-        path = workdir / "upload.multipart"
-        run.multipart(path, 5 << 20, "memoctopusbenchboundary")
-        files[scenario] = (path, "memoctopusbenchboundary")
-    args = run.scenario_args(scenario, files) + run.SCENARIOS[scenario][0]
+    args = probe.load(scenario, workdir)
     builds = {"A": a, "B": b}
     if os.environ.get("AB_STRACE") == "1":
         for label, binary in builds.items():

@@ -48,27 +48,13 @@ def start(name, upstream, workdir):
 
 
 def load(scenario, workdir):
+    """A scenario's oha arguments; for an upload, its 5 MiB multipart file made in `workdir`."""
     files = {}
     if scenario.startswith("upload"):
         path = workdir / "upload.multipart"
         run.multipart(path, 5 << 20, BOUNDARY)
         files[scenario] = (path, BOUNDARY)
     return run.scenario_args(scenario, files) + run.SCENARIOS[scenario][0]
-
-
-def cpu(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / run.TICK, int(fields[12]) / run.TICK
-
-
-def url(port, args):
-    path = "audio/transcriptions" if "--upload" in args else "chat/completions"
-    return f"http://127.0.0.1:{port}/v1/{path}"
-
-
-def oha_cmd(args, port, *extra):
-    return ["taskset", "-c", run.LOAD_CORE, "oha", "--no-tui", *extra] + [a for a in args if a != "--upload"] + [url(port, args)]
 
 
 def strace_counts(pid, load, count, out):
@@ -106,24 +92,30 @@ def show(counts, floor=0.01):
     print(f"  {'total':14} {sum(counts.values()):.2f}")
 
 
+def prepared(name, upstream, scenario):
+    """A fresh work directory, the scenario's arguments, and the target started in it."""
+    workdir = Path(tempfile.mkdtemp(prefix="memoctopus-probe-"))
+    args = load(scenario, workdir)
+    target, pid = start(name, upstream, workdir)
+    return workdir, args, target, pid
+
+
 def split(upstream, scenario, names, runs):
     results = {name: [] for name in names}
     for _ in range(runs):
         for name in names:
-            workdir = Path(tempfile.mkdtemp(prefix="memoctopus-probe-"))
-            args = load(scenario, workdir)
-            target, pid = start(name, upstream, workdir)
+            workdir, args, target, pid = prepared(name, upstream, scenario)
             stat = workdir / "perf-stat"
             try:
                 run.oha(target.port, args, 2)
                 perf = subprocess.Popen(["perf", "stat", "-x,", "-o", str(stat), "-e", "syscalls:sys_enter_epoll_wait,context-switches", "-p", str(pid)])
-                before = cpu(pid)
+                before = run.proc_times(pid)
                 if scenario == "slow-streams":
                     run.oha(target.port, args, 5)
                     count = 5 * EVENTS_PER_SECOND
                 else:
                     count = run.summarize(run.oha(target.port, args, 5))["ok"]
-                after = cpu(pid)
+                after = run.proc_times(pid)
                 perf.send_signal(2)
                 perf.wait()
             finally:
@@ -142,19 +134,17 @@ def split(upstream, scenario, names, runs):
 
 def syscalls(upstream, scenario, names):
     for name in names:
-        workdir = Path(tempfile.mkdtemp(prefix="memoctopus-probe-"))
-        args = load(scenario, workdir)
-        target, pid = start(name, upstream, workdir)
+        workdir, args, target, pid = prepared(name, upstream, scenario)
         out = workdir / "strace"
         try:
             if scenario == "slow-streams":
                 # strace would slow the proxy below the streams' pace; perf counts instead.
-                streams = subprocess.Popen(oha_cmd(args, target.port, "--output-format", "quiet", "-z", "8s"))
+                streams = subprocess.Popen(run.oha_cmd(target.port, args, "--output-format", "quiet", "-z", "8s"))
                 time.sleep(3)
                 events = ",".join(f"syscalls:sys_enter_{name}" for name in COUNTED)
-                before = sum(cpu(pid))
+                before = sum(run.proc_times(pid))
                 subprocess.run(["perf", "stat", "-x,", "-o", str(out), "-e", events, "-p", str(pid), "--", "sleep", "4"], check=True)
-                spent = sum(cpu(pid)) - before
+                spent = sum(run.proc_times(pid)) - before
                 streams.wait()
                 count = 4 * EVENTS_PER_SECOND
                 print(f"{name} ({upstream}, slow-streams): {spent / count * 1e6:.1f} µs of CPU per event; syscalls per event:")
@@ -162,7 +152,7 @@ def syscalls(upstream, scenario, names):
                 continue
             count = 100 if scenario.startswith("upload") else 4000
             unit = "upload" if scenario.startswith("upload") else "request"
-            counts = strace_counts(pid, oha_cmd(args, target.port), count, out)
+            counts = strace_counts(pid, run.oha_cmd(target.port, args), count, out)
         finally:
             target.stop()
         print(f"{name} ({upstream}, {scenario}), syscalls per {unit}:")
@@ -178,7 +168,7 @@ def tail(upstream, names, runs):
             db = workdir / "requests.db"
             try:
                 run.oha(target.port, args, 2)
-                subprocess.run(oha_cmd(args, target.port, "--output-format", "quiet", "-z", "8s", "--db-url", str(db)), check=True, capture_output=True)
+                subprocess.run(run.oha_cmd(target.port, args, "--output-format", "quiet", "-z", "8s", "--db-url", str(db)), check=True, capture_output=True)
             finally:
                 target.stop()
             rows = sqlite3.connect(db).execute("select start, start_latency_correction, end from oha").fetchall()

@@ -61,11 +61,16 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def proc_stat(pid):
+def proc_times(pid):
+    """User and system CPU seconds of `pid` so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of stat; here they are 11 and 12 after the name.
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def proc_stat(pid):
+    return sum(proc_times(pid))
 
 
 def status_kib(pid, key):
@@ -212,10 +217,14 @@ NGINX_TLS_CONF = NGINX_CONF.replace(
 )
 
 
-def oha(port, args, duration):
+def oha_cmd(port, args, *flags):
+    """oha on the load core against the proxy on `port`, with a scenario's `args`."""
     path = "audio/transcriptions" if "--upload" in args else "chat/completions"
-    cmd = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s"]
-    cmd += [a for a in args if a != "--upload"] + [f"http://127.0.0.1:{port}/v1/{path}"]
+    return ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", *flags] + [a for a in args if a != "--upload"] + [f"http://127.0.0.1:{port}/v1/{path}"]
+
+
+def oha(port, args, duration):
+    cmd = oha_cmd(port, args, "--output-format", "json", "-z", f"{duration}s")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
     if out.returncode != 0:
         raise RuntimeError(f"oha failed: {out.stderr[-2000:]}")
