@@ -143,6 +143,10 @@ pub struct Metrics {
     key_reloads: Family<ReloadLabels, Counter>,
     key_loaded: Family<SettingLabels, Gauge<f64, AtomicU64>>,
     client_limited: Family<LimitLabels, Counter>,
+    /// HTTP/2 streams the client reset before their answer ended.
+    pub client_stream_resets: Counter,
+    /// Client connections the proxy closed on its own, by why: `idle` or `max_requests`.
+    connections_closed: Family<ReasonLabels, Counter>,
 }
 
 /// An open upstream connection or session, counted in `/metrics` until this is dropped.
@@ -318,6 +322,23 @@ impl Metrics {
             "Inbound client connections open",
             open_connections.clone(),
         );
+        let client_stream_resets = Counter::default();
+        registry.register(
+            "client_stream_resets",
+            "HTTP/2 streams the client reset before their answer ended",
+            client_stream_resets.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections closed by the proxy: idle (no request within PROXY_HEADER_READ_TIMEOUT) or max_requests",
+            connections_closed.clone(),
+        );
+        for reason in ["idle", "max_requests"] {
+            connections_closed
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
         let open_realtime_sessions = Gauge::default();
         registry.register(
             "open_realtime_sessions",
@@ -374,7 +395,16 @@ impl Metrics {
             key_reloads,
             key_loaded,
             client_limited,
+            client_stream_resets,
+            connections_closed,
         }
+    }
+
+    /// A client connection the proxy closed on its own: `idle` or `max_requests`.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// A key file now watched: its series start at zero, and its first load is now.

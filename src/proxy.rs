@@ -23,7 +23,7 @@ use crate::outcome::Refused;
 use crate::policy::client_limits::ClientLimits;
 use crate::policy::cors;
 use crate::policy::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
-use crate::policy::routes::{upstream_target, Route, RouteError};
+use crate::policy::routes::{upstream_target, Route, RouteError, Routes};
 use crate::policy::websocket;
 use crate::upstream::websocket::WebSocketAnswer;
 use crate::upstream::{self, FailureKind, Lease, Upstream, UpstreamError};
@@ -69,11 +69,13 @@ impl Proxy {
 
     /// Answers one request. Never fails: every problem becomes an OpenAI-style error answer.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        // The proxy's own endpoints carry no CORS headers: no web page may read them.
         let origin = self
             .0
             .config
             .cors_origins
             .as_ref()
+            .filter(|_| !Routes::is_own(request.uri().path()))
             .and_then(|cors| cors.allowed_origin(request.headers()));
         let upgrade = websocket::is_upgrade(request.headers());
         let mut response = self.dispatch(request, origin.is_some()).await;
@@ -112,14 +114,16 @@ impl Proxy {
         }
 
         match config.routes.route(request.method(), path) {
-            Ok(Route::Health) => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
-            Ok(Route::Ready) if self.0.drain.is_draining() => {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
-            }
-            Ok(Route::Ready) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
-            Ok(Route::Metrics) => metrics_response(&self.0.metrics),
+            Ok(Route::Health) => health(),
+            Ok(Route::Ready) => ready(&self.0.drain),
+            // With client keys set, the proxy's port shows its metrics (client names, their
+            // traffic) only to a client; `PROXY_METRICS_ADDR` serves them without a key.
+            Ok(Route::Metrics) => match self.0.keys.admit_with(request.headers(), None) {
+                Some(_) => metrics_response(&self.0.metrics),
+                None => ProxyError::InvalidClientKey.into_response(),
+            },
             Ok(Route::Forward { index, .. }) => match self.0.metrics.route(index) {
-                Some(route) => self.forward(request, route, started).await,
+                Some(route) => self.forward(request, route, origin_allowed, started).await,
                 None => ProxyError::Internal("route without metrics").into_response(),
             },
             Err(RouteError::NotFound) => not_found(&request),
@@ -135,6 +139,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         route: Arc<metrics::RouteMetrics>,
+        origin_allowed: bool,
         started: Instant,
     ) -> Response<ProxyBody> {
         let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
@@ -147,10 +152,15 @@ impl Proxy {
             self.0.metrics.clone(),
         );
 
+        // A key in a subprotocol never goes upstream, upgrade or not.
+        let key = websocket::take_key_subprotocol(request.headers_mut());
         if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
             // A session is rare next to requests: its larger future is boxed.
-            let key = websocket::take_key_subprotocol(request.headers_mut());
-            let opened = match self.admit(request.headers(), key.as_deref(), &mut exchange) {
+            let opened = match websocket::check_upgrade(request.version(), request.headers())
+                .map_err(ProxyError::BadRequest)
+                .and_then(|()| self.check_origin(request.headers(), origin_allowed))
+                .and_then(|()| self.admit(request.headers(), key.as_deref(), &mut exchange))
+            {
                 Ok(()) => Box::pin(self.open_session(request, &exchange)).await,
                 Err(error) => Err(error),
             };
@@ -249,6 +259,20 @@ impl Proxy {
                 Err(ProxyError::ClientLimited(limited))
             }
         }
+    }
+
+    /// A browser's WebSocket is not held back by CORS, so the server checks its `Origin`
+    /// (RFC 6455, section 10.2): an upgrade that names one is switched only for an origin in
+    /// `PROXY_CORS_ORIGINS`. Without that setting no browser origin is allowed.
+    fn check_origin(
+        &self,
+        headers: &http::HeaderMap,
+        origin_allowed: bool,
+    ) -> Result<(), ProxyError> {
+        if headers.contains_key(header::ORIGIN) && !origin_allowed {
+            return Err(ProxyError::OriginNotAllowed);
+        }
+        Ok(())
     }
 
     fn total_deadline(&self, started: Instant) -> Option<Instant> {
@@ -483,7 +507,7 @@ fn pass_head(parts: &mut http::response::Parts, exchange: &mut Exchange, id: &He
     exchange.upstream_status = Some(parts.status);
     exchange.status = Some(parts.status);
     exchange.head_after = Some(exchange.started().elapsed());
-    exchange.upstream_id = parts.headers.get("x-request-id").cloned();
+    exchange.upstream_id = headers::upstream_request_id(&parts.headers);
     headers::rewrite_response(&mut parts.headers, id);
     parts.version = Version::HTTP_11;
 }
@@ -495,6 +519,50 @@ fn failed(error: ProxyError, mut exchange: Exchange, id: HeaderValue) -> Respons
     exchange.status = Some(response.status());
     response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
     response
+}
+
+/// The proxy's own endpoints on the admin listener (`PROXY_METRICS_ADDR`): `/health`,
+/// `/ready` and `/metrics`, without a client key, for the kubelet's probes and a scraper on a
+/// private port. Nothing is forwarded from there.
+#[derive(Clone)]
+pub struct Admin {
+    drain: Arc<DrainState>,
+    metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    pub fn new(drain: Arc<DrainState>, metrics: Arc<Metrics>) -> Admin {
+        Admin { drain, metrics }
+    }
+
+    pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+        let own = matches!(*request.method(), Method::GET | Method::HEAD);
+        match request.uri().path() {
+            "/health" if own => health(),
+            "/ready" if own => ready(&self.drain),
+            "/metrics" if own => metrics_response(&self.metrics),
+            path if Routes::is_own(path) => ProxyError::MethodNotAllowed {
+                method: request.method().clone(),
+                allow: "GET, HEAD".to_owned(),
+            }
+            .into_response(),
+            _ => not_found(request),
+        }
+    }
+}
+
+/// `GET /health`: 200 while the process lives.
+fn health() -> Response<ProxyBody> {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+/// `GET /ready`: 200 while serving, 503 once the drain has begun.
+fn ready(drain: &DrainState) -> Response<ProxyBody> {
+    if drain.is_draining() {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+    } else {
+        json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+    }
 }
 
 /// The Prometheus exposition, for `GET /metrics` on either listener.

@@ -241,13 +241,7 @@ async fn metrics_and_the_access_log_name_the_client_and_never_its_key() {
         let response = client().request(as_client(&url, key)).await.unwrap();
         body_bytes(response).await;
     }
-    let text = body_string(
-        client()
-            .get(proxy.url("/metrics").parse().unwrap())
-            .await
-            .unwrap(),
-    )
-    .await;
+    let text = metrics_text(&proxy).await;
     let requests: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("memoctopus_requests_total{"))

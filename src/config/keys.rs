@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use http::HeaderValue;
 
 use super::values::{comma_list, invalid, present, ConfigError};
-use crate::policy::client_keys::ClientKeys;
+use crate::policy::client_keys::{ClientKeys, KeyListError};
 
 /// The keys as loaded at start, and the files they are reloaded from.
 #[derive(Clone, Debug)]
@@ -17,7 +17,7 @@ pub struct KeySettings {
     pub api_key: HeaderValue,
     /// `OPENAI_API_KEY_FILE`: watched, and re-read when it changes.
     pub api_key_file: Option<PathBuf>,
-    /// The client keys; empty means no inbound check.
+    /// The client keys; empty only when neither setting is set, which means no inbound check.
     pub client_keys: ClientKeys,
     /// `PROXY_CLIENT_KEYS_FILE`: watched, and re-read when it changes.
     pub client_keys_file: Option<PathBuf>,
@@ -66,8 +66,10 @@ impl RawKeys<'_> {
                         "and PROXY_CLIENT_KEYS_FILE are both set; set at most one of them",
                     ))
                 }
-                (_, None) => (
+                (None, None) => (ClientKeys::default(), None),
+                (Some(_), None) => (
                     ClientKeys::parse(comma_list(self.client_keys))
+                        .and_then(at_least_one)
                         .map_err(|e| invalid("PROXY_CLIENT_KEYS", e.0))?,
                     None,
                 ),
@@ -128,7 +130,21 @@ pub fn client_keys_file(path: &Path, contents: &[u8]) -> Result<ClientKeys, Stri
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'));
-    ClientKeys::parse(entries).map_err(|e| format!("{}: {}", path.display(), e.0))
+    ClientKeys::parse(entries)
+        .and_then(at_least_one)
+        .map_err(|e| format!("{}: {}", path.display(), e.0))
+}
+
+/// A list of client keys that is set must hold one: an empty one would mean "no check", the
+/// opposite of what setting it asked for. At start that stops the proxy; at a reload the keys
+/// in force stay.
+fn at_least_one(keys: ClientKeys) -> Result<ClientKeys, KeyListError> {
+    if keys.is_empty() {
+        return Err(KeyListError(
+            "holds no client key; with client keys set, an empty list would let every request through, so it is refused (unset the setting to run without client keys)".to_owned(),
+        ));
+    }
+    Ok(keys)
 }
 
 /// A key file's bytes; the error names the file and the cause, never the contents.

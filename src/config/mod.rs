@@ -14,6 +14,7 @@ mod egress;
 mod inbound;
 mod keys;
 mod limits;
+pub mod settings;
 mod upstream;
 mod values;
 
@@ -65,6 +66,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `PROXY_TLS_CERT` and `PROXY_TLS_KEY`, loaded: serve HTTPS (h2 and http/1.1 by ALPN).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What was found but not used: `PROXY_*` variables that are not settings. Logged at
+    /// start and printed by `--check-config`; never holds a value.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +129,10 @@ impl Config {
     }
 
     /// Merges `dotenv` (when the file exists) under `env`, whose values win, and validates.
+    ///
+    /// The one rule for empty values: an empty value in the environment does not hide the
+    /// file's value for the same name (docker compose writes `NAME: ${NAME}` as an empty
+    /// variable when the host has none). An empty value with nothing under it is unset.
     pub fn load(
         env: impl IntoIterator<Item = (String, String)>,
         dotenv: Option<&Path>,
@@ -138,7 +146,13 @@ impl Config {
                 vars.insert(k, v);
             }
         }
-        vars.extend(env);
+        for (name, value) in env {
+            if value.is_empty() {
+                vars.entry(name).or_insert(value);
+            } else {
+                vars.insert(name, value);
+            }
+        }
         Config::from_vars(vars)
     }
 
@@ -153,16 +167,29 @@ impl Config {
         let mut ours: HashMap<String, String> = HashMap::new();
         let mut egress: HashMap<String, String> = HashMap::new();
         for (k, v) in vars.into_iter().map(|(k, v)| (k.into(), v.into())) {
+            // Empty is unset; blank (only whitespace) is a mistake, never a way to switch a
+            // guard off.
+            if !v.is_empty() && v.trim().is_empty() {
+                if let Some(setting) = settings::find(&k) {
+                    return Err(invalid(
+                        setting.name,
+                        "is only whitespace; leave it empty to unset it",
+                    ));
+                }
+            }
             if EGRESS_VARIABLES.contains(&k.as_str()) {
                 egress.insert(k, v);
             } else if is_our_setting(&k) {
                 ours.insert(k, v);
             }
         }
+        let warnings = settings::unknown_warnings(ours.keys().map(String::as_str));
         let mut raw: RawConfig =
             envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
         raw.egress = egress;
-        raw.validate()
+        let mut config = raw.validate()?;
+        config.warnings = warnings;
+        Ok(config)
     }
 }
 
@@ -243,6 +270,7 @@ impl RawConfig {
             routes,
             metrics_addr,
             tls: inbound::tls(&self.proxy_tls_cert, &self.proxy_tls_key)?,
+            warnings: Vec::new(),
         })
     }
 }

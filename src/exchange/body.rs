@@ -179,6 +179,10 @@ impl Body for RequestBody {
             return Poll::Ready(Some(Ok(frame)));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
+            // A client's trailers never go upstream: they could carry `Authorization` or
+            // `OpenAI-Project` past the header policy, and RFC 9110 (section 6.5) forbids
+            // merging them into the head. Trailers are the last frame: the body ends here.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
             Poll::Ready(Some(Ok(frame))) => {
                 this.clock.frame_arrived();
                 if let Some(data) = frame.data_ref() {

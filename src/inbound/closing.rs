@@ -82,12 +82,18 @@ pub struct Watcher(watch::Receiver<bool>);
 
 impl Watcher {
     /// Serves `connection` to its end, closing it gracefully once [`Closing::close_all`] is
-    /// called. The connection counts as open until this returns.
-    pub async fn serve<C: Graceful>(mut self, mut connection: Pin<&mut C>) -> C::Output {
+    /// called, or once `done` completes (the connection's own reason to close, such as an
+    /// idle HTTP/2 connection). The connection counts as open until this returns.
+    pub async fn serve<C: Graceful>(
+        mut self,
+        mut connection: Pin<&mut C>,
+        done: impl Future<Output = ()>,
+    ) -> C::Output {
         tokio::select! {
             ended = connection.as_mut() => return ended,
             // An error means the accept loop is gone: close as well.
             _ = self.0.wait_for(|closing| *closing) => {}
+            () = done => {}
         }
         connection.as_mut().graceful_shutdown();
         connection.await

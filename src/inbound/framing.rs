@@ -58,8 +58,12 @@ enum State {
     /// Bytes left of a chunk, its closing CRLF included.
     ChunkData(u64),
     Trailers,
-    /// Something hyper will refuse or close on by itself; bytes pass unchecked.
+    /// Something hyper will refuse or close on by itself; bytes pass unchecked. Only after a
+    /// WebSocket upgrade request, or once the client has closed its side.
     Unchecked,
+    /// A chunk-size or trailer line hyper will refuse has been handed over: the connection
+    /// ends there, and nothing after it is read, so no later head goes unchecked.
+    Sealed,
     /// The stand-in has been handed over; nothing more is read.
     Refused,
 }
@@ -130,27 +134,28 @@ impl<I> FramingGuard<I> {
                 State::ChunkSize | State::Trailers => {
                     let Some(end) = memchr::memchr(b'\n', rest) else {
                         if rest.len() > MAX_LINE_BYTES {
-                            self.state = State::Unchecked;
-                            return Scan::All;
+                            self.state = State::Sealed;
+                            return Scan::Partial(at + rest.len());
                         }
                         return Scan::Partial(at);
                     };
                     let line = &rest[..end];
                     at += end + 1;
                     self.state = match self.state {
-                        State::ChunkSize => match chunk_size(line) {
-                            Some(0) => State::Trailers,
-                            Some(size) => match size.checked_add(2) {
-                                Some(left) => State::ChunkData(left),
-                                None => State::Unchecked,
-                            },
-                            None => State::Unchecked,
+                        State::ChunkSize => match chunk_size(line).map(|n| n.checked_add(2)) {
+                            Some(Some(2)) => State::Trailers,
+                            Some(Some(left)) => State::ChunkData(left),
+                            Some(None) | None => {
+                                self.state = State::Sealed;
+                                return Scan::Partial(at);
+                            }
                         },
                         _ if line.is_empty() || line == b"\r" => State::Head,
                         _ => State::Trailers,
                     };
                 }
                 State::Unchecked | State::Refused => return Scan::All,
+                State::Sealed => return Scan::Partial(at),
             }
         }
         Scan::All
@@ -213,6 +218,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingGuard<I> {
             match this.state {
                 // hyper answers the stand-in and closes; it must not see the client leave first.
                 State::Refused => return Poll::Pending,
+                // hyper has the line it refuses; after it, the connection's read side ends.
+                State::Sealed => return Poll::Ready(Ok(())),
                 State::Unchecked if this.held.is_empty() => {
                     return Pin::new(&mut this.io).poll_read(cx, buf)
                 }
@@ -387,13 +394,15 @@ fn digits(value: &[u8]) -> Option<u64> {
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let hex_len = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if hex_len == 0 || hex_len > 16 {
+    if hex_len == 0 {
         return None;
     }
     let rest = &line[hex_len..];
     if !(rest.is_empty() || matches!(rest.trim_ascii_start().first(), Some(b';'))) {
         return None;
     }
+    // Leading zeros are allowed, as hyper allows them; past them, a size that does not fit
+    // 64 bits is no size.
     line[..hex_len].iter().try_fold(0u64, |n, &b| {
         let digit = (b as char).to_digit(16)?;
         n.checked_mul(16)?.checked_add(u64::from(digit))
@@ -462,5 +471,6 @@ GET /c HTTP/1.1\r\n\r\n";
         assert_eq!(chunk_size(b"ff ; name=value\r"), Some(255));
         assert_eq!(chunk_size(b"x\r"), None);
         assert_eq!(chunk_size(b"12345678901234567\r"), None);
+        assert_eq!(chunk_size(b"00000000000000000002\r"), Some(2));
     }
 }

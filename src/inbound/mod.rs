@@ -6,3 +6,4 @@ pub mod framing;
 pub mod listener;
 pub mod panics;
 pub mod server;
+pub mod streams;

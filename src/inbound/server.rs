@@ -25,11 +25,12 @@ use crate::exchange::session::Handoff;
 use crate::inbound::closing::{Closing, Watcher};
 use crate::inbound::framing::{FramingGuard, Refusals};
 use crate::inbound::panics::CatchUnwind;
+use crate::inbound::streams::{self, Streams, Tracked};
 use crate::keys::Keys;
 use crate::limits::MAX_REQUEST_HEAD_BYTES;
 use crate::metrics::Metrics;
 use crate::policy::websocket;
-use crate::proxy::{metrics_response, not_found, refused as refused_response, Proxy};
+use crate::proxy::{refused as refused_response, Admin, Proxy};
 
 /// HTTP/2 streams one client connection may have open at once.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -70,13 +71,30 @@ pub async fn run_with_metrics_listener(
     let proxy = Proxy::new(config.clone(), keys, drain.clone(), metrics.clone())
         .map_err(io::Error::other)?;
     let trimmer = tokio::spawn(crate::trim::trim_when_idle());
-    let metrics_server =
-        metrics_listener.map(|listener| tokio::spawn(serve_metrics(listener, metrics.clone())));
+    let builders = Arc::new(Builders::new(&config));
+    // The admin listener serves the proxy's own endpoints with the same accept loop, limits
+    // and timeouts, under a connection cap of its own, so that it can never use up the file
+    // descriptors the proxy's port needs. It runs until the drain has ended: the kubelet's
+    // probes see `/ready` go 503.
+    let admin_server = metrics_listener.map(|listener| {
+        let mut admin = Acceptor {
+            listener,
+            handler: Admin::new(drain.clone(), metrics.clone()),
+            metrics: metrics.clone(),
+            builders: builders.clone(),
+            closing: Closing::default(),
+            slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+            connections: JoinSet::new(),
+            header_read: config.timeouts.header_read,
+            tls: None,
+        };
+        tokio::spawn(async move { admin.accept_until(std::future::pending()).await })
+    });
     let mut acceptor = Acceptor {
         listener,
-        proxy,
+        handler: proxy,
         metrics,
-        builders: Arc::new(Builders::new(&config)),
+        builders,
         closing: Closing::default(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         connections: JoinSet::new(),
@@ -117,8 +135,8 @@ pub async fn run_with_metrics_listener(
         connections.abort_all();
     }
     while connections.join_next().await.is_some() {}
-    if let Some(metrics_server) = metrics_server {
-        metrics_server.abort();
+    if let Some(admin_server) = admin_server {
+        admin_server.abort();
     }
     trimmer.abort();
     key_watcher.abort();
@@ -151,9 +169,40 @@ impl Builders {
     }
 }
 
-struct Acceptor {
+/// What answers the requests of one listener's connections: the [`Proxy`] on the proxy's
+/// port, [`Admin`] on the admin listener.
+trait Handler: Clone + Send + Sync + 'static {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send;
+}
+
+impl Handler for Proxy {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        Proxy::handle(self, request)
+    }
+}
+
+impl Handler for Admin {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        std::future::ready(Admin::handle(self, &request))
+    }
+}
+
+/// Connections the admin listener (`PROXY_METRICS_ADDR`) holds at once: probes and a scraper
+/// need a few.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+struct Acceptor<H> {
     listener: TcpListener,
-    proxy: Proxy,
+    handler: H,
     metrics: Arc<Metrics>,
     builders: Arc<Builders>,
     closing: Closing,
@@ -167,7 +216,7 @@ struct Acceptor {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-impl Acceptor {
+impl<H: Handler> Acceptor<H> {
     async fn accept_until(&mut self, stop: impl Future<Output = ()>) {
         let mut stop = pin!(stop);
         loop {
@@ -195,12 +244,13 @@ impl Acceptor {
             let _ = stream.set_nodelay(true);
 
             let header_read = self.header_read;
-            let proxy = self.proxy.clone();
+            let handler = self.handler.clone();
             self.metrics.open_connections.inc();
             let serving = Serving {
                 builders: self.builders.clone(),
                 watcher: self.closing.watcher(),
                 metrics: self.metrics.clone(),
+                header_read,
             };
             let tls = self.tls.clone();
             self.connections.spawn(async move {
@@ -208,7 +258,7 @@ impl Acceptor {
                 let _slot = slot;
                 // Boxed per request: hyper keeps a slot the size of the service's future for
                 // the connection's life, idle or not, and the exchange's future is large.
-                let handle = move |request| Box::pin(async move { proxy.handle(request).await });
+                let handle = move |request| Box::pin(async move { handler.handle(request).await });
                 let Some(tls) = tls else {
                     // hyper's header read timeout starts only once it knows the protocol; a
                     // client that sends nothing, or a lone prefix of the HTTP/2 preface,
@@ -263,9 +313,21 @@ where
         builders,
         watcher,
         metrics,
+        header_read,
     } = serving;
     let refusals = Arc::new(Refusals::default());
     let requests = Arc::new(AtomicU64::new(0));
+    let streams = (protocol == Protocol::Http2).then(|| Streams::new(metrics.clone()));
+    // An HTTP/2 connection's own reason to close: idle, or its requests used up.
+    let done = {
+        let streams = streams.clone();
+        async move {
+            match streams {
+                Some(streams) => streams::until_done(streams, header_read).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     // Where the service leaves a WebSocket session, to run here once hyper lets go of the
     // connection: it keeps the connection's slot, and the drain cuts it with the connection.
     let handoff = Handoff::default();
@@ -273,8 +335,10 @@ where
         let refusals = refusals.clone();
         let handoff = handoff.clone();
         let requests = requests.clone();
+        let streams = streams.clone();
         service_fn(move |mut request: Request<Incoming>| {
             let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
+            let stream = streams.as_ref().map(Streams::opened);
             if protocol == Protocol::Http1 && websocket::is_upgrade(request.headers()) {
                 request.extensions_mut().insert(handoff.clone());
             }
@@ -292,7 +356,7 @@ where
                             ProxyError::Internal("the request handler panicked").into_response()
                         }),
                 };
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, stream)))
             }
         })
     };
@@ -300,14 +364,16 @@ where
         Protocol::Http1 => {
             let io = TokioIo::new(FramingGuard::new(io, refusals));
             let connection = pin!(builders.http1.serve_connection(io, service).with_upgrades());
-            watcher.serve(connection).await
+            // hyper closes an HTTP/1 connection that sends no head within the header read
+            // timeout by itself: `done` never completes here.
+            watcher.serve(connection, done).await
         }
         Protocol::Http2 => {
             let io = TokioIo::new(io);
             // An HTTP/2 connection's state is larger than an HTTP/1 one's, and this future is
             // as large as its largest branch: HTTP/1 connections do not carry its size.
             let mut connection = Box::pin(builders.http2.serve_connection(io, service));
-            watcher.serve(connection.as_mut()).await
+            watcher.serve(connection.as_mut(), done).await
         }
     };
     if let Err(error) = ended {
@@ -323,6 +389,9 @@ struct Serving {
     builders: Arc<Builders>,
     watcher: Watcher,
     metrics: Arc<Metrics>,
+    /// `PROXY_HEADER_READ_TIMEOUT`: also how long an HTTP/2 connection may go without a
+    /// stream open.
+    header_read: Duration,
 }
 
 /// The HTTP/2 connection preface; anything else is HTTP/1.
@@ -359,30 +428,6 @@ struct OpenConnection(Arc<Metrics>);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.open_connections.dec();
-    }
-}
-
-/// `/metrics` on its own listener: plain HTTP/1.1, nothing else answered.
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let response = if request.uri().path() == "/metrics" {
-                    metrics_response(&metrics)
-                } else {
-                    not_found(&request)
-                };
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 
@@ -451,6 +496,7 @@ mod tests {
                 builders,
                 watcher: closing.watcher(),
                 metrics,
+                header_read: Duration::from_secs(10),
             };
             serve_connection(stream, Protocol::Http1, serving, handle).await;
         });

@@ -143,9 +143,20 @@ fn is_sane_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= 512 && id.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// OpenAI's own `x-request-id` on a response, for the access log.
-pub fn upstream_request_id(headers: &HeaderMap) -> Option<&str> {
-    headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok())
+/// OpenAI's own `x-request-id` on a response, for the access log, if it looks like one: at
+/// most 128 letters, digits, `-`, `_`, `.` or `:` (OpenAI's are `req_` and 32 hex digits), and
+/// nothing that starts like a key. The upstream chooses this value and the proxy writes it into
+/// every log line, so anything else is logged as `invalid`.
+pub fn upstream_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    static INVALID: HeaderValue = HeaderValue::from_static("invalid");
+    let value = headers.get(&REQUEST_ID)?;
+    let id = value.as_bytes();
+    let sane = (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && !id.get(..3).is_some_and(|p| p.eq_ignore_ascii_case(b"sk-"));
+    Some(if sane { value.clone() } else { INVALID.clone() })
 }
 
 #[cfg(test)]

@@ -73,13 +73,16 @@ impl ExtraRoute {
     }
 }
 
-/// A path segment that no server could read as a step elsewhere.
+/// A path segment that no server could read as a step elsewhere: printable ASCII only, and
+/// no `%` (an encoded step), `\\` (a Windows separator) or `;` (a path parameter, which
+/// Tomcat-style servers strip, so that `..;` reads as `..`).
 fn is_plain_segment(segment: &str) -> bool {
     !segment.is_empty()
         && segment != "."
         && segment != ".."
-        && !segment.contains('%')
-        && !segment.contains('\\')
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b'\\' | b';'))
 }
 
 /// The route table, built once from the configuration.
@@ -134,6 +137,11 @@ impl Routes {
     /// The forwarded patterns, in table order.
     pub fn forwarded_names(&self) -> impl Iterator<Item = &str> {
         self.forwarded.iter().map(|(_, p)| p.as_str())
+    }
+
+    /// Whether `path` is one of the proxy's own endpoints, on any listener.
+    pub fn is_own(path: &str) -> bool {
+        matches!(path, "/health" | "/ready" | "/metrics")
     }
 
     /// Matches a request's method and path (without its query).

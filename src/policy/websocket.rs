@@ -7,6 +7,7 @@
 //! like a bearer token.
 
 use http::header::{self, HeaderMap, HeaderValue};
+use http::Version;
 
 /// The prefix of the subprotocol that carries a key.
 pub const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
@@ -38,12 +39,15 @@ pub fn take_key_subprotocol(headers: &mut HeaderMap) -> Option<Vec<u8>> {
             .split(|b| *b == b',')
             .map(<[u8]>::trim_ascii)
         {
-            match protocol.strip_prefix(KEY_SUBPROTOCOL.as_bytes()) {
-                Some(value) => {
+            // Subprotocol names are compared case-sensitively by RFC 6455, but a server may
+            // read them in any case: every casing of the prefix is a key.
+            let prefix = KEY_SUBPROTOCOL.len();
+            match protocol.split_at_checked(prefix) {
+                Some((head, value)) if head.eq_ignore_ascii_case(KEY_SUBPROTOCOL.as_bytes()) => {
                     key.get_or_insert_with(|| value.to_vec());
                 }
-                None if !protocol.is_empty() => kept.push(protocol.to_vec()),
-                None => {}
+                _ if !protocol.is_empty() => kept.push(protocol.to_vec()),
+                _ => {}
             }
         }
     }
@@ -54,6 +58,23 @@ pub fn take_key_subprotocol(headers: &mut HeaderMap) -> Option<Vec<u8>> {
         }
     }
     key
+}
+
+/// Why an upgrade request cannot become a WebSocket, if it cannot: it must be HTTP/1.1
+/// (RFC 6455, section 4.1) and carry no body, since nothing after its head is HTTP.
+pub fn check_upgrade(version: Version, headers: &HeaderMap) -> Result<(), &'static str> {
+    if version != Version::HTTP_11 {
+        return Err("A WebSocket upgrade needs HTTP/1.1");
+    }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err("A WebSocket upgrade request carries no body");
+    }
+    Ok(())
 }
 
 /// Puts back the two hop-by-hop headers that make a request, or a `101`, an upgrade; header
@@ -92,6 +113,10 @@ mod tests {
         let mut h = with_protocols("openai-insecure-api-key.a,openai-insecure-api-key.b");
         assert_eq!(take_key_subprotocol(&mut h).as_deref(), Some(&b"a"[..]));
         assert!(!h.contains_key(header::SEC_WEBSOCKET_PROTOCOL));
+
+        let mut h = with_protocols("realtime, OpenAI-Insecure-API-Key.ck-9");
+        assert_eq!(take_key_subprotocol(&mut h).as_deref(), Some(&b"ck-9"[..]));
+        assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "realtime");
 
         let mut h = with_protocols("realtime");
         assert_eq!(take_key_subprotocol(&mut h), None);

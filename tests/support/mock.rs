@@ -50,6 +50,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// The whole body; `None` if it could not be read to its end.
     pub body: Option<Bytes>,
+    /// The request's trailers, if any came.
+    pub trailers: Option<HeaderMap>,
     pub at: Instant,
 }
 
@@ -427,11 +429,14 @@ async fn answer(
     log: Arc<Mutex<MockLog>>,
 ) -> Result<Response<MockBody>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => Some(collected.to_bytes()),
+    let (body, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            (Some(collected.to_bytes()), trailers)
+        }
         Err(_) => {
             log.lock().unwrap().bodies_aborted.push(Instant::now());
-            None
+            (None, None)
         }
     };
     let headers = parts.headers.clone();
@@ -441,6 +446,7 @@ async fn answer(
         version: parts.version,
         headers: parts.headers,
         body: body.clone(),
+        trailers,
         at: Instant::now(),
     });
 

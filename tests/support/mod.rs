@@ -31,6 +31,8 @@ pub const SERVER_KEY: &str = "sk-server-secret-0123456789";
 /// A running proxy. Dropping it leaves the server running until the test's runtime ends.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// A client key the proxy was started with, which `/metrics` on its port then needs.
+    pub metrics_key: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: JoinHandle<std::io::Result<DrainReport>>,
 }
@@ -44,6 +46,7 @@ impl TestProxy {
     pub fn external(addr: SocketAddr) -> TestProxy {
         TestProxy {
             addr,
+            metrics_key: None,
             shutdown: None,
             handle: tokio::spawn(async {
                 Ok(DrainReport {
@@ -109,13 +112,23 @@ pub async fn tls_mock(
     (MockUpstream::start_with(options).await, ca)
 }
 
-/// The value of one series in the proxy's `/metrics`, or 0 if it is absent.
-pub async fn metric(proxy: &TestProxy, series: &str) -> f64 {
+/// The proxy's `/metrics` text, fetched with its client key if it has client keys.
+pub async fn metrics_text(proxy: &TestProxy) -> String {
+    let mut request = Request::get(proxy.url("/metrics"));
+    if let Some(key) = &proxy.metrics_key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
     let response = client()
-        .get(proxy.url("/metrics").parse().unwrap())
+        .request(request.body(Full::new(Bytes::new())).unwrap())
         .await
         .unwrap();
-    let text = body_string(response).await;
+    assert_eq!(response.status(), 200, "GET /metrics");
+    body_string(response).await
+}
+
+/// The value of one series in the proxy's `/metrics`, or 0 if it is absent.
+pub async fn metric(proxy: &TestProxy, series: &str) -> f64 {
+    let text = metrics_text(proxy).await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
@@ -127,12 +140,19 @@ pub async fn spawn_proxy_with(config: Config) -> TestProxy {
         memoctopus::inbound::listener::bind("127.0.0.1:0".parse().unwrap(), config.listen_backlog)
             .unwrap();
     let addr = listener.local_addr().unwrap();
+    let metrics_key = config
+        .keys
+        .client_keys
+        .secrets()
+        .next()
+        .map(|key| String::from_utf8_lossy(key).into_owned());
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(memoctopus::run(listener, config, async {
         let _ = rx.await;
     }));
     TestProxy {
         addr,
+        metrics_key,
         shutdown: Some(tx),
         handle,
     }

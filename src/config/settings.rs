@@ -1,0 +1,270 @@
+//! Every setting the proxy reads, declared once: its name, its default as people write it, and
+//! what it does in a line. `--help` prints this table, the start-up check warns about a
+//! `PROXY_*` variable that is not in it, and a test holds the README and `config/example.env`
+//! to it.
+
+/// One setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    /// The default, as `--help` shows it.
+    pub default: &'static str,
+    /// What it does, in a line.
+    pub meaning: &'static str,
+}
+
+const fn setting(name: &'static str, default: &'static str, meaning: &'static str) -> Setting {
+    Setting {
+        name,
+        default,
+        meaning,
+    }
+}
+
+/// All of them, in the order `--help` lists them.
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        "OPENAI_API_KEY",
+        "required",
+        "the server-held key (or the file below), never shown to clients",
+    ),
+    setting(
+        "OPENAI_API_KEY_FILE",
+        "unset",
+        "a file holding the key instead; re-read while serving",
+    ),
+    setting(
+        "OPENAI_BASE_URL",
+        "https://api.openai.com/v1",
+        "the upstream; http:// works for local upstreams",
+    ),
+    setting(
+        "OPENAI_ORGANIZATION",
+        "unset",
+        "sent upstream as OpenAI-Organization",
+    ),
+    setting("OPENAI_PROJECT", "unset", "sent upstream as OpenAI-Project"),
+    setting(
+        "PROXY_UPSTREAM_AUTH",
+        "bearer",
+        "bearer (Authorization: Bearer) or api-key (Azure OpenAI)",
+    ),
+    setting(
+        "PROXY_UPSTREAM_QUERY",
+        "unset",
+        "name=value&... added to every upstream URL (api-version=...)",
+    ),
+    setting(
+        "PROXY_UPSTREAM_CA",
+        "unset",
+        "a PEM file of certificates trusted upstream besides the built-in roots",
+    ),
+    setting(
+        "PROXY_UPSTREAM_PROTOCOL",
+        "auto",
+        "auto, http1 or http2: what ALPN offers the upstream",
+    ),
+    setting(
+        "PROXY_UPSTREAM_MAX_STREAMS",
+        "100",
+        "streams on one upstream HTTP/2 connection before another opens",
+    ),
+    setting(
+        "HTTPS_PROXY",
+        "unset",
+        "an http:// forward proxy for egress (also HTTP_PROXY, ALL_PROXY)",
+    ),
+    setting("HTTP_PROXY", "unset", "the same, for http:// upstreams"),
+    setting("ALL_PROXY", "unset", "the same, for either"),
+    setting(
+        "NO_PROXY",
+        "unset",
+        "names, domains, IPs and CIDRs reached without the forward proxy",
+    ),
+    setting("HOST", "0.0.0.0", "IP address to listen on (or localhost)"),
+    setting("PORT", "8000", "port to listen on"),
+    setting(
+        "PROXY_LISTEN_BACKLOG",
+        "4096",
+        "connections the kernel queues before they are accepted",
+    ),
+    setting(
+        "PROXY_CONNECT_TIMEOUT",
+        "10s",
+        "TCP + TLS connect to the upstream",
+    ),
+    setting(
+        "PROXY_FIRST_BYTE_TIMEOUT",
+        "600s",
+        "request start to the upstream's response head",
+    ),
+    setting(
+        "PROXY_IDLE_TIMEOUT",
+        "300s",
+        "longest gap between body frames, either direction",
+    ),
+    setting(
+        "PROXY_TOTAL_TIMEOUT",
+        "none",
+        "optional cap on a whole exchange",
+    ),
+    setting(
+        "PROXY_HEADER_READ_TIMEOUT",
+        "10s",
+        "a client's request head, and a connection without a request, within this",
+    ),
+    setting(
+        "PROXY_MAX_BODY_BYTES",
+        "33554432",
+        "largest request body (32 MiB)",
+    ),
+    setting(
+        "PROXY_MAX_CONNECTIONS",
+        "10000",
+        "inbound connections held at once",
+    ),
+    setting(
+        "PROXY_SHUTDOWN_DELAY",
+        "0s",
+        "after SIGTERM, /ready says 503 this long while serving",
+    ),
+    setting(
+        "PROXY_SHUTDOWN_GRACE",
+        "30s",
+        "then in-flight exchanges get this long before they are cut",
+    ),
+    setting(
+        "PROXY_CLIENT_KEYS",
+        "unset",
+        "comma-separated name:key (or bare key) clients must present",
+    ),
+    setting(
+        "PROXY_CLIENT_KEYS_FILE",
+        "unset",
+        "the same, one a line; re-read while serving",
+    ),
+    setting(
+        "PROXY_CLIENT_MAX_IN_FLIGHT",
+        "unset",
+        "exchanges one client may have open at once (else 429)",
+    ),
+    setting(
+        "PROXY_CLIENT_RATE",
+        "unset",
+        "requests a minute per client, a token bucket (else 429)",
+    ),
+    setting(
+        "PROXY_CLIENT_RATE_BURST",
+        "rate/6",
+        "requests a quiet client may send at once",
+    ),
+    setting(
+        "PROXY_CORS_ORIGINS",
+        "unset",
+        "comma-separated origins, or *, allowed from browsers",
+    ),
+    setting(
+        "PROXY_EXTRA_ROUTES",
+        "unset",
+        "more routes, e.g. \"POST /v1/embeddings, GET /v1/models/*\"",
+    ),
+    setting(
+        "PROXY_METRICS_ADDR",
+        "unset",
+        "an admin listener: /metrics, /health and /ready, no client key",
+    ),
+    setting(
+        "PROXY_TLS_CERT",
+        "unset",
+        "PEM certificate chain: serve HTTPS (with PROXY_TLS_KEY)",
+    ),
+    setting("PROXY_TLS_KEY", "unset", "PEM private key"),
+    setting(
+        "PROXY_LOG_FORMAT",
+        "text",
+        "text or json; levels through RUST_LOG (default info)",
+    ),
+];
+
+/// The setting named `name`, if there is one.
+pub fn find(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+/// The setting whose name is closest to `name`, for a hint about a misspelling.
+pub fn closest(name: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .map(|s| (strsim::levenshtein(name, s.name), s.name))
+        .min()
+        .map_or("", |(_, name)| name)
+}
+
+/// Whether `name` is one that Kubernetes injects for a Service named `proxy` (service links:
+/// `PROXY_SERVICE_HOST`, `PROXY_SERVICE_PORT_HTTP`, `PROXY_PORT_8000_TCP_ADDR`, ...).
+pub fn is_service_link(name: &str) -> bool {
+    name == "PROXY_PORT"
+        || name.starts_with("PROXY_SERVICE_HOST")
+        || name.starts_with("PROXY_SERVICE_PORT")
+        || name
+            .strip_prefix("PROXY_PORT_")
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// A warning for every `PROXY_*` variable that is not a setting, naming the closest one. The
+/// value is never shown.
+pub fn unknown_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut unknown: Vec<&str> = names
+        .into_iter()
+        .filter(|n| n.starts_with("PROXY_") && find(n).is_none() && !is_service_link(n))
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    unknown
+        .into_iter()
+        .map(|name| {
+            format!(
+                "{name} is not a setting and is ignored; did you mean {}?",
+                closest(name)
+            )
+        })
+        .collect()
+}
+
+/// The SETTINGS section of `--help`.
+pub fn help_table() -> String {
+    let mut out = String::new();
+    for s in SETTINGS {
+        out.push_str(&format!(
+            "    {:<27} {:<26} {}\n",
+            s.name, s.default, s.meaning
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelling_names_the_setting_meant() {
+        let warnings = unknown_warnings(["PROXY_CLIENT_KEY", "PROXY_PORT", "PROXY_CLIENT_KEYS"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("did you mean PROXY_CLIENT_KEYS?"));
+        assert!(is_service_link("PROXY_SERVICE_HOST"));
+        assert!(is_service_link("PROXY_PORT_8000_TCP_ADDR"));
+        assert!(!is_service_link("PROXY_PORTS"));
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, s) in SETTINGS.iter().enumerate() {
+            assert!(
+                SETTINGS[i + 1..].iter().all(|o| o.name != s.name),
+                "{}",
+                s.name
+            );
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! An HTTP/2 client connection's streams: how many are open, since when none has been, and how
+//! many requests the connection has carried. hyper's HTTP/2 server has no idle timeout and no
+//! bound on requests per connection, so a connection that sends its preface and then nothing
+//! would hold its slot for ever, and one connection could open and reset streams without end.
+//!
+//! [`until_done`] completes when the connection should close gracefully (GOAWAY, then the open
+//! streams finish): no stream has been open for `PROXY_HEADER_READ_TIMEOUT`, the first request
+//! included, as an HTTP/1 connection waits at most that long for a head; or the connection has
+//! carried [`MAX_REQUESTS`] requests, as nginx's `keepalive_requests` and Envoy's
+//! `max_requests_per_connection` bound them.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// Requests one HTTP/2 client connection may carry before it is closed gracefully.
+pub const MAX_REQUESTS: u64 = 1000;
+
+/// One HTTP/2 connection's streams, shared by its service and its watchdog.
+pub struct Streams {
+    started: Instant,
+    open: AtomicUsize,
+    /// Milliseconds from `started` to when the last open stream ended.
+    idle_since_ms: AtomicU64,
+    requests: AtomicU64,
+    limit_reached: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Streams {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Streams> {
+        Arc::new(Streams {
+            started: Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            limit_reached: Notify::new(),
+            metrics,
+        })
+    }
+
+    /// A stream opened: held until its answer's body is dropped.
+    pub fn opened(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        if self.requests.fetch_add(1, Ordering::Relaxed) + 1 == MAX_REQUESTS {
+            self.limit_reached.notify_one();
+        }
+        StreamGuard {
+            streams: self.clone(),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        (self.open.load(Ordering::Relaxed) == 0).then(|| {
+            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// Completes when the connection should be closed gracefully; says why, for the metrics.
+pub async fn until_done(streams: Arc<Streams>, idle: Duration) {
+    loop {
+        let deadline = streams
+            .idle_since()
+            .map_or(Instant::now() + idle, |since| since + idle);
+        tokio::select! {
+            _ = streams.limit_reached.notified() => {
+                streams.metrics.connection_closed("max_requests");
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        if streams
+            .idle_since()
+            .is_some_and(|since| since + idle <= Instant::now())
+        {
+            streams.metrics.connection_closed("idle");
+            return;
+        }
+    }
+}
+
+/// One open stream. Dropped with the answer's body (or with the request's future, if the client
+/// resets the stream before the answer's head): a stream dropped before its body ended was
+/// reset by the client, and is counted.
+pub struct StreamGuard {
+    streams: Arc<Streams>,
+    ended: AtomicBool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let streams = &self.streams;
+        if !self.ended.load(Ordering::Relaxed) {
+            streams.metrics.client_stream_resets.inc();
+        }
+        let ms = streams.started.elapsed().as_millis() as u64;
+        streams.idle_since_ms.store(ms, Ordering::Relaxed);
+        streams.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body, with the stream it is sent on when that is an HTTP/2 stream.
+pub struct Tracked<B> {
+    body: B,
+    stream: Option<StreamGuard>,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, stream: Option<StreamGuard>) -> Tracked<B> {
+        Tracked { body, stream }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let (Poll::Ready(None), Some(stream)) = (&polled, &self.stream) {
+            stream.ended.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.body.is_end_stream();
+        if let (true, Some(stream)) = (end, &self.stream) {
+            stream.ended.store(true, Ordering::Relaxed);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
