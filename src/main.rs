@@ -40,11 +40,17 @@ fn main() -> ExitCode {
     };
     if command == Command::CheckConfig {
         print!("{}", config.describe());
+        for warning in &config.warnings {
+            println!("warning: {warning}");
+        }
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
     telemetry::init(config.log_format);
     panics::install_hook(&config);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 
     // Pinned to one core (taskset, a CPU limit of 1), one thread does all the work without
     // hand-offs; otherwise one worker per core.

@@ -107,7 +107,7 @@ fn check_config_prints_the_settings_with_the_key_masked() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("PROXY_CLIENT_KEYS=(1 keys, masked)"),
+        stdout.contains("PROXY_CLIENT_KEYS=(1 key, masked)"),
         "{stdout}"
     );
     assert!(!stdout.contains("sk-from-dotenv-secret") && !stdout.contains("ck-check-secret"));

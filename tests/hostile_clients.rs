@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::h2_frames::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -251,76 +252,6 @@ async fn opaque_header_bytes_are_forwarded_unmangled() {
 }
 
 // ---- HTTP/2 abuse, with hand-made frames (a well-behaved client library would not do this).
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn hpack_int(out: &mut Vec<u8>, value: usize) {
-    if value < 127 {
-        out.push(value as u8);
-        return;
-    }
-    out.push(127);
-    let mut rest = value - 127;
-    while rest >= 128 {
-        out.push((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    out.push(rest as u8);
-}
-
-/// A header block of literal fields without indexing.
-fn header_block(headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in headers {
-        block.push(0x00);
-        hpack_int(&mut block, name.len());
-        block.extend_from_slice(name.as_bytes());
-        hpack_int(&mut block, value.len());
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
-}
-
-fn request_headers(authority: &str) -> Vec<u8> {
-    header_block(&[
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/v1/chat/completions"),
-        (":authority", authority),
-        ("content-type", "application/json"),
-    ])
-}
-
-/// Reads until the peer closes or `wait` passes; returns the frame types seen.
-async fn frame_types(stream: &mut tokio::net::TcpStream, wait: Duration) -> Vec<u8> {
-    let mut data = Vec::new();
-    let _ = tokio::time::timeout(wait, async {
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            data.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
-    let mut types = Vec::new();
-    let mut at = 0;
-    while at + 9 <= data.len() {
-        let len = (data[at] as usize) << 16 | (data[at + 1] as usize) << 8 | data[at + 2] as usize;
-        types.push(data[at + 3]);
-        at += 9 + len;
-    }
-    types
-}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

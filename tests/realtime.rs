@@ -524,3 +524,117 @@ async fn a_session_holds_its_connection_slot() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_key_subprotocol_in_any_case_and_on_any_request_is_taken_out() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(
+        &ws,
+        &[("PROXY_CLIENT_KEYS", "browser:ck-realtime-case-6101")],
+    )
+    .await;
+    let (_socket, _) = connect(
+        &proxy,
+        "/v1/realtime",
+        &[(
+            "sec-websocket-protocol",
+            "realtime, OpenAI-Insecure-API-Key.ck-realtime-case-6101",
+        )],
+    )
+    .await
+    .expect("the key in another case was not read");
+    let seen = ws.handshakes().pop().unwrap();
+    assert_eq!(seen.headers["sec-websocket-protocol"], "realtime");
+
+    let open = spawn(&ws, &[]).await;
+    connect(
+        &open,
+        "/v1/realtime",
+        &[(
+            "sec-websocket-protocol",
+            "OPENAI-INSECURE-API-KEY.sk-browser-upper-6102, realtime",
+        )],
+    )
+    .await
+    .expect("upgrade refused");
+    let seen = ws.handshakes().pop().unwrap();
+    assert_eq!(seen.headers["sec-websocket-protocol"], "realtime");
+
+    // A plain GET on the route, no upgrade: the subprotocol's key is taken out all the same.
+    let mock = MockUpstream::start().await;
+    let plain = spawn_proxy(&mock, &[REALTIME]).await;
+    let request = http::Request::get(plain.url("/v1/realtime"))
+        .header(
+            "sec-websocket-protocol",
+            "openai-insecure-api-key.sk-browser-plain-6103",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = mock.last_request();
+    assert!(
+        !seen.headers.contains_key("sec-websocket-protocol"),
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_from_a_browser_origin_is_switched_only_for_an_allowed_origin() {
+    let ws = WsMock::start(None).await;
+    let allowing = spawn(&ws, &[("PROXY_CORS_ORIGINS", "https://app.example")]).await;
+    let refused = connect(
+        &allowing,
+        "/v1/realtime",
+        &[("origin", "https://evil.example")],
+    )
+    .await
+    .expect_err("switched for another origin");
+    assert_eq!(refused.status(), 403);
+    connect(
+        &allowing,
+        "/v1/realtime",
+        &[("origin", "https://app.example")],
+    )
+    .await
+    .expect("the allowed origin was refused");
+    // Without PROXY_CORS_ORIGINS no browser origin may open a session (a page on any site
+    // could otherwise spend the key through a sidecar on localhost).
+    let closed = spawn(&ws, &[]).await;
+    let refused = connect(
+        &closed,
+        "/v1/realtime",
+        &[("origin", "https://evil.example")],
+    )
+    .await
+    .expect_err("switched for a browser origin");
+    assert_eq!(refused.status(), 403);
+    // A client that is no browser sends no Origin, and is switched.
+    connect(&closed, "/v1/realtime", &[])
+        .await
+        .expect("refused");
+    assert_eq!(ws.handshakes().len(), 2);
+}
+
+#[tokio::test]
+async fn an_http10_upgrade_or_an_upgrade_with_a_body_is_refused() {
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[]).await;
+    let upgrade = "Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for raw in [
+        format!("GET /v1/realtime HTTP/1.0\r\n{upgrade}\r\n"),
+        format!("GET /v1/realtime HTTP/1.1\r\n{upgrade}Content-Length: 5\r\n\r\nhello"),
+    ] {
+        let answer = raw_exchange(proxy.addr, raw.as_bytes(), Duration::from_secs(2)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.0 400"),
+            "{raw}: {answer}"
+        );
+        assert!(answer.contains("invalid_request_error"), "{answer}");
+    }
+    assert!(
+        ws.handshakes().is_empty(),
+        "a refused upgrade reached the upstream"
+    );
+}

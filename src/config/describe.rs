@@ -6,6 +6,16 @@ use http::HeaderValue;
 use super::{Config, LogFormat};
 use crate::policy::cors::CorsOrigins;
 
+/// A duration as the settings take it: `250ms`, `10s`.
+fn show(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 impl Config {
     /// The effective settings, one `NAME=value` per line, for `--check-config`. Keys are
     /// never shown, only whether and how they are set.
@@ -83,37 +93,31 @@ impl Config {
             ("OPENAI_PROJECT", header(&self.upstream.project)),
             ("HOST", self.listen.ip().to_string()),
             ("PORT", self.listen.port().to_string()),
-            (
-                "PROXY_CONNECT_TIMEOUT",
-                format!("{:?}", self.timeouts.connect),
-            ),
-            (
-                "PROXY_FIRST_BYTE_TIMEOUT",
-                format!("{:?}", self.timeouts.first_byte),
-            ),
-            ("PROXY_IDLE_TIMEOUT", format!("{:?}", self.timeouts.idle)),
+            ("PROXY_CONNECT_TIMEOUT", show(self.timeouts.connect)),
+            ("PROXY_FIRST_BYTE_TIMEOUT", show(self.timeouts.first_byte)),
+            ("PROXY_IDLE_TIMEOUT", show(self.timeouts.idle)),
             (
                 "PROXY_TOTAL_TIMEOUT",
-                or_unset(self.timeouts.total.map(|t| format!("{t:?}"))),
+                or_unset(self.timeouts.total.map(show)),
             ),
-            (
-                "PROXY_HEADER_READ_TIMEOUT",
-                format!("{:?}", self.timeouts.header_read),
-            ),
+            ("PROXY_HEADER_READ_TIMEOUT", show(self.timeouts.header_read)),
             ("PROXY_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
             ("PROXY_MAX_CONNECTIONS", self.max_connections.to_string()),
             ("PROXY_LISTEN_BACKLOG", self.listen_backlog.to_string()),
-            ("PROXY_SHUTDOWN_DELAY", format!("{:?}", self.shutdown_delay)),
-            ("PROXY_SHUTDOWN_GRACE", format!("{:?}", self.shutdown_grace)),
+            ("PROXY_SHUTDOWN_DELAY", show(self.shutdown_delay)),
+            ("PROXY_SHUTDOWN_GRACE", show(self.shutdown_grace)),
             (
                 match keys.client_keys_file {
                     Some(_) => "PROXY_CLIENT_KEYS_FILE",
                     None => "PROXY_CLIENT_KEYS",
                 },
-                file(
-                    &keys.client_keys_file,
-                    format!("({} keys, masked)", keys.client_keys.len()),
-                ),
+                match (keys.client_keys.len(), &keys.client_keys_file) {
+                    (0, None) => "(unset: no client check)".to_owned(),
+                    (n, path) => file(
+                        path,
+                        format!("({n} key{}, masked)", if n == 1 { "" } else { "s" }),
+                    ),
+                },
             ),
             (
                 "PROXY_CLIENT_MAX_IN_FLIGHT",
@@ -141,17 +145,23 @@ impl Config {
                     }
                 })),
             ),
-            ("PROXY_EXTRA_ROUTES", self.routes.describe_extra()),
+            (
+                "PROXY_EXTRA_ROUTES",
+                match self.routes.describe_extra() {
+                    routes if routes.is_empty() => "(unset)".to_owned(),
+                    routes => routes,
+                },
+            ),
             (
                 "PROXY_METRICS_ADDR",
                 or_unset(self.metrics_addr.map(|a| a.to_string())),
             ),
             (
-                "PROXY_TLS",
+                "PROXY_TLS_CERT and PROXY_TLS_KEY",
                 if self.tls.is_some() {
-                    "on".to_owned()
+                    "(set: clients speak HTTPS)".to_owned()
                 } else {
-                    "off".to_owned()
+                    "(unset: clients speak plain HTTP)".to_owned()
                 },
             ),
             (

@@ -83,19 +83,25 @@ pub struct Watcher(watch::Receiver<bool>);
 impl Watcher {
     /// Serves `connection` to its end, closing it gracefully once [`Closing::close_all`] is
     /// called, or once `done` completes (the connection's own reason to close, such as an
-    /// idle HTTP/2 connection). The connection counts as open until this returns.
+    /// idle HTTP/2 connection). Once the close has begun, `abandon` completing drops the
+    /// connection instead of waiting on (a client that never acknowledges the close). The
+    /// connection counts as open until this returns.
     pub async fn serve<C: Graceful>(
         mut self,
         mut connection: Pin<&mut C>,
         done: impl Future<Output = ()>,
-    ) -> C::Output {
+        abandon: impl Future<Output = ()>,
+    ) -> Option<C::Output> {
         tokio::select! {
-            ended = connection.as_mut() => return ended,
+            ended = connection.as_mut() => return Some(ended),
             // An error means the accept loop is gone: close as well.
             _ = self.0.wait_for(|closing| *closing) => {}
             () = done => {}
         }
         connection.as_mut().graceful_shutdown();
-        connection.await
+        tokio::select! {
+            ended = connection => Some(ended),
+            () = abandon => None,
+        }
     }
 }

@@ -318,16 +318,10 @@ where
     let refusals = Arc::new(Refusals::default());
     let requests = Arc::new(AtomicU64::new(0));
     let streams = (protocol == Protocol::Http2).then(|| Streams::new(metrics.clone()));
-    // An HTTP/2 connection's own reason to close: idle, or its requests used up.
-    let done = {
-        let streams = streams.clone();
-        async move {
-            match streams {
-                Some(streams) => streams::until_done(streams, header_read).await,
-                None => std::future::pending().await,
-            }
-        }
-    };
+    // An HTTP/2 connection's own reason to close (idle, or its requests used up), and when a
+    // close it has begun gives up waiting for the client.
+    let done = for_http2(streams.clone(), |s| streams::until_done(s, header_read));
+    let abandon = for_http2(streams.clone(), |s| streams::until_idle(s, header_read));
     // Where the service leaves a WebSocket session, to run here once hyper lets go of the
     // connection: it keeps the connection's slot, and the drain cuts it with the connection.
     let handoff = Handoff::default();
@@ -366,21 +360,34 @@ where
             let connection = pin!(builders.http1.serve_connection(io, service).with_upgrades());
             // hyper closes an HTTP/1 connection that sends no head within the header read
             // timeout by itself: `done` never completes here.
-            watcher.serve(connection, done).await
+            watcher.serve(connection, done, abandon).await
         }
         Protocol::Http2 => {
             let io = TokioIo::new(io);
             // An HTTP/2 connection's state is larger than an HTTP/1 one's, and this future is
             // as large as its largest branch: HTTP/1 connections do not carry its size.
             let mut connection = Box::pin(builders.http2.serve_connection(io, service));
-            watcher.serve(connection.as_mut(), done).await
+            watcher.serve(connection.as_mut(), done, abandon).await
         }
     };
-    if let Err(error) = ended {
-        tracing::debug!(error = %error, "connection ended with an error");
+    match ended {
+        Some(Err(error)) => tracing::debug!(error = %error, "connection ended with an error"),
+        None => tracing::debug!("connection dropped: its close was never acknowledged"),
+        Some(Ok(())) => {}
     }
     if let Some(session) = handoff.take() {
         session.await;
+    }
+}
+
+/// `watch` of an HTTP/2 connection's streams; for an HTTP/1 connection (no streams), never.
+async fn for_http2<F: Future<Output = ()>>(
+    streams: Option<Arc<Streams>>,
+    watch: impl FnOnce(Arc<Streams>) -> F,
+) {
+    match streams {
+        Some(streams) => watch(streams).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -90,6 +90,26 @@ pub async fn until_done(streams: Arc<Streams>, idle: Duration) {
     }
 }
 
+/// Once a graceful close has begun: completes when no stream has been open for `idle`,
+/// counted from now at the earliest, so that the GOAWAY goes out first. HTTP/2's graceful
+/// close waits for the client to answer a PING, and a client that never does must not keep
+/// the connection: with nothing open, it is then dropped.
+pub async fn until_idle(streams: Arc<Streams>, idle: Duration) {
+    let begun = Instant::now();
+    loop {
+        let deadline = streams
+            .idle_since()
+            .map_or(Instant::now() + idle, |since| since.max(begun) + idle);
+        tokio::time::sleep_until(deadline).await;
+        if streams
+            .idle_since()
+            .is_some_and(|since| since.max(begun) + idle <= Instant::now())
+        {
+            return;
+        }
+    }
+}
+
 /// One open stream. Dropped with the answer's body (or with the request's future, if the client
 /// resets the stream before the answer's head): a stream dropped before its body ended was
 /// reset by the client, and is counted.

@@ -7,6 +7,7 @@
 //! - `x-mock-chunks: N` with the same interval: a JSON answer in N chunks;
 //! - `x-mock-binary: N` with the same interval: N chunks of 4 KiB of `audio/mpeg`;
 //! - `x-mock-gzip: 1`: a `Content-Encoding: gzip` answer with fixed bytes;
+//! - `x-mock-request-id: V`: answer with `x-request-id: V` instead of `req_mock_upstream_1`;
 //! - `x-mock-reset-after-head: 1`: the head and one chunk, then the stream is reset (HTTP/2)
 //!   or the connection cut (HTTP/1.1).
 //!
@@ -25,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -462,7 +463,13 @@ async fn answer(
 
     let mut builder = Response::builder()
         .status(status)
-        .header("x-request-id", "req_mock_upstream_1")
+        .header(
+            "x-request-id",
+            headers
+                .get("x-mock-request-id")
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("req_mock_upstream_1")),
+        )
         .header("openai-processing-ms", "42")
         .header(
             "x-ratelimit-remaining-requests",

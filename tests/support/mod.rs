@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod connect_proxy;
 pub mod faults;
+pub mod h2_frames;
 pub mod mock;
 pub mod tls;
 pub mod ws_mock;
@@ -135,6 +136,37 @@ pub async fn metric(proxy: &TestProxy, series: &str) -> f64 {
 }
 
 pub async fn spawn_proxy_with(config: Config) -> TestProxy {
+    spawn_proxy_with_admin(config, None).await
+}
+
+/// Starts the proxy with its admin listener (`PROXY_METRICS_ADDR`) on `127.0.0.1:0`; returns
+/// the proxy and the admin listener's address.
+pub async fn spawn_proxy_and_admin(
+    upstream: &MockUpstream,
+    extra: &[(&str, &str)],
+) -> (TestProxy, SocketAddr) {
+    let base_url = format!("http://{}/v1", upstream.addr);
+    let mut vars: Vec<(String, String)> = vec![
+        ("OPENAI_API_KEY".into(), SERVER_KEY.into()),
+        ("OPENAI_BASE_URL".into(), base_url),
+        ("HOST".into(), "127.0.0.1".into()),
+        ("PORT".into(), "0".into()),
+        ("PROXY_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let config = Config::from_vars(vars).expect("test configuration");
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    (
+        spawn_proxy_with_admin(config, Some(admin)).await,
+        admin_addr,
+    )
+}
+
+async fn spawn_proxy_with_admin(
+    config: Config,
+    admin: Option<tokio::net::TcpListener>,
+) -> TestProxy {
     capture::logs();
     let listener =
         memoctopus::inbound::listener::bind("127.0.0.1:0".parse().unwrap(), config.listen_backlog)
@@ -147,9 +179,14 @@ pub async fn spawn_proxy_with(config: Config) -> TestProxy {
         .next()
         .map(|key| String::from_utf8_lossy(key).into_owned());
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(memoctopus::run(listener, config, async {
-        let _ = rx.await;
-    }));
+    let handle = tokio::spawn(memoctopus::run_with_metrics_listener(
+        listener,
+        admin,
+        config,
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestProxy {
         addr,
         metrics_key,
