@@ -50,16 +50,21 @@ async fn run(url: String, streams: u64, length: Duration, events: u64, interval_
         .pool_max_idle_per_host(streams as usize)
         .build_http();
     let deadline = Instant::now() + length;
+    // `STREAM_AUTHORIZATION` replaces the bench's placeholder, for a proxy with client keys.
+    let authorization = std::sync::Arc::new(
+        std::env::var("STREAM_AUTHORIZATION").unwrap_or_else(|_| "Bearer bench-client".into()),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..streams {
         let client = client.clone();
         let url = url.clone();
+        let authorization = authorization.clone();
         tasks.spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < deadline {
                 let request = Request::post(&url)
                     .header("content-type", "application/json")
-                    .header("authorization", "Bearer bench-client")
+                    .header("authorization", authorization.as_str())
                     .header("x-mock-events", events.to_string())
                     .header("x-mock-interval-ms", interval_ms.to_string())
                     .body(Full::from(

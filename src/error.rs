@@ -34,6 +34,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The request head is over the size or header-count limit.
     HeadTooLarge,
+    /// The request has already passed through this proxy: the upstream leads back to it.
+    LoopDetected,
     // The upstream's fault.
     UpstreamUnreachable(String),
     /// The upstream's TLS certificate was not trusted, or not valid for its name.
@@ -61,6 +63,8 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::ClientBodyFailed => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            // RFC 5842's 508 Loop Detected.
+            ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamCertificate(_)
             | ProxyError::ForwardProxyFailed(_)
@@ -93,6 +97,7 @@ impl ProxyError {
             ProxyError::ClientBodyFailed => "request_body_incomplete",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::HeadTooLarge => "request_header_fields_too_large",
+            ProxyError::LoopDetected => "proxy_loop_detected",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamCertificate(_) => "upstream_certificate_error",
             ProxyError::ForwardProxyFailed(_) => "forward_proxy_error",
@@ -137,6 +142,7 @@ impl ProxyError {
                 crate::limits::MAX_REQUEST_HEAD_BYTES,
                 crate::limits::MAX_HEADERS
             ),
+            ProxyError::LoopDetected => "This request has already passed through this proxy: OPENAI_BASE_URL leads back to it. Set the proxy's OPENAI_BASE_URL to the real upstream (a shell that exports it for the app also changes the proxy's, since the environment wins over .env).".to_owned(),
             ProxyError::UpstreamUnreachable(why) => format!("Could not reach the upstream API: {why}"),
             ProxyError::UpstreamCertificate(why) => format!(
                 "The upstream API's TLS certificate was not accepted (a certificate problem; see PROXY_UPSTREAM_CA): {why}"

@@ -55,6 +55,7 @@ impl Proxy {
             auth: config.upstream.auth,
             organization: config.upstream.organization.clone(),
             project: config.upstream.project.clone(),
+            via: headers::via_entry(),
         };
         Ok(Proxy(Arc::new(Inner {
             limits: ClientLimits::new(config.client_limits),
@@ -152,6 +153,9 @@ impl Proxy {
             self.0.metrics.clone(),
         );
 
+        if headers::passed_through(request.headers(), &self.0.identity.via) {
+            return failed(ProxyError::LoopDetected, exchange, id);
+        }
         // A key in a subprotocol never goes upstream, upgrade or not.
         let key = websocket::take_key_subprotocol(request.headers_mut());
         if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
@@ -514,6 +518,11 @@ fn pass_head(parts: &mut http::response::Parts, exchange: &mut Exchange, id: &He
 
 /// An error answer for the client, recorded as the exchange's end.
 fn failed(error: ProxyError, mut exchange: Exchange, id: HeaderValue) -> Response<ProxyBody> {
+    if let ProxyError::UpstreamRejectedKey = error {
+        // The upstream answered, with 401: the log says so, though the client gets a 502.
+        exchange.upstream_status = Some(StatusCode::UNAUTHORIZED);
+        exchange.head_after = Some(exchange.started().elapsed());
+    }
     exchange.finish(outcome_of(&error));
     let mut response = error.into_response();
     exchange.status = Some(response.status());
@@ -617,6 +626,7 @@ fn outcome_of(error: &ProxyError) -> Outcome {
         | ProxyError::InvalidClientKey
         | ProxyError::OriginNotAllowed
         | ProxyError::BadRequest(_)
+        | ProxyError::LoopDetected
         | ProxyError::HeadTooLarge => Outcome::Rejected,
         ProxyError::ClientLimited(_) => Outcome::Limited,
     }

@@ -94,7 +94,7 @@ proptest! {
         }
         let before = headers.clone();
         let credential = UpstreamAuth::Bearer.credential(&HeaderValue::from_static("sk-ours"));
-        let identity = UpstreamIdentity { auth: UpstreamAuth::Bearer, organization: None, project: None };
+        let identity = UpstreamIdentity { auth: UpstreamAuth::Bearer, organization: None, project: None, via: memoctopus::policy::headers::via_entry() };
         rewrite_request(&mut headers, &identity, &credential, &HeaderValue::from_static("id-1"));
 
         let auth: Vec<_> = headers.get_all("authorization").iter().collect();

@@ -32,6 +32,9 @@ use crate::policy::cors::CorsOrigins;
 use crate::policy::routes::{ExtraRoute, Routes};
 use values::{comma_list, duration, invalid, parse_number, present};
 
+/// `config/example.env`'s stand-in for the key.
+const PLACEHOLDER_KEY: &str = "sk-replace-me";
+
 /// The proxy's whole configuration. Built by [`Config::from_vars`] or [`Config::load`].
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -189,6 +192,11 @@ impl Config {
         raw.egress = egress;
         let mut config = raw.validate()?;
         config.warnings = warnings;
+        if config.keys.api_key.as_bytes() == PLACEHOLDER_KEY.as_bytes() {
+            config.warnings.push(format!(
+                "OPENAI_API_KEY is still {PLACEHOLDER_KEY}, the placeholder from config/example.env: OpenAI refuses it, so every request gets 502 upstream_auth_failed; put your key in .env, or try the proxy against the mock upstream (see the README)"
+            ));
+        }
         Ok(config)
     }
 }
@@ -227,6 +235,8 @@ impl RawConfig {
             &self.proxy_client_rate,
             &self.proxy_client_rate_burst,
         )?;
+        let listen = inbound::listen(&self.host, &self.port)?;
+        upstream::not_this_proxy(&upstream, listen)?;
         let metrics_addr = inbound::metrics_addr(&self.proxy_metrics_addr)?;
         let mut routes = Routes::with_extra(parse_extra_routes(&self.proxy_extra_routes)?);
         if metrics_addr.is_some() {
@@ -236,7 +246,7 @@ impl RawConfig {
         Ok(Config {
             keys,
             upstream,
-            listen: inbound::listen(&self.host, &self.port)?,
+            listen,
             listen_backlog: inbound::at_least_one(
                 "PROXY_LISTEN_BACKLOG",
                 &self.proxy_listen_backlog,

@@ -5,6 +5,7 @@
 //! `OPENAI_PROJECT`), and the forward proxy on the way (see [`super::egress`]).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use http::uri::{Authority, Scheme};
@@ -87,6 +88,16 @@ impl RawUpstream<'_> {
     pub fn validate(&self) -> Result<Upstream, ConfigError> {
         let (scheme, authority, base_path) =
             parse_base_url(self.base_url.unwrap_or(DEFAULT_BASE_URL))?;
+        // OpenAI serves the API under /v1 only: without it every request would get its 404.
+        if authority.host().eq_ignore_ascii_case("api.openai.com") && !base_path.starts_with("/v1")
+        {
+            return Err(invalid(
+                "OPENAI_BASE_URL",
+                format!(
+                    "{scheme}://{authority}{base_path} lacks /v1, so OpenAI would answer every request with 404; use {DEFAULT_BASE_URL}"
+                ),
+            ));
+        }
         let protocol = match self.protocol.unwrap_or("auto") {
             "auto" => Protocol::Auto,
             "http1" => Protocol::Http1,
@@ -208,4 +219,42 @@ fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> 
         })?;
     }
     Ok(certs)
+}
+
+/// Refuses an upstream that is this proxy's own address: every request would come back here,
+/// hop after hop. The proxy and the SDKs read the same `OPENAI_BASE_URL`, and the environment
+/// wins over `.env`, so a shell that exports it for the app points the proxy at itself.
+pub(super) fn not_this_proxy(upstream: &Upstream, listen: SocketAddr) -> Result<(), ConfigError> {
+    let port = upstream
+        .authority
+        .port_u16()
+        .unwrap_or(if upstream.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        });
+    let host = upstream
+        .authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ip: Option<IpAddr> = match host {
+        "localhost" => Some(IpAddr::from([127, 0, 0, 1])),
+        _ => host.parse().ok(),
+    };
+    let same_host = ip.is_some_and(|ip| {
+        ip == listen.ip()
+            || (ip.is_loopback() || ip.is_unspecified())
+                && (listen.ip().is_unspecified() || listen.ip().is_loopback())
+    });
+    if listen.port() != 0 && port == listen.port() && same_host {
+        return Err(invalid(
+            "OPENAI_BASE_URL",
+            format!(
+                "{}://{}{} is this proxy's own address (HOST:PORT {listen}); if your shell exports OPENAI_BASE_URL for the app, unset it where the proxy starts, or set the upstream in the proxy's environment",
+                upstream.scheme, upstream.authority, upstream.base_path
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -56,6 +56,8 @@ pub struct UpstreamIdentity {
     pub auth: UpstreamAuth,
     pub organization: Option<HeaderValue>,
     pub project: Option<HeaderValue>,
+    /// This proxy's `Via` entry, from [`via_entry`].
+    pub via: HeaderValue,
 }
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
@@ -121,6 +123,28 @@ pub fn rewrite_request(
         headers.insert(OPENAI_PROJECT.clone(), project.clone());
     }
     headers.insert(CLIENT_REQUEST_ID.clone(), request_id.clone());
+    headers.append(header::VIA, identity.via.clone());
+}
+
+/// A proxy's `Via` entry (RFC 9110, section 7.6.3): `1.1 memoctopus-` and 16 hex digits drawn
+/// when the proxy starts, so that a request that comes back through the same proxy is known,
+/// while a chain of different proxies is not mistaken for a loop.
+pub fn via_entry() -> HeaderValue {
+    use std::hash::{BuildHasher, Hasher};
+    let n = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    HeaderValue::from_str(&format!("1.1 memoctopus-{n:016x}"))
+        .unwrap_or(HeaderValue::from_static("1.1 memoctopus"))
+}
+
+/// Whether the request already went through the proxy whose entry is `via`.
+pub fn passed_through(headers: &HeaderMap, via: &HeaderValue) -> bool {
+    let ours = via.as_bytes().get(4..).unwrap_or_default();
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .any(|v| v.as_bytes().windows(ours.len()).any(|w| w == ours))
 }
 
 /// Makes an upstream's response headers fit to send to the client.
@@ -168,6 +192,7 @@ mod tests {
             auth: UpstreamAuth::Bearer,
             organization: Some(HeaderValue::from_static("org-server")),
             project: None,
+            via: via_entry(),
         }
     }
 
@@ -241,6 +266,7 @@ mod tests {
             auth: UpstreamAuth::ApiKey,
             organization: None,
             project: None,
+            via: via_entry(),
         };
         let key = UpstreamAuth::ApiKey.credential(&HeaderValue::from_static("azure-key"));
         rewrite_request(&mut h, &identity, &key, &HeaderValue::from_static("r"));

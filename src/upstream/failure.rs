@@ -95,5 +95,11 @@ pub fn describe(error: &dyn StdError) -> String {
         }
         source = e.source();
     }
+    // rustls's words for plain HTTP where TLS was expected.
+    if text.contains("InvalidContentType") {
+        return format!(
+            "the upstream did not answer in TLS; if it serves plain HTTP on this port, use http:// in OPENAI_BASE_URL ({text})"
+        );
+    }
     text
 }

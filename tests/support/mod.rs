@@ -167,10 +167,19 @@ async fn spawn_proxy_with_admin(
     config: Config,
     admin: Option<tokio::net::TcpListener>,
 ) -> TestProxy {
-    capture::logs();
     let listener =
         memoctopus::inbound::listener::bind("127.0.0.1:0".parse().unwrap(), config.listen_backlog)
             .unwrap();
+    spawn_proxy_on(listener, admin, config).await
+}
+
+/// Starts the proxy on a listener the test bound itself (to know its address first).
+pub async fn spawn_proxy_on(
+    listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    config: Config,
+) -> TestProxy {
+    capture::logs();
     let addr = listener.local_addr().unwrap();
     let metrics_key = config
         .keys
