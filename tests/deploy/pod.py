@@ -22,7 +22,12 @@ For config/kubernetes/sidecar.yaml and gateway.yaml in turn:
 One value is not the manifest's: OPENAI_BASE_URL points the proxy at a mock upstream on the
 host side of the pod's veth, since nothing here may reach api.openai.com.
 
-Needs root, `ip`, `unshare`, `setpriv`, cgroup v1's memory controller (or v2), PyYAML, and
+Each manifest runs twice: first the release binary in namespaces made by hand (unshare,
+setpriv, a memory cgroup), then the image built from config/Dockerfile, run by podman with the
+same settings, the way a container runtime runs it for the kubelet.
+
+Needs root, `ip`, `unshare`, `setpriv`, podman with runc, cgroup v1's memory controller (or
+v2), PyYAML, and
 the release binary and examples (`cargo build --release --bin memoctopus --examples`). If any
 is missing it says so and fails: it never passes without running.
 """
@@ -194,6 +199,8 @@ def probe(name, spec, ports, pod_ip, deadline_factor=1):
     """Runs a probe as the kubelet would: every periodSeconds until success, or fails after
     failureThreshold failures."""
     get = spec["httpGet"]
+    if isinstance(get["port"], str):
+        need(get["port"] in ports, f"the {name} probe's port {get['port']!r} is no container port")
     port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
     period = spec.get("periodSeconds", 10)
     threshold = spec.get("failureThreshold", 3) * deadline_factor
@@ -219,8 +226,143 @@ def stream_quality(url, streams, seconds, key=None, ns=None):
     return json.loads(out.stdout)
 
 
-def pod_test(manifest, section, index):
-    print(f"== {manifest}", flush=True)
+class BareContainer:
+    """The release binary as the container: its memory cgroup, a private mount namespace, the
+    volumes read-only at their mountPaths on a tmpfs, the root read-only, the manifest's user
+    and groups with no capabilities, its env alone, in /."""
+
+    def __init__(self, name, binary, ns, env, limit, mounts, uid, gid, fs_group, scratch):
+        self.cgroup = MemoryCgroup(name, limit)
+        script = ["mount --make-rprivate /"]
+        for top in sorted({"/".join(m.split("/")[:3]) for _, m in mounts}):
+            script += [f"mkdir -p {top}", f"mount -t tmpfs -o mode=755 tmpfs {top}"]
+        for source, target in mounts:
+            script.append(f"mkdir -p {target} && mount --bind {source} {target} && mount -o remount,bind,ro {target}")
+        script.append("mount --bind / / && mount -o remount,bind,ro /")
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        script.append(f"cd / && exec setpriv --reuid {uid} --regid {gid} --groups {fs_group} "
+                      f"--no-new-privs --inh-caps=-all --bounding-set=-all env -i {envs} {binary}")
+        self.log = os.path.join(scratch, f"{name}.log")
+        # The process joins the cgroup before it execs anything (`ip netns exec` mounts a
+        # sysfs of its own, where the cgroup cannot be named): it waits for a line first.
+        container = " ".join(shlex.quote(a) for a in
+                             ["ip", "netns", "exec", ns, "unshare", "--mount", "--", "sh", "-euc",
+                              "\n".join(script)])
+        self.proc = subprocess.Popen(["sh", "-c", f"read go && exec {container}"], stdin=subprocess.PIPE,
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        with open(os.path.join(self.cgroup.path, "cgroup.procs"), "w") as f:
+            f.write(str(self.proc.pid))
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.close()
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def terminate(self):
+        os.kill(self.proc.pid, signal.SIGTERM)
+
+    def wait(self, timeout):
+        return self.proc.wait(timeout=timeout)
+
+    def usage(self):
+        return int(self.cgroup.read("memory.usage_in_bytes" if self.cgroup.v1 else "memory.current"))
+
+    def peak(self):
+        return self.cgroup.peak()
+
+    def oom_killed(self):
+        return self.cgroup.oom_kills() > 0
+
+    def log_text(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def remove(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.cgroup.remove()
+
+
+PODMAN_CONF = "[containers]\ndefault_ulimits = []\n"
+
+
+def podman(*args, **kw):
+    env = dict(os.environ, CONTAINERS_CONF=os.path.join(tempfile.gettempdir(), "memoctopus-podman.conf"))
+    with open(env["CONTAINERS_CONF"], "w") as f:
+        f.write(PODMAN_CONF)
+    return subprocess.run(["podman", "--runtime", "runc", *args], env=env, text=True, capture_output=True, **kw)
+
+
+class ImageContainer:
+    """The image, run by podman as the kubelet's runtime would: the pod's network namespace, a
+    read-only root with no tmpfs added, the manifest's user, groups and env, no capabilities,
+    the memory limit, the Secret volumes read-only at their mountPaths."""
+
+    def __init__(self, name, image, ns, env, limit, mounts, uid, gid, fs_group, scratch):
+        self.name = name
+        podman("rm", "-f", name)
+        args = ["run", "-d", "--name", name, "--network", f"ns:/run/netns/{ns}",
+                "--read-only", "--read-only-tmpfs=false", "--user", f"{uid}:{gid}",
+                "--group-add", str(fs_group), "--cap-drop", "all",
+                "--security-opt", "no-new-privileges", "--memory", str(limit),
+                "--memory-swap", str(limit)]
+        for source, target in mounts:
+            args += ["-v", f"{source}:{target}:ro"]
+        for k, v in env.items():
+            args += ["--env", f"{k}={v}"]
+        out = podman(*args, image)
+        need(out.returncode == 0, f"podman run failed: {out.stderr}")
+
+    def inspect(self, field):
+        return podman("inspect", "--format", "{{" + field + "}}", self.name).stdout.strip()
+
+    def running(self):
+        return self.inspect(".State.Running") == "true"
+
+    def terminate(self):
+        podman("kill", "--signal", "TERM", self.name)
+
+    def wait(self, timeout):
+        out = podman("wait", self.name, timeout=timeout)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    def cgroup_file(self, name):
+        path = self.inspect(".State.CgroupPath")
+        with open(f"/sys/fs/cgroup/memory{path}/{name}") as f:
+            return int(f.read())
+
+    def usage(self):
+        return self.cgroup_file("memory.usage_in_bytes")
+
+    def peak(self):
+        return self.cgroup_file("memory.max_usage_in_bytes")
+
+    def oom_killed(self):
+        return self.inspect(".State.OOMKilled") == "true"
+
+    def log_text(self):
+        out = podman("logs", self.name)
+        return out.stdout + out.stderr
+
+    def remove(self):
+        podman("rm", "-f", "-t", "0", self.name)
+
+
+def build_image(scratch):
+    """config/Dockerfile with its build stage replaced by the release binary's root filesystem,
+    laid out by the same config/image-rootfs.sh the build stage runs."""
+    context = os.path.join(scratch, "build-stage")
+    run([os.path.join(ROOT, "config", "image-rootfs.sh"), os.path.join(RELEASE, "memoctopus"), context])
+    out = podman("build", "-q", "--build-context", f"build={context}", "-f",
+                 os.path.join(ROOT, "config", "Dockerfile"), "-t", "localhost/memoctopus:deploy-test", ROOT)
+    need(out.returncode == 0, f"podman build failed: {out.stderr}")
+    print(f"  built the image localhost/memoctopus:deploy-test from config/Dockerfile", flush=True)
+    return "localhost/memoctopus:deploy-test"
+
+
+def pod_test(manifest, section, index, image=None):
+    print(f"== {manifest}{' on the image' if image else ''}", flush=True)
     pod, proxy, app, service = load_manifest(os.path.join(ROOT, "config", "kubernetes", manifest))
     scratch = tempfile.mkdtemp(prefix=f"memoctopus-pod-{index}-")
     os.chmod(scratch, 0o755)
@@ -265,39 +407,15 @@ def pod_test(manifest, section, index):
             mounts.append((volumes[mount["name"]], mount["mountPath"]))
 
         def start(env, tag):
-            """The container: its memory cgroup, a private mount namespace, the volumes
-            read-only at their mountPaths on a tmpfs (the image has no such directories), the
-            root read-only, the manifest's user and groups with no capabilities, `env` alone,
-            in /."""
-            cgroup = MemoryCgroup(f"memo-pod-{index}-{tag}", limit)
-            cleanup.append(cgroup.remove)
-            script = ["mount --make-rprivate /"]
-            tops = sorted({"/".join(m.split("/")[:3]) for _, m in mounts})
-            for top in tops:
-                script.append(f"mkdir -p {top}")
-                script.append(f"mount -t tmpfs -o mode=755 tmpfs {top}")
-            for source, target in mounts:
-                script.append(f"mkdir -p {target} && mount --bind {source} {target} && mount -o remount,bind,ro {target}")
-            script.append("mount --bind / / && mount -o remount,bind,ro /")
-            envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-            script.append(f"cd / && exec setpriv --reuid {uid} --regid {gid} --groups {fs_group} "
-                          f"--no-new-privs --inh-caps=-all --bounding-set=-all env -i {envs} {binary}")
-            log = open(os.path.join(scratch, f"proxy-{tag}.log"), "w")
+            name = f"memo-pod-{index}-{tag}"
+            if image:
+                container = ImageContainer(name, image, ns, env, limit, mounts, uid, gid, fs_group, scratch)
+            else:
+                container = BareContainer(name, binary, ns, env, limit, mounts, uid, gid, fs_group, scratch)
+            cleanup.append(container.remove)
             global LOG_TAIL
-            LOG_TAIL = lambda: "; the proxy's output: " + open(log.name).read()[-2000:]
-            # The process joins the cgroup before it execs anything (`ip netns exec` mounts a
-            # sysfs of its own, where the cgroup cannot be named): it waits for a line first.
-            container = " ".join(shlex.quote(a) for a in
-                                 ["ip", "netns", "exec", ns, "unshare", "--mount", "--", "sh", "-euc",
-                                  "\n".join(script)])
-            proc = subprocess.Popen(["sh", "-c", f"read go && exec {container}"], stdin=subprocess.PIPE,
-                                    stdout=log, stderr=subprocess.STDOUT)
-            with open(os.path.join(cgroup.path, "cgroup.procs"), "w") as f:
-                f.write(str(proc.pid))
-            proc.stdin.write(b"go\n")
-            proc.stdin.close()
-            cleanup.append(lambda: proc.poll() is None and proc.kill())
-            return proc, cgroup, log
+            LOG_TAIL = lambda: "; the proxy's output: " + container.log_text()[-2000:]
+            return container
 
         ports = {p["name"]: p["containerPort"] for p in proxy.get("ports", [])}
         client_key = None
@@ -321,31 +439,29 @@ def pod_test(manifest, section, index):
         # for this container alone.
         cap = int(env.get("PROXY_MAX_CONNECTIONS", "10000"))
         lifted = {k: v for k, v in env.items() if k not in ("PROXY_CLIENT_MAX_IN_FLIGHT", "PROXY_CLIENT_RATE")}
-        proc, cgroup, log = start(lifted, "streams")
+        proc = start(lifted, "streams")
         probe("readiness", proxy["readinessProbe"], ports, pod_ip)
-        baseline = int(cgroup.read("memory.usage_in_bytes" if cgroup.v1 else "memory.current"))
+        baseline = proc.usage()
         result = stream_quality(base + "/chat/completions", cap, 6, client_key, ns=where)
-        peak = cgroup.peak()
+        peak = proc.peak()
         print(f"  {cap} streams at once: {result['completed']} completed, {result['failed']} failed; "
               f"peak {peak / (1 << 20):.1f} MiB of {limit / (1 << 20):.0f} MiB, "
               f"{(peak - baseline) / cap / 1024:.1f} KiB a stream over {baseline / (1 << 20):.1f} MiB at rest",
               flush=True)
-        need(cgroup.oom_kills() == 0 and proc.poll() is None, "the proxy was OOM-killed")
+        need(not proc.oom_killed() and proc.running(), "the proxy was OOM-killed")
         need(result["failed"] == 0 and result["completed"] >= cap, f"streams failed: {result}")
-        proc.kill()
-        proc.wait()
+        proc.remove()
 
         # The container as the manifest has it.
-        proc, cgroup, log = start(env, "pod")
+        proc = start(env, "pod")
         started = time.monotonic()
         if "startupProbe" in proxy:
             probe("startup", proxy["startupProbe"], ports, pod_ip)
         ready_url = probe("readiness", proxy["readinessProbe"], ports, pod_ip)
         probe("liveness", proxy["livenessProbe"], ports, pod_ip)
         print(f"  ready {time.monotonic() - started:.2f}s after start", flush=True)
-        need(proc.poll() is None, f"the proxy exited: {open(log.name).read()}")
-        with open(log.name) as f:
-            need("\"level\":\"ERROR\"" not in f.read(), "the proxy logged an error at start")
+        need(proc.running(), f"the proxy exited: {proc.log_text()}")
+        need("\"level\":\"ERROR\"" not in proc.log_text(), "the proxy logged an error at start")
 
         # The app's requests, as the app makes them.
         chat = '{"model":"gpt-4","messages":[{"role":"user","content":"Hello!"}]}'
@@ -372,7 +488,7 @@ def pod_test(manifest, section, index):
         stream = subprocess.Popen(stream_cmd, stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)
         terminated = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)
+        proc.terminate()
         time.sleep(0.5)
         status, _ = http(ready_url)
         need(status == 503, f"/ready after SIGTERM: {status}")
@@ -381,13 +497,12 @@ def pod_test(manifest, section, index):
         try:
             code = proc.wait(timeout=max(0.0, grace - (time.monotonic() - terminated)))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.remove()
             fail(f"still running at terminationGracePeriodSeconds ({grace}s): killed")
         need(code == 0, f"exit status {code} after SIGTERM")
         print(f"  SIGTERM: /ready 503, the stream finished, exit 0 after "
               f"{time.monotonic() - terminated:.1f}s (grace {grace}s)", flush=True)
-        with open(log.name) as f:
-            logged = f.read()
+        logged = proc.log_text()
         for secret in secrets.values():
             for value in secret.values():
                 for line in value.splitlines():
@@ -412,7 +527,15 @@ def main():
         fail("PyYAML is not installed")
     pod_test("sidecar.yaml", "### As a sidecar", 1)
     pod_test("gateway.yaml", "### As a shared gateway", 2)
-    print("deploy test passed: 2 passed, 0 failed", flush=True)
+    need(shutil.which("podman") and shutil.which("runc"), "podman and runc are not installed")
+    scratch = tempfile.mkdtemp(prefix="memoctopus-image-")
+    try:
+        image = build_image(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    pod_test("sidecar.yaml", "### As a sidecar", 3, image)
+    pod_test("gateway.yaml", "### As a shared gateway", 4, image)
+    print("deploy test passed: 4 passed, 0 failed", flush=True)
 
 
 if __name__ == "__main__":
