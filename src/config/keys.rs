@@ -126,10 +126,19 @@ pub fn read_client_keys(path: &Path) -> Result<ClientKeys, String> {
 pub fn client_keys_file(path: &Path, contents: &[u8]) -> Result<ClientKeys, String> {
     let text = std::str::from_utf8(contents)
         .map_err(|_| format!("{}: the file is not text", path.display()))?;
-    let entries = text
+    let entries: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'));
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    // `PROXY_CLIENT_KEYS`'s comma-separated form pasted into the file would be one key.
+    if let Some(at) = entries.iter().position(|line| line.contains(',')) {
+        return Err(format!(
+            "{}: entry {} holds a comma; the file takes one name:key entry a line",
+            path.display(),
+            at + 1
+        ));
+    }
     ClientKeys::parse(entries)
         .and_then(at_least_one)
         .map_err(|e| format!("{}: {}", path.display(), e.0))

@@ -384,6 +384,9 @@ def pod_test(manifest, section, index, image=None):
     host_ip, pod_ip = f"10.213.{index}.1", f"10.213.{index}.2"
     cleanup = []
     try:
+        # What a run that was killed may have left behind.
+        subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL)
         run(["ip", "netns", "add", ns])
         cleanup.append(lambda: subprocess.run(["ip", "netns", "del", ns]))
         run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns])
