@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
+use crate::outcome::{FailureKind, Outcome};
 use crate::policy::client_limits::{Limit, Limited};
 
 #[derive(Debug)]
@@ -51,7 +52,63 @@ pub enum ProxyError {
     Internal(&'static str),
 }
 
+/// Who is at fault for an error: the status class, the `type` field and the outcome follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request: 4xx, `invalid_request_error` (or `requests` for a limit).
+    Client,
+    /// The upstream, or the way to it: 502 or 504, `server_error`.
+    Upstream,
+    /// The proxy itself, or its configuration: 500 or 508, `server_error`.
+    Proxy,
+}
+
 impl ProxyError {
+    /// The answer for an upstream call that failed with `kind`: `description` says how, and
+    /// `connect_timeout` is `PROXY_CONNECT_TIMEOUT`, for the message.
+    pub fn from_upstream(
+        kind: FailureKind,
+        description: String,
+        connect_timeout: Duration,
+    ) -> ProxyError {
+        match kind {
+            FailureKind::ConnectTimeout => ProxyError::UpstreamConnectTimeout(connect_timeout),
+            FailureKind::Connect | FailureKind::Tls => ProxyError::UpstreamUnreachable(description),
+            FailureKind::Certificate => ProxyError::UpstreamCertificate(description),
+            FailureKind::ForwardProxy => ProxyError::ForwardProxyFailed(description),
+            FailureKind::Reset => ProxyError::UpstreamFailed(description),
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self.status().as_u16() {
+            400..=499 => Fault::Client,
+            500 | 508 => Fault::Proxy,
+            _ => Fault::Upstream,
+        }
+    }
+
+    /// How an exchange that ends in this error is counted and logged.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
+            ProxyError::ClientBodyFailed => Outcome::ClientCancelled,
+            ProxyError::RequestBodyTimeout(_) => Outcome::IdleTimeout,
+            ProxyError::UpstreamConnectTimeout(_) => Outcome::ConnectTimeout,
+            ProxyError::FirstByteTimeout(_) => Outcome::FirstByteTimeout,
+            ProxyError::TotalTimeout(_) => Outcome::TotalTimeout,
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamCertificate(_)
+            | ProxyError::ForwardProxyFailed(_) => Outcome::UpstreamUnreachable,
+            ProxyError::ClientLimited(_) => Outcome::Limited,
+            ProxyError::LoopDetected => Outcome::Rejected,
+            _ => match self.fault() {
+                Fault::Client => Outcome::Rejected,
+                Fault::Upstream | Fault::Proxy => Outcome::UpstreamFailed,
+            },
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -168,11 +225,11 @@ impl ProxyError {
     }
 
     fn kind(&self) -> &'static str {
-        match self.status().as_u16() {
+        match (self.fault(), self) {
             // OpenAI's type for a limit on the number of requests.
-            429 => "requests",
-            400..=499 => "invalid_request_error",
-            _ => "server_error",
+            (_, ProxyError::ClientLimited(_)) => "requests",
+            (Fault::Client, _) => "invalid_request_error",
+            (Fault::Upstream | Fault::Proxy, _) => "server_error",
         }
     }
 

@@ -160,25 +160,7 @@ impl Drop for OpenConnection {
 
 const PROTOCOLS: [&str; 2] = ["http1", "http2"];
 
-/// How the upstream failed, as the `kind` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    Connect,
-    Tls,
-    Timeout,
-    Reset,
-}
-
-impl UpstreamErrorKind {
-    fn label(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Tls => "tls",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Reset => "reset",
-        }
-    }
-}
+pub use crate::outcome::UpstreamErrorKind;
 
 /// What an exchange reports when it ends.
 pub struct Ended<'a> {

@@ -93,3 +93,50 @@ impl RetryReason {
         }
     }
 }
+
+/// What went wrong talking to the upstream, for the answer and the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connect,
+    ConnectTimeout,
+    /// The TLS handshake failed for a reason other than the certificate.
+    Tls,
+    /// The upstream's certificate was not trusted or not valid for its name.
+    Certificate,
+    /// The forward proxy could not be reached or refused the `CONNECT`.
+    ForwardProxy,
+    /// The connection broke or the upstream spoke nonsense after we connected.
+    Reset,
+}
+
+/// How the upstream failed, as the `kind` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Tls,
+    Timeout,
+    Reset,
+}
+
+impl UpstreamErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+        }
+    }
+}
+
+impl FailureKind {
+    /// The `kind` label this failure counts under in `memoctopus_upstream_errors_total`.
+    pub fn counted_as(self) -> UpstreamErrorKind {
+        match self {
+            FailureKind::Connect | FailureKind::ForwardProxy => UpstreamErrorKind::Connect,
+            FailureKind::ConnectTimeout => UpstreamErrorKind::Timeout,
+            FailureKind::Tls | FailureKind::Certificate => UpstreamErrorKind::Tls,
+            FailureKind::Reset => UpstreamErrorKind::Reset,
+        }
+    }
+}

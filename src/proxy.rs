@@ -18,7 +18,6 @@ use crate::exchange::record::{new_request_id, Exchange};
 use crate::exchange::session::{Handoff, Pipe};
 use crate::keys::Keys;
 use crate::metrics::{self, Metrics, UpstreamErrorKind};
-use crate::outcome::Outcome;
 use crate::outcome::Refused;
 use crate::policy::client_limits::ClientLimits;
 use crate::policy::cors;
@@ -26,7 +25,7 @@ use crate::policy::headers::{self, UpstreamIdentity, CLIENT_REQUEST_ID};
 use crate::policy::routes::{upstream_target, Route, RouteError, Routes};
 use crate::policy::websocket;
 use crate::upstream::websocket::WebSocketAnswer;
-use crate::upstream::{self, FailureKind, Lease, Upstream, UpstreamError};
+use crate::upstream::{self, Lease, Upstream, UpstreamError};
 
 /// The proxy's request handler. Cheap to clone: one per connection.
 #[derive(Clone)]
@@ -471,23 +470,8 @@ impl Proxy {
         let config = &self.0.config;
         let description = upstream::describe(&*error.error);
         tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
-        let kind = error.kind;
-        exchange.upstream_failed(match kind {
-            FailureKind::Connect => UpstreamErrorKind::Connect,
-            FailureKind::ConnectTimeout => UpstreamErrorKind::Timeout,
-            FailureKind::Tls | FailureKind::Certificate => UpstreamErrorKind::Tls,
-            FailureKind::ForwardProxy => UpstreamErrorKind::Connect,
-            FailureKind::Reset => UpstreamErrorKind::Reset,
-        });
-        match kind {
-            FailureKind::ConnectTimeout => {
-                ProxyError::UpstreamConnectTimeout(config.timeouts.connect)
-            }
-            FailureKind::Connect | FailureKind::Tls => ProxyError::UpstreamUnreachable(description),
-            FailureKind::Certificate => ProxyError::UpstreamCertificate(description),
-            FailureKind::ForwardProxy => ProxyError::ForwardProxyFailed(description),
-            FailureKind::Reset => ProxyError::UpstreamFailed(description),
-        }
+        exchange.upstream_failed(error.kind.counted_as());
+        ProxyError::from_upstream(error.kind, description, config.timeouts.connect)
     }
 }
 
@@ -523,7 +507,7 @@ fn failed(error: ProxyError, mut exchange: Exchange, id: HeaderValue) -> Respons
         exchange.upstream_status = Some(StatusCode::UNAUTHORIZED);
         exchange.head_after = Some(exchange.started().elapsed());
     }
-    exchange.finish(outcome_of(&error));
+    exchange.finish(error.outcome());
     let mut response = error.into_response();
     exchange.status = Some(response.status());
     response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
@@ -605,29 +589,4 @@ pub fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
         path: request.uri().path().to_owned(),
     }
     .into_response()
-}
-
-fn outcome_of(error: &ProxyError) -> Outcome {
-    match error {
-        ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
-        ProxyError::ClientBodyFailed => Outcome::ClientCancelled,
-        ProxyError::RequestBodyTimeout(_) => Outcome::IdleTimeout,
-        ProxyError::UpstreamConnectTimeout(_) => Outcome::ConnectTimeout,
-        ProxyError::FirstByteTimeout(_) => Outcome::FirstByteTimeout,
-        ProxyError::TotalTimeout(_) => Outcome::TotalTimeout,
-        ProxyError::UpstreamUnreachable(_)
-        | ProxyError::UpstreamCertificate(_)
-        | ProxyError::ForwardProxyFailed(_) => Outcome::UpstreamUnreachable,
-        ProxyError::UpstreamFailed(_)
-        | ProxyError::UpstreamRejectedKey
-        | ProxyError::Internal(_) => Outcome::UpstreamFailed,
-        ProxyError::NotFound { .. }
-        | ProxyError::MethodNotAllowed { .. }
-        | ProxyError::InvalidClientKey
-        | ProxyError::OriginNotAllowed
-        | ProxyError::BadRequest(_)
-        | ProxyError::LoopDetected
-        | ProxyError::HeadTooLarge => Outcome::Rejected,
-        ProxyError::ClientLimited(_) => Outcome::Limited,
-    }
 }

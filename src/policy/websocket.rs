@@ -31,6 +31,9 @@ pub fn names_websocket(upgrade: &[u8]) -> bool {
 /// Removes every `openai-insecure-api-key.*` subprotocol, keeping the others in their order,
 /// and returns the first key found. The header goes away if nothing is left in it.
 pub fn take_key_subprotocol(headers: &mut HeaderMap) -> Option<Vec<u8>> {
+    if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        return None;
+    }
     let mut key = None;
     let mut kept: Vec<Vec<u8>> = Vec::new();
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {

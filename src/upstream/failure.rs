@@ -6,20 +6,7 @@ use std::fmt;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// What went wrong talking to the upstream, for the answer and the logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    Connect,
-    ConnectTimeout,
-    /// The TLS handshake failed for a reason other than the certificate.
-    Tls,
-    /// The upstream's certificate was not trusted or not valid for its name.
-    Certificate,
-    /// The forward proxy could not be reached or refused the `CONNECT`.
-    ForwardProxy,
-    /// The connection broke or the upstream spoke nonsense after we connected.
-    Reset,
-}
+pub use crate::outcome::FailureKind;
 
 /// A failed upstream call: what kind of failure, and the error itself.
 #[derive(Debug)]
