@@ -6,13 +6,17 @@
 //!
 //! # Layout
 //! From the bottom layer up; each layer uses only the ones listed before it.
-//! - [`limits`], [`outcome`], [`drain`], [`trim`]: shared limits, the words for how things
-//!   end, what graceful shutdown counts, and handing freed heap back to the OS.
-//! - [`policy`]: pure rules: routes and the upstream query, header rewriting and the key swap,
-//!   client keys and their names, the per-client limits, WebSocket upgrades, CORS.
+//! - [`limits`], [`outcome`], [`drain`], [`trim`]: the limits more than one layer needs (head
+//!   sizes, HTTP/2 settings and request bounds, the admin listener's cap, the upstream pools'
+//!   idle time), the words for how things end and whose fault a failure is, what graceful
+//!   shutdown counts, and handing freed heap back to the OS.
+//! - [`policy`]: pure rules: routes and the upstream query, header rewriting, the key swap and
+//!   the `Via` loop guard, client keys and their names, the per-client limits, WebSocket
+//!   upgrades, CORS.
 //! - [`config`]: the environment, `.env` and key files to a validated [`Config`], a file per
-//!   group of settings.
-//! - [`error`]: who is at fault, to an OpenAI-style JSON answer.
+//!   group of settings, and the table of every setting that `--help`, the unknown-variable
+//!   warnings and the documentation test read.
+//! - [`error`]: who is at fault, to an OpenAI-style JSON answer and the exchange's outcome.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.
 //! - [`keys`]: the keys in force, and the watcher that reloads their files while serving.
@@ -20,10 +24,11 @@
 //!   HTTP/2 pools, the retry rule, and WebSocket upgrades on connections of their own.
 //! - [`exchange`]: one request and its answer: the record and access log line, the bodies
 //!   that forward frames with their limits and timeouts, and a WebSocket session's byte pipe.
-//! - [`proxy`]: the service that ties these together.
-//! - [`inbound`]: client connections: the accept loop, connection limit and drain, the
-//!   graceful close of open connections, the HTTP/1 framing guard, panics; [`run`] is the
-//!   entry point.
+//! - [`proxy`]: the service that ties these together, and the admin listener's answers.
+//! - [`inbound`]: client connections: one accept loop for the proxy's port and the admin
+//!   listener, with its connection limit and drain, the graceful close of open connections,
+//!   an HTTP/2 connection's idle and request bounds, the HTTP/1 framing guard, panics; [`run`]
+//!   is the entry point.
 //! - [`cli`]: `--help`, `--version`, `--check-config`.
 #![cfg_attr(
     not(test),

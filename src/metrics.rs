@@ -32,19 +32,19 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: Shared,
+    route: Label,
     method: &'static str,
     status: u16,
     outcome: &'static str,
-    client: Shared,
+    client: Label,
 }
 
 /// A route's pattern or a client's name, shared, so that counting an exchange allocates
 /// nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct Shared(Arc<str>);
+struct Label(Arc<str>);
 
-impl EncodeLabelValue for Shared {
+impl EncodeLabelValue for Label {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&&*self.0, encoder)
     }
@@ -91,7 +91,7 @@ struct SettingLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
-    client: Shared,
+    client: Label,
     limit: &'static str,
 }
 
@@ -115,7 +115,7 @@ fn histogram() -> Histogram {
 pub struct RouteMetrics {
     /// The route's configured pattern, such as `/v1/models/*`.
     pub name: String,
-    label: Shared,
+    label: Label,
     duration: Histogram,
     head: Histogram,
     request_bytes: Counter,
@@ -350,7 +350,7 @@ impl Metrics {
                 };
                 Arc::new(RouteMetrics {
                     name: name.to_owned(),
-                    label: Shared(Arc::from(name)),
+                    label: Label(Arc::from(name)),
                     duration: duration.get_or_create_owned(&labels),
                     head: head.get_or_create_owned(&labels),
                     request_bytes: request_bytes.get_or_create_owned(&labels),
@@ -424,7 +424,7 @@ impl Metrics {
     pub fn client_limited(&self, client: &Arc<str>, limit: &'static str) {
         self.client_limited
             .get_or_create(&LimitLabels {
-                client: Shared(client.clone()),
+                client: Label(client.clone()),
                 limit,
             })
             .inc();
@@ -482,7 +482,7 @@ impl Metrics {
                 method: method_label(ended.method),
                 status: ended.status,
                 outcome: ended.outcome.as_str(),
-                client: Shared(ended.client.clone()),
+                client: Label(ended.client.clone()),
             })
             .inc();
         route.duration.observe(ended.total.as_secs_f64());

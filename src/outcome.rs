@@ -140,3 +140,6 @@ impl FailureKind {
         }
     }
 }
+
+/// Any error, as hyper and the upstream's connectors hand them over.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

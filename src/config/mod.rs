@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod clients;
 mod describe;
 mod egress;
 mod inbound;
 mod keys;
-mod limits;
 pub mod settings;
+mod timeouts;
 mod upstream;
 mod values;
 
@@ -23,8 +24,8 @@ pub use keys::{
     api_key_file, client_keys_file, read as read_key_file, KeySettings, API_KEY_FILE,
     CLIENT_KEYS_FILE,
 };
-pub use limits::Timeouts;
-pub use upstream::{Protocol, Upstream, DEFAULT_BASE_URL};
+pub use timeouts::Timeouts;
+pub use upstream::{UpstreamProtocol, UpstreamSettings, DEFAULT_BASE_URL};
 pub use values::{parse_duration, ConfigError};
 
 use crate::policy::client_limits::LimitSettings;
@@ -42,7 +43,7 @@ pub struct Config {
     /// replace them while serving.
     pub keys: KeySettings,
     /// Where every proxied request goes, and how.
-    pub upstream: Upstream,
+    pub upstream: UpstreamSettings,
     /// `HOST`:`PORT`, the address `main` binds.
     pub listen: SocketAddr,
     /// `PROXY_LISTEN_BACKLOG`: connections the kernel queues before they are accepted.
@@ -222,7 +223,7 @@ impl RawConfig {
             project: &self.openai_project,
         }
         .validate()?;
-        let timeouts = limits::RawTimeouts {
+        let timeouts = timeouts::RawTimeouts {
             connect: &self.proxy_connect_timeout,
             first_byte: &self.proxy_first_byte_timeout,
             idle: &self.proxy_idle_timeout,
@@ -230,7 +231,7 @@ impl RawConfig {
             header_read: &self.proxy_header_read_timeout,
         }
         .validate()?;
-        let client_limits = limits::client_limits(
+        let client_limits = clients::client_limits(
             &self.proxy_client_max_in_flight,
             &self.proxy_client_rate,
             &self.proxy_client_rate_burst,

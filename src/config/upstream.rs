@@ -20,13 +20,13 @@ use crate::policy::routes::UpstreamQuery;
 
 /// The upstream, parsed once.
 #[derive(Clone, Debug)]
-pub struct Upstream {
+pub struct UpstreamSettings {
     pub scheme: Scheme,
     pub authority: Authority,
     /// The base URL's path without a trailing slash, such as `/v1`, or empty.
     pub base_path: String,
     /// `PROXY_UPSTREAM_PROTOCOL`: what to offer in ALPN, and which pool serves requests.
-    pub protocol: Protocol,
+    pub protocol: UpstreamProtocol,
     /// `PROXY_UPSTREAM_MAX_STREAMS`: the most streams one HTTP/2 connection carries, below
     /// the peer's own limit; past it another connection opens.
     pub max_streams: usize,
@@ -48,7 +48,7 @@ pub struct Upstream {
 
 /// Which HTTP version is spoken to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+pub enum UpstreamProtocol {
     /// ALPN decides: HTTP/2 where the upstream offers it, HTTP/1.1 otherwise. A plain-HTTP
     /// upstream gets HTTP/1.1.
     Auto,
@@ -58,12 +58,12 @@ pub enum Protocol {
     Http2,
 }
 
-impl Protocol {
+impl UpstreamProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
-            Protocol::Auto => "auto",
-            Protocol::Http1 => "http1",
-            Protocol::Http2 => "http2",
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
         }
     }
 }
@@ -85,7 +85,7 @@ pub struct RawUpstream<'a> {
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 impl RawUpstream<'_> {
-    pub fn validate(&self) -> Result<Upstream, ConfigError> {
+    pub fn validate(&self) -> Result<UpstreamSettings, ConfigError> {
         let (scheme, authority, base_path) =
             parse_base_url(self.base_url.unwrap_or(DEFAULT_BASE_URL))?;
         // OpenAI serves the API under /v1 only: without it every request would get its 404.
@@ -99,9 +99,9 @@ impl RawUpstream<'_> {
             ));
         }
         let protocol = match self.protocol.unwrap_or("auto") {
-            "auto" => Protocol::Auto,
-            "http1" => Protocol::Http1,
-            "http2" => Protocol::Http2,
+            "auto" => UpstreamProtocol::Auto,
+            "http1" => UpstreamProtocol::Http1,
+            "http2" => UpstreamProtocol::Http2,
             other => {
                 return Err(invalid(
                     "PROXY_UPSTREAM_PROTOCOL",
@@ -140,7 +140,7 @@ impl RawUpstream<'_> {
         };
         let query = UpstreamQuery::parse(self.query.unwrap_or(""))
             .map_err(|m| invalid("PROXY_UPSTREAM_QUERY", m))?;
-        Ok(Upstream {
+        Ok(UpstreamSettings {
             scheme,
             authority,
             base_path,
@@ -224,7 +224,10 @@ fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> 
 /// Refuses an upstream that is this proxy's own address: every request would come back here,
 /// hop after hop. The proxy and the SDKs read the same `OPENAI_BASE_URL`, and the environment
 /// wins over `.env`, so a shell that exports it for the app points the proxy at itself.
-pub(super) fn not_this_proxy(upstream: &Upstream, listen: SocketAddr) -> Result<(), ConfigError> {
+pub(super) fn not_this_proxy(
+    upstream: &UpstreamSettings,
+    listen: SocketAddr,
+) -> Result<(), ConfigError> {
     let port = upstream
         .authority
         .port_u16()

@@ -18,7 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use tokio::sync::watch;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::outcome::BoxError;
 
 /// A hyper connection that can finish its exchanges in flight and then close.
 pub trait Graceful: Future {

@@ -27,19 +27,13 @@ use crate::inbound::framing::{FramingGuard, Refusals};
 use crate::inbound::panics::CatchUnwind;
 use crate::inbound::streams::{self, Streams, Tracked};
 use crate::keys::Keys;
-use crate::limits::MAX_REQUEST_HEAD_BYTES;
+use crate::limits::{
+    ADMIN_MAX_CONNECTIONS, H2_MAX_CONCURRENT_STREAMS, H2_MAX_HEADER_LIST_BYTES,
+    H2_MAX_LOCAL_ERROR_RESETS, H2_MAX_PENDING_RESETS, MAX_REQUEST_HEAD_BYTES,
+};
 use crate::metrics::Metrics;
 use crate::policy::websocket;
 use crate::proxy::{refused as refused_response, Admin, Proxy};
-
-/// HTTP/2 streams one client connection may have open at once.
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
-/// The largest HTTP/2 header list a client may send.
-pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
-/// Streams a client may open and reset before we read them (the "rapid reset" attack).
-pub const H2_MAX_PENDING_RESETS: usize = 20;
-/// Streams we may reset for a client's protocol errors before the connection is closed.
-pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Serves `listener` until `shutdown` completes, then drains: `/ready` answers 503 for
 /// `PROXY_SHUTDOWN_DELAY` while we still accept, then the listener closes, idle connections are
@@ -196,10 +190,6 @@ impl Handler for Admin {
     }
 }
 
-/// Connections the admin listener (`PROXY_METRICS_ADDR`) holds at once: probes and a scraper
-/// need a few.
-pub const ADMIN_MAX_CONNECTIONS: usize = 64;
-
 struct Acceptor<H> {
     listener: TcpListener,
     handler: H,
@@ -254,7 +244,7 @@ impl<H: Handler> Acceptor<H> {
             };
             let tls = self.tls.clone();
             self.connections.spawn(async move {
-                let _open = OpenConnection(serving.metrics.clone());
+                let _open = CountedConnection(serving.metrics.clone());
                 let _slot = slot;
                 // Boxed per request: hyper keeps a slot the size of the service's future for
                 // the connection's life, idle or not, and the exchange's future is large.
@@ -283,9 +273,9 @@ impl<H: Handler> Acceptor<H> {
                 };
                 // ALPN has decided the protocol; hyper need not guess it from the bytes.
                 let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Protocol::Http2
+                    ClientProtocol::Http2
                 } else {
-                    Protocol::Http1
+                    ClientProtocol::Http1
                 };
                 Box::pin(serve_connection(stream, protocol, serving, handle)).await;
             });
@@ -303,7 +293,7 @@ impl<H: Handler> Acceptor<H> {
 /// Serves one client connection until it ends or the drain closes it. HTTP/1 goes through
 /// the [`FramingGuard`], whose refusals the service answers. A request whose `handle` panics
 /// gets a 500, and the connection goes on.
-async fn serve_connection<I, H, F>(io: I, protocol: Protocol, serving: Serving, handle: H)
+async fn serve_connection<I, H, F>(io: I, protocol: ClientProtocol, serving: Serving, handle: H)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: FnOnce(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -317,7 +307,7 @@ where
     } = serving;
     let refusals = Arc::new(Refusals::default());
     let requests = Arc::new(AtomicU64::new(0));
-    let streams = (protocol == Protocol::Http2).then(|| Streams::new(metrics.clone()));
+    let streams = (protocol == ClientProtocol::Http2).then(|| Streams::new(metrics.clone()));
     // An HTTP/2 connection's own reason to close (idle, or its requests used up), and when a
     // close it has begun gives up waiting for the client.
     let done = for_http2(streams.clone(), |s| streams::until_done(s, header_read));
@@ -333,7 +323,7 @@ where
         service_fn(move |mut request: Request<Incoming>| {
             let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
             let stream = streams.as_ref().map(Streams::opened);
-            if protocol == Protocol::Http1 && websocket::is_upgrade(request.headers()) {
+            if protocol == ClientProtocol::Http1 && websocket::is_upgrade(request.headers()) {
                 request.extensions_mut().insert(handoff.clone());
             }
             let handle = handle.clone();
@@ -355,14 +345,14 @@ where
         })
     };
     let ended = match protocol {
-        Protocol::Http1 => {
+        ClientProtocol::Http1 => {
             let io = TokioIo::new(FramingGuard::new(io, refusals));
             let connection = pin!(builders.http1.serve_connection(io, service).with_upgrades());
             // hyper closes an HTTP/1 connection that sends no head within the header read
             // timeout by itself: `done` never completes here.
             watcher.serve(connection, done, abandon).await
         }
-        Protocol::Http2 => {
+        ClientProtocol::Http2 => {
             let io = TokioIo::new(io);
             // An HTTP/2 connection's state is larger than an HTTP/1 one's, and this future is
             // as large as its largest branch: HTTP/1 connections do not carry its size.
@@ -405,24 +395,24 @@ struct Serving {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
+enum ClientProtocol {
     Http1,
     Http2,
 }
 
 /// Waits, without consuming anything, until the client has sent enough to tell HTTP/1 from
 /// HTTP/2, or has closed (which hyper's HTTP/1 side then sees).
-async fn protocol_decided(stream: &TcpStream) -> Protocol {
+async fn protocol_decided(stream: &TcpStream) -> ClientProtocol {
     let mut buf = [0u8; 24];
     loop {
         let Ok(n) = stream.peek(&mut buf).await else {
-            return Protocol::Http1;
+            return ClientProtocol::Http1;
         };
         if n == H2_PREFACE.len() && buf == H2_PREFACE {
-            return Protocol::Http2;
+            return ClientProtocol::Http2;
         }
         if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Protocol::Http1;
+            return ClientProtocol::Http1;
         }
         // A prefix of the preface and nothing more yet: peek would return at once, so wait.
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -430,9 +420,9 @@ async fn protocol_decided(stream: &TcpStream) -> Protocol {
 }
 
 /// Keeps the open-connections gauge right however the connection task ends, aborted included.
-struct OpenConnection(Arc<Metrics>);
+struct CountedConnection(Arc<Metrics>);
 
-impl Drop for OpenConnection {
+impl Drop for CountedConnection {
     fn drop(&mut self) {
         self.0.open_connections.dec();
     }
@@ -505,7 +495,7 @@ mod tests {
                 metrics,
                 header_read: Duration::from_secs(10),
             };
-            serve_connection(stream, Protocol::Http1, serving, handle).await;
+            serve_connection(stream, ClientProtocol::Http1, serving, handle).await;
         });
 
         let stream = TcpStream::connect(addr).await.unwrap();

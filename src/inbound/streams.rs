@@ -6,7 +6,7 @@
 //! [`until_done`] completes when the connection should close gracefully (GOAWAY, then the open
 //! streams finish): no stream has been open for `PROXY_HEADER_READ_TIMEOUT`, the first request
 //! included, as an HTTP/1 connection waits at most that long for a head; or the connection has
-//! carried [`MAX_REQUESTS`] requests, as nginx's `keepalive_requests` and Envoy's
+//! carried [`H2_MAX_REQUESTS`] requests, as nginx's `keepalive_requests` and Envoy's
 //! `max_requests_per_connection` bound them.
 
 use std::pin::Pin;
@@ -20,10 +20,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::limits::H2_MAX_REQUESTS;
 use crate::metrics::Metrics;
-
-/// Requests one HTTP/2 client connection may carry before it is closed gracefully.
-pub const MAX_REQUESTS: u64 = 1000;
 
 /// One HTTP/2 connection's streams, shared by its service and its watchdog.
 pub struct Streams {
@@ -51,7 +49,7 @@ impl Streams {
     /// A stream opened: held until its answer's body is dropped.
     pub fn opened(self: &Arc<Self>) -> StreamGuard {
         self.open.fetch_add(1, Ordering::Relaxed);
-        if self.requests.fetch_add(1, Ordering::Relaxed) + 1 == MAX_REQUESTS {
+        if self.requests.fetch_add(1, Ordering::Relaxed) + 1 == H2_MAX_REQUESTS {
             self.limit_reached.notify_one();
         }
         StreamGuard {

@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 use tower_service::Service;
 
 use super::failure::{BoxError, ConnectTimedOut, FailureKind, UpstreamError};
-use crate::config::Upstream as UpstreamConfig;
+use crate::config::UpstreamSettings;
 
 /// What ALPN offers on a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ struct Tls {
 }
 
 impl Connector {
-    pub fn new(config: &UpstreamConfig, timeout: Duration) -> Result<Connector, rustls::Error> {
+    pub fn new(config: &UpstreamSettings, timeout: Duration) -> Result<Connector, rustls::Error> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         // Each SSE event must leave at once, not wait for Nagle's algorithm.
@@ -171,7 +171,7 @@ impl Connector {
 }
 
 impl Tls {
-    fn new(config: &UpstreamConfig) -> Result<Tls, rustls::Error> {
+    fn new(config: &UpstreamSettings) -> Result<Tls, rustls::Error> {
         let roots = root_store(config)?;
         let base = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -200,7 +200,7 @@ impl Tls {
 
 /// The certificates trusted upstream: the built-in webpki roots, and `PROXY_UPSTREAM_CA`'s
 /// added to them, never instead of them, so that public endpoints keep working.
-pub fn root_store(config: &UpstreamConfig) -> Result<rustls::RootCertStore, rustls::Error> {
+pub fn root_store(config: &UpstreamSettings) -> Result<rustls::RootCertStore, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &config.extra_roots {

@@ -4,7 +4,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use crate::outcome::BoxError;
 
 pub use crate::outcome::FailureKind;
 

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -26,14 +25,13 @@ use super::connect::{Connected, Connector, Io, Offer};
 use super::failure::{FailureKind, UpstreamError};
 use super::retry::RetryReason;
 use super::SendBody;
+use crate::limits::UPSTREAM_IDLE_TIMEOUT;
 use crate::metrics::{Metrics, OpenConnection};
 
 type Driver<B> = Connection<TokioIo<Io>, B>;
 
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
-/// How long an idle connection is kept before it is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One upstream connection, checked out of the pool for one exchange.
 pub struct Conn<B: SendBody> {
@@ -102,7 +100,7 @@ impl<B> Http1Pool<B>
 where
     B: SendBody,
 {
-    /// A pool whose idle connections are closed once they pass [`IDLE_TIMEOUT`], by a task
+    /// A pool whose idle connections are closed once they pass [`UPSTREAM_IDLE_TIMEOUT`], by a task
     /// that ends with the pool. Must be called within the runtime.
     pub fn spawn(connector: Arc<Connector>, metrics: Arc<Metrics>) -> Arc<Http1Pool<B>> {
         let pool = Arc::new(Http1Pool::new(connector, metrics));
@@ -114,7 +112,9 @@ where
     fn close_expired(&self) {
         if let Ok(mut idle) = self.idle.lock() {
             let before = idle.len();
-            idle.retain_mut(|entry| entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.reusable());
+            idle.retain_mut(|entry| {
+                entry.since.elapsed() < UPSTREAM_IDLE_TIMEOUT && entry.conn.reusable()
+            });
             if idle.len() < before {
                 if idle.is_empty() {
                     *idle = Vec::new();
@@ -138,7 +138,7 @@ where
     fn checkout(&self) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut entry) = idle.pop() {
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.reusable() {
+            if entry.since.elapsed() < UPSTREAM_IDLE_TIMEOUT && entry.conn.reusable() {
                 return Some(entry.conn);
             }
         }
@@ -152,7 +152,7 @@ where
         }
         if let Ok(mut idle) = self.idle.lock() {
             let now = Instant::now();
-            idle.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
+            idle.retain(|entry| now.duration_since(entry.since) < UPSTREAM_IDLE_TIMEOUT);
             if idle.len() < MAX_IDLE {
                 idle.push(Idle { conn, since: now });
             }

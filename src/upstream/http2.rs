@@ -10,7 +10,7 @@
 //!
 //! A connection that received GOAWAY, or failed, takes no new streams and closes once its
 //! streams end. Idle connections are pinged, so that a silently dropped one is noticed, and
-//! closed after [`IDLE_TIMEOUT`].
+//! closed after [`UPSTREAM_IDLE_TIMEOUT`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,10 +30,9 @@ use super::connect::{Connected, Connector, Offer};
 use super::failure::{describe, FailureKind, UpstreamError};
 use super::retry::{self, RetryReason};
 use super::SendBody;
+use crate::limits::UPSTREAM_IDLE_TIMEOUT;
 use crate::metrics::Metrics;
 
-/// How long a connection without streams is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A PING this often on every connection, idle or not, so that one the upstream or a
 /// middlebox dropped without a word is found and closed before a request is sent on it.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -137,7 +136,7 @@ impl<B> Conn<B> {
                 .shared
                 .idle_since
                 .lock()
-                .is_ok_and(|since| now.duration_since(*since) >= IDLE_TIMEOUT)
+                .is_ok_and(|since| now.duration_since(*since) >= UPSTREAM_IDLE_TIMEOUT)
     }
 }
 

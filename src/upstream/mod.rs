@@ -37,7 +37,7 @@ use hyper::body::Incoming;
 
 pub use failure::{describe, BoxError, ConnectTimedOut, FailureKind, UpstreamError};
 
-use crate::config::{Protocol, Upstream as UpstreamConfig};
+use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::metrics::Metrics;
 use connect::{Connector, Offer};
 use http1::{Http1Failure, Http1Pool};
@@ -71,7 +71,7 @@ const LEARNED_HTTP2: u8 = 2;
 
 /// Where forwarded requests go, and how. `B` is the request body type.
 pub struct Upstream<B: SendBody> {
-    protocol: Protocol,
+    protocol: UpstreamProtocol,
     /// An `http://` upstream: no ALPN, so `auto` means HTTP/1.1.
     plain: bool,
     /// Under `auto`: what the last probe's ALPN chose.
@@ -176,7 +176,7 @@ where
 {
     /// Must be called within the runtime: the pools start their sweeping tasks.
     pub fn new(
-        config: &UpstreamConfig,
+        config: &UpstreamSettings,
         connect_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream<B>, rustls::Error> {
@@ -258,10 +258,10 @@ where
     /// its pool.
     async fn use_http2(&self) -> Result<bool, UpstreamError> {
         match self.protocol {
-            Protocol::Http1 => return Ok(false),
-            Protocol::Http2 => return Ok(true),
-            Protocol::Auto if self.plain => return Ok(false),
-            Protocol::Auto => {}
+            UpstreamProtocol::Http1 => return Ok(false),
+            UpstreamProtocol::Http2 => return Ok(true),
+            UpstreamProtocol::Auto if self.plain => return Ok(false),
+            UpstreamProtocol::Auto => {}
         }
         loop {
             match self.learned.load(Ordering::Acquire) {
@@ -327,7 +327,7 @@ where
                     reason,
                     error,
                 }) => {
-                    if reason == RetryReason::Connect && self.protocol == Protocol::Auto {
+                    if reason == RetryReason::Connect && self.protocol == UpstreamProtocol::Auto {
                         // Perhaps the upstream stopped offering HTTP/2: probe again.
                         self.learned.store(UNKNOWN, Ordering::Release);
                     }

@@ -1,11 +1,9 @@
-//! The limits: timeouts (`PROXY_*_TIMEOUT`), the body size (`PROXY_MAX_BODY_BYTES`), and the
-//! per-client limits (`PROXY_CLIENT_MAX_IN_FLIGHT`, `PROXY_CLIENT_RATE`,
-//! `PROXY_CLIENT_RATE_BURST`).
+//! The timeouts: `PROXY_CONNECT_TIMEOUT`, `PROXY_FIRST_BYTE_TIMEOUT`, `PROXY_IDLE_TIMEOUT`,
+//! `PROXY_TOTAL_TIMEOUT` and `PROXY_HEADER_READ_TIMEOUT`.
 
 use std::time::Duration;
 
-use super::values::{duration, invalid, parse_duration, positive_number, present, ConfigError};
-use crate::policy::client_limits::{LimitSettings, Rate};
+use super::values::{duration, invalid, parse_duration, present, ConfigError};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -57,33 +55,4 @@ impl RawTimeouts<'_> {
         }
         Ok(timeouts)
     }
-}
-
-/// `PROXY_CLIENT_MAX_IN_FLIGHT`, `PROXY_CLIENT_RATE` and `PROXY_CLIENT_RATE_BURST`; each off
-/// when unset.
-pub(super) fn client_limits(
-    max_in_flight: &Option<String>,
-    rate: &Option<String>,
-    burst: &Option<String>,
-) -> Result<LimitSettings, ConfigError> {
-    let max_in_flight = positive_number("PROXY_CLIENT_MAX_IN_FLIGHT", max_in_flight)?;
-    let per_minute = positive_number("PROXY_CLIENT_RATE", rate)?;
-    let burst = positive_number("PROXY_CLIENT_RATE_BURST", burst)?;
-    let rate = match (per_minute, burst) {
-        (None, None) => None,
-        (None, Some(_)) => {
-            return Err(invalid(
-                "PROXY_CLIENT_RATE_BURST",
-                "needs PROXY_CLIENT_RATE",
-            ))
-        }
-        (Some(per_minute), burst) => Some(Rate {
-            per_minute,
-            burst: burst.unwrap_or_else(|| Rate::default_burst(per_minute)),
-        }),
-    };
-    Ok(LimitSettings {
-        max_in_flight,
-        rate,
-    })
 }
