@@ -11,7 +11,10 @@ use std::time::Duration;
 use support::*;
 
 fn check_config(vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let dir = scratch_dir("first-hour");
+    // A directory per call: the tests run at once, and each empties its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = scratch_dir(&format!("first-hour-{call}"));
     let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
         .arg("--check-config")
         .env_clear()

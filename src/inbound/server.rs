@@ -14,7 +14,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -207,6 +207,7 @@ struct Acceptor<H> {
 }
 
 impl<H: Handler> Acceptor<H> {
+    /// Accepts connections, each under a slot, until `stop` completes.
     async fn accept_until(&mut self, stop: impl Future<Output = ()>) {
         let mut stop = pin!(stop);
         loop {
@@ -221,73 +222,103 @@ impl<H: Handler> Acceptor<H> {
                 _ = &mut stop => return,
                 accepted = self.listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _peer)) => stream,
+            match accepted {
+                Ok((stream, _peer)) => self.spawn_connection(stream, slot),
                 Err(error) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
-            };
-            // Each SSE event must leave at once, not wait for Nagle's algorithm.
-            let _ = stream.set_nodelay(true);
+            }
+            self.reap_ended();
+        }
+    }
 
-            let header_read = self.header_read;
-            let handler = self.handler.clone();
-            self.metrics.open_connections.inc();
-            let serving = Serving {
-                builders: self.builders.clone(),
-                watcher: self.closing.watcher(),
-                metrics: self.metrics.clone(),
-                header_read,
-            };
-            let tls = self.tls.clone();
-            self.connections.spawn(async move {
-                let _open = CountedConnection(serving.metrics.clone());
-                let _slot = slot;
-                // Boxed per request: hyper keeps a slot the size of the service's future for
-                // the connection's life, idle or not, and the exchange's future is large.
-                let handle = move |request| Box::pin(async move { handler.handle(request).await });
-                let Some(tls) = tls else {
-                    // hyper's header read timeout starts only once it knows the protocol; a
-                    // client that sends nothing, or a lone prefix of the HTTP/2 preface,
-                    // would otherwise hold the connection and its slot forever.
-                    let Ok(protocol) =
-                        tokio::time::timeout(header_read, protocol_decided(&stream)).await
-                    else {
-                        return;
-                    };
-                    return Box::pin(serve_connection(stream, protocol, serving, handle)).await;
-                };
-                // Boxed: the handshake's state is large and short-lived, and the task would
-                // otherwise keep room for it for the connection's life.
-                let handshake = Box::pin(tokio::time::timeout(header_read, tls.accept(stream)));
-                let stream = match handshake.await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                // ALPN has decided the protocol; hyper need not guess it from the bytes.
-                let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    ClientProtocol::Http2
-                } else {
-                    ClientProtocol::Http1
-                };
-                Box::pin(serve_connection(stream, protocol, serving, handle)).await;
-            });
-            while let Some(ended) = self.connections.try_join_next() {
-                if let Err(error) = ended {
-                    if error.is_panic() {
-                        tracing::error!("a connection task panicked; the proxy goes on serving");
-                    }
+    /// Serves one accepted connection on a task of its own, holding `slot` to its end.
+    fn spawn_connection(&mut self, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        // Each SSE event must leave at once, not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        self.metrics.open_connections.inc();
+        let serving = Serving {
+            builders: self.builders.clone(),
+            watcher: self.closing.watcher(),
+            metrics: self.metrics.clone(),
+            header_read: self.header_read,
+        };
+        let handler = self.handler.clone();
+        let tls = self.tls.clone();
+        self.connections.spawn(async move {
+            let _open = CountedConnection(serving.metrics.clone());
+            let _slot = slot;
+            // Boxed per request: hyper keeps a slot the size of the service's future for the
+            // connection's life, idle or not, and the exchange's future is large.
+            let handle = move |request| Box::pin(async move { handler.handle(request).await });
+            match tls {
+                None => serve_plain(stream, serving, handle).await,
+                Some(tls) => serve_tls(stream, &tls, serving, handle).await,
+            }
+        });
+    }
+
+    /// Collects the connection tasks that have ended; a panicked one is logged.
+    fn reap_ended(&mut self) {
+        while let Some(ended) = self.connections.try_join_next() {
+            if let Err(error) = ended {
+                if error.is_panic() {
+                    tracing::error!("a connection task panicked; the proxy goes on serving");
                 }
             }
         }
     }
+}
+
+/// A plain connection: HTTP/1 or h2c, told apart by the first bytes.
+async fn serve_plain<H, F>(stream: TcpStream, serving: Serving, handle: H)
+where
+    H: FnOnce(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    // hyper's header read timeout starts only once it knows the protocol; a client that sends
+    // nothing, or a lone prefix of the HTTP/2 preface, would otherwise hold the connection and
+    // its slot forever.
+    let Ok(protocol) = tokio::time::timeout(serving.header_read, protocol_decided(&stream)).await
+    else {
+        return;
+    };
+    Box::pin(serve_connection(stream, protocol, serving, handle)).await;
+}
+
+/// A TLS connection: the handshake within the header read timeout, then the protocol ALPN chose.
+async fn serve_tls<H, F>(
+    stream: TcpStream,
+    tls: &tokio_rustls::TlsAcceptor,
+    serving: Serving,
+    handle: H,
+) where
+    H: FnOnce(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    // Boxed: the handshake's state is large and short-lived, and the task would otherwise keep
+    // room for it for the connection's life.
+    let handshake = Box::pin(tokio::time::timeout(
+        serving.header_read,
+        tls.accept(stream),
+    ));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    // ALPN has decided the protocol; hyper need not guess it from the bytes.
+    let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        ClientProtocol::Http2
+    } else {
+        ClientProtocol::Http1
+    };
+    Box::pin(serve_connection(stream, protocol, serving, handle)).await;
 }
 
 /// Serves one client connection until it ends or the drain closes it. HTTP/1 goes through

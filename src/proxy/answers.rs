@@ -1,0 +1,91 @@
+//! The proxy's own answers: health, readiness and metrics, the admin listener's service, and
+//! the refusals that come before any routing.
+
+use std::sync::Arc;
+
+use http::header;
+use http::{Method, Request, Response, StatusCode};
+
+use crate::drain::DrainState;
+use crate::error::{json_response, ProxyError};
+use crate::exchange::body::ProxyBody;
+use crate::metrics::{self, Metrics};
+use crate::outcome::Refused;
+use crate::policy::routes::Routes;
+
+/// The proxy's own endpoints on the admin listener (`PROXY_METRICS_ADDR`): `/health`,
+/// `/ready` and `/metrics`, without a client key, for the kubelet's probes and a scraper on a
+/// private port. Nothing is forwarded from there.
+#[derive(Clone)]
+pub struct Admin {
+    drain: Arc<DrainState>,
+    metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    pub fn new(drain: Arc<DrainState>, metrics: Arc<Metrics>) -> Admin {
+        Admin { drain, metrics }
+    }
+
+    pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+        let own = matches!(*request.method(), Method::GET | Method::HEAD);
+        match request.uri().path() {
+            "/health" if own => health(),
+            "/ready" if own => ready(&self.drain),
+            "/metrics" if own => metrics_response(&self.metrics),
+            path if Routes::is_own(path) => ProxyError::MethodNotAllowed {
+                method: request.method().clone(),
+                allow: "GET, HEAD".to_owned(),
+            }
+            .into_response(),
+            _ => not_found(request),
+        }
+    }
+}
+
+/// `GET /health`: 200 while the process lives.
+pub(super) fn health() -> Response<ProxyBody> {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+/// `GET /ready`: 200 while serving, 503 once the drain has begun.
+pub(super) fn ready(drain: &DrainState) -> Response<ProxyBody> {
+    if drain.is_draining() {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+    } else {
+        json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+    }
+}
+
+/// The Prometheus exposition, for `GET /metrics` on either listener.
+pub fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::local(metrics.encode().into()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// The answer to a request head the framing guard refused; the connection closes after it.
+pub fn refused(why: Refused) -> Response<ProxyBody> {
+    let error = match why {
+        Refused::BadRequest(message) => ProxyError::BadRequest(message),
+        Refused::HeadTooLarge => ProxyError::HeadTooLarge,
+    };
+    tracing::info!(status = error.status().as_u16(), reason = ?why, "refused a request head");
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}
+
+/// OpenAI's answer for a URL it does not serve, on either listener.
+pub fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
+    ProxyError::NotFound {
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+    }
+    .into_response()
+}

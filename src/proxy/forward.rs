@@ -1,0 +1,278 @@
+//! An exchange sent upstream: its head rewritten, its body forwarded, the upstream's answer
+//! passed back frame by frame, and every failure made an answer in OpenAI's shape.
+
+use std::sync::Arc;
+
+use std::future::Future;
+
+use http::header;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::error::ProxyError;
+use crate::exchange::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
+use crate::exchange::record::{new_request_id, Exchange};
+use crate::metrics::{self, UpstreamErrorKind};
+use crate::policy::headers::{self, CLIENT_REQUEST_ID};
+use crate::policy::routes::upstream_target;
+use crate::policy::websocket;
+use crate::upstream::{self, Lease, UpstreamError};
+
+use super::session::Opened;
+use super::Proxy;
+
+impl Proxy {
+    pub(super) async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        route: Arc<metrics::RouteMetrics>,
+        origin_allowed: bool,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
+        let mut exchange = Exchange::start(
+            id.clone(),
+            request.method().clone(),
+            route,
+            started,
+            self.0.drain.clone(),
+            self.0.metrics.clone(),
+        );
+
+        if headers::passed_through(request.headers(), &self.0.identity.via) {
+            return failed(ProxyError::LoopDetected, exchange, id);
+        }
+        // A key in a subprotocol never goes upstream, upgrade or not.
+        let key = websocket::take_key_subprotocol(request.headers_mut());
+        if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
+            // A session is rare next to requests: its larger future is boxed.
+            let opened = match websocket::check_upgrade(request.version(), request.headers())
+                .map_err(ProxyError::BadRequest)
+                .and_then(|()| self.check_origin(request.headers(), origin_allowed))
+                .and_then(|()| self.admit(request.headers(), key.as_deref(), &mut exchange))
+            {
+                Ok(()) => Box::pin(self.open_session(request, &exchange)).await,
+                Err(error) => Err(error),
+            };
+            return match opened {
+                Ok(Opened::Switched(session)) => self.switched(session, exchange, &id),
+                Ok(Opened::Refused(response)) => self.respond(response, None, exchange, &id),
+                Err(error) => failed(error, exchange, id),
+            };
+        }
+
+        let answer = match self.admit(request.headers(), None, &mut exchange) {
+            Ok(()) => self.call_upstream(request, &exchange).await,
+            Err(error) => Err(error),
+        };
+        match answer {
+            Ok((response, lease)) => self.respond(response, Some(lease), exchange, &id),
+            Err(error) => failed(error, exchange, id),
+        }
+    }
+
+    /// The upstream's answer, passed on: its head rewritten, its body forwarded frame by frame
+    /// with the exchange's record and the connection it came on.
+    pub(super) fn respond(
+        &self,
+        upstream_response: Response<Incoming>,
+        lease: Option<Lease<RequestBody>>,
+        mut exchange: Exchange,
+        id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let started = exchange.started();
+        let (mut parts, body) = upstream_response.into_parts();
+        pass_head(&mut parts, &mut exchange, id);
+        let is_sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
+        let body = ResponseBody::new(body, lease, clock, exchange, is_sse);
+        Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
+    }
+
+    /// Sends the request upstream and waits for the response head.
+    pub(super) async fn call_upstream(
+        &self,
+        request: Request<Incoming>,
+        exchange: &Exchange,
+    ) -> Result<(Response<Incoming>, Lease<RequestBody>), ProxyError> {
+        let config = &self.0.config;
+        let (mut parts, body) = request.into_parts();
+
+        let declared_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|len| len > config.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge {
+                limit: config.max_body_bytes,
+            });
+        }
+
+        self.upstream_head(&mut parts, exchange)?;
+        let started = exchange.started();
+        let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
+        let mut body =
+            RequestBody::new(body, clock, config.max_body_bytes, exchange.request.clone());
+        if body.first_frame().await.is_err() {
+            return Err(self
+                .body_fault(exchange)
+                .unwrap_or(ProxyError::ClientBodyFailed));
+        }
+        // Boxed once here: an async fn's future holds each future it awaits, and every level
+        // above copies the whole of it when it starts (rust-lang/rust#62958). Unboxed, the
+        // upstream call's ~6 KB became ~27 KB by `forward`, copied on every request.
+        let sending = Box::pin(self.0.upstream.send(Request::from_parts(parts, body)));
+
+        let response = self.wait_for_head(sending, exchange).await?;
+        self.check_key_accepted(response.0.status(), exchange)?;
+        Ok(response)
+    }
+
+    /// Makes a client's request head fit to go upstream: the target under the base URL, with
+    /// `PROXY_UPSTREAM_QUERY`; the server's key in place of the client's; the headers rewritten.
+    pub(super) fn upstream_head(
+        &self,
+        parts: &mut http::request::Parts,
+        exchange: &Exchange,
+    ) -> Result<(), ProxyError> {
+        let upstream = &self.0.config.upstream;
+        let target = upstream_target(
+            &upstream.base_path,
+            parts.uri.path(),
+            parts.uri.query(),
+            &upstream.query,
+        );
+        parts.uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(target)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded"))?;
+        // hyper-util picks HTTP/1.1 or HTTP/2 per upstream connection; a request that insists
+        // on the client's version would be refused by a connection of the other kind.
+        parts.version = Version::HTTP_11;
+        parts.extensions.clear();
+        let credential = self.0.keys.credential();
+        headers::rewrite_request(
+            &mut parts.headers,
+            &self.0.identity,
+            &credential,
+            &exchange.id,
+        );
+        Ok(())
+    }
+
+    /// Waits for the upstream's response head within `PROXY_FIRST_BYTE_TIMEOUT` (and
+    /// `PROXY_TOTAL_TIMEOUT`, if it is sooner).
+    pub(super) async fn wait_for_head<T>(
+        &self,
+        sending: impl Future<Output = Result<T, UpstreamError>>,
+        exchange: &Exchange,
+    ) -> Result<T, ProxyError> {
+        let config = &self.0.config;
+        let started = exchange.started();
+        let first_byte_deadline = started + config.timeouts.first_byte;
+        let total_deadline = self.total_deadline(started);
+        let wait_until =
+            total_deadline.map_or(first_byte_deadline, |total| total.min(first_byte_deadline));
+        match tokio::time::timeout_at(wait_until, sending).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(self.upstream_error(error, exchange)),
+            Err(_) => {
+                exchange.upstream_failed(UpstreamErrorKind::Timeout);
+                Err(
+                    if total_deadline.is_some_and(|total| total <= first_byte_deadline) {
+                        ProxyError::TotalTimeout(config.timeouts.total.unwrap_or_default())
+                    } else {
+                        ProxyError::FirstByteTimeout(config.timeouts.first_byte)
+                    },
+                )
+            }
+        }
+    }
+
+    /// OpenAI's 401 means our key was refused, and its message echoes part of the key: the
+    /// body is dropped unread and the client learns only that the proxy is broken.
+    pub(super) fn check_key_accepted(
+        &self,
+        status: StatusCode,
+        exchange: &Exchange,
+    ) -> Result<(), ProxyError> {
+        if status != StatusCode::UNAUTHORIZED {
+            return Ok(());
+        }
+        tracing::error!(
+            request_id = exchange.id.to_str().unwrap_or("-"),
+            "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY or OPENAI_API_KEY_FILE"
+        );
+        Err(ProxyError::UpstreamRejectedKey)
+    }
+
+    /// The request body's own failure, if it had one: too large, stalled, or broken off.
+    pub(super) fn body_fault(&self, exchange: &Exchange) -> Option<ProxyError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let config = &self.0.config;
+        let stats = &exchange.request;
+        if stats.too_large.load(Relaxed) {
+            Some(ProxyError::BodyTooLarge {
+                limit: config.max_body_bytes,
+            })
+        } else if stats.timed_out.load(Relaxed) {
+            Some(ProxyError::RequestBodyTimeout(config.timeouts.idle))
+        } else if stats.client_failed.load(Relaxed) {
+            Some(ProxyError::ClientBodyFailed)
+        } else {
+            None
+        }
+    }
+
+    /// Whose fault a failed upstream call was: the request body's (too large, broken, stalled)
+    /// or the upstream's.
+    pub(super) fn upstream_error(&self, error: UpstreamError, exchange: &Exchange) -> ProxyError {
+        if let Some(fault) = self.body_fault(exchange) {
+            return fault;
+        }
+        let config = &self.0.config;
+        let description = upstream::describe(&*error.error);
+        tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
+        exchange.upstream_failed(error.kind.counted_as());
+        ProxyError::from_upstream(error.kind, description, config.timeouts.connect)
+    }
+}
+
+/// The upstream's response head, recorded in the exchange and made fit for the client.
+pub(super) fn pass_head(
+    parts: &mut http::response::Parts,
+    exchange: &mut Exchange,
+    id: &HeaderValue,
+) {
+    exchange.upstream_status = Some(parts.status);
+    exchange.status = Some(parts.status);
+    exchange.head_after = Some(exchange.started().elapsed());
+    exchange.upstream_id = headers::upstream_request_id(&parts.headers);
+    headers::rewrite_response(&mut parts.headers, id);
+    parts.version = Version::HTTP_11;
+}
+
+/// An error answer for the client, recorded as the exchange's end.
+pub(super) fn failed(
+    error: ProxyError,
+    mut exchange: Exchange,
+    id: HeaderValue,
+) -> Response<ProxyBody> {
+    if let ProxyError::UpstreamRejectedKey = error {
+        // The upstream answered, with 401: the log says so, though the client gets a 502.
+        exchange.upstream_status = Some(StatusCode::UNAUTHORIZED);
+        exchange.head_after = Some(exchange.started().elapsed());
+    }
+    exchange.finish(error.outcome());
+    let mut response = error.into_response();
+    exchange.status = Some(response.status());
+    response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
+    response
+}

@@ -1,0 +1,121 @@
+//! A WebSocket upgrade (the Realtime API): the browser's origin checked, the upgrade sent
+//! upstream on a connection of its own, and a switched session left for the client
+//! connection's task.
+
+use http::header;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::exchange::body::ProxyBody;
+use crate::exchange::record::Exchange;
+use crate::exchange::session::{Handoff, Pipe};
+use crate::policy::websocket;
+use crate::upstream::websocket::WebSocketAnswer;
+
+use super::forward::pass_head;
+use super::Proxy;
+
+impl Proxy {
+    /// The upstream switched to a WebSocket: the client gets the `101` with the upstream's
+    /// `Sec-WebSocket-*` headers, and the session is left for the client's connection task to
+    /// run once hyper has written it.
+    pub(super) fn switched(
+        &self,
+        session: SwitchedSession,
+        mut exchange: Exchange,
+        id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let SwitchedSession {
+            head,
+            stream,
+            connection,
+            client,
+            handoff,
+        } = session;
+        let (mut parts, ()) = head.into_parts();
+        pass_head(&mut parts, &mut exchange, id);
+        websocket::mark_upgrade(&mut parts.headers);
+        let pipe = Pipe {
+            client,
+            upstream: stream,
+            upstream_connection: connection,
+            exchange,
+            session: self.0.drain.session_started(),
+            idle: self.0.config.timeouts.idle,
+        };
+        handoff.put(Box::pin(pipe.run()));
+        Response::from_parts(parts, ProxyBody::default())
+    }
+
+    /// A browser's WebSocket is not held back by CORS, so the server checks its `Origin`
+    /// (RFC 6455, section 10.2): an upgrade that names one is switched only for an origin in
+    /// `PROXY_CORS_ORIGINS`. Without that setting no browser origin is allowed.
+    pub(super) fn check_origin(
+        &self,
+        headers: &http::HeaderMap,
+        origin_allowed: bool,
+    ) -> Result<(), ProxyError> {
+        if headers.contains_key(header::ORIGIN) && !origin_allowed {
+            return Err(ProxyError::OriginNotAllowed);
+        }
+        Ok(())
+    }
+
+    /// Sends a WebSocket upgrade upstream, on a connection of its own, and waits for its
+    /// answer. Only an HTTP/1.1 client connection can be upgraded: it alone has a [`Handoff`].
+    pub(super) async fn open_session(
+        &self,
+        mut request: Request<Incoming>,
+        exchange: &Exchange,
+    ) -> Result<Opened, ProxyError> {
+        let handoff =
+            request
+                .extensions_mut()
+                .remove::<Handoff>()
+                .ok_or(ProxyError::BadRequest(
+                    "A WebSocket needs an HTTP/1.1 connection (Upgrade: websocket)",
+                ))?;
+        let client = hyper::upgrade::on(&mut request);
+        let (mut parts, _) = request.into_parts();
+        self.upstream_head(&mut parts, exchange)?;
+        websocket::mark_upgrade(&mut parts.headers);
+        let opening = self
+            .0
+            .upstream
+            .open_websocket(Request::from_parts(parts, Empty::new()));
+        match self.wait_for_head(opening, exchange).await? {
+            WebSocketAnswer::Refused(response) => {
+                self.check_key_accepted(response.status(), exchange)?;
+                Ok(Opened::Refused(response))
+            }
+            WebSocketAnswer::Switched {
+                head,
+                stream,
+                connection,
+            } => Ok(Opened::Switched(SwitchedSession {
+                head,
+                stream,
+                connection,
+                client,
+                handoff,
+            })),
+        }
+    }
+}
+
+/// What a WebSocket upgrade came to.
+pub(super) enum Opened {
+    Switched(SwitchedSession),
+    /// The upstream answered something else, passed on like any answer.
+    Refused(Response<Incoming>),
+}
+
+pub(super) struct SwitchedSession {
+    head: Response<()>,
+    stream: hyper::upgrade::Upgraded,
+    connection: crate::metrics::OpenConnection,
+    client: hyper::upgrade::OnUpgrade,
+    handoff: Handoff,
+}
