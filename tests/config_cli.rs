@@ -1,15 +1,17 @@
 //! The binary's start-up: a bad configuration stops it before it binds, with exit 64 and one
 //! line naming the setting. The child process gets its own environment; ours is untouched.
 
+mod support;
+
 use std::process::Command;
 
+use support::scratch_dir;
+
 fn memoctopus(vars: &[(&str, &str)]) -> std::process::Output {
-    let dir = std::env::temp_dir().join(format!(
-        "memoctopus-cli-{}-{}",
-        std::process::id(),
-        vars.len()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    // A directory per call: the tests run at once, and each empties its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = scratch_dir(&format!("cli-{call}"));
     let output = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
         .env_clear()
         .envs(vars.iter().copied())
@@ -84,8 +86,7 @@ fn version_and_help() {
 
 #[test]
 fn check_config_prints_the_settings_with_the_key_masked() {
-    let dir = std::env::temp_dir().join(format!("memoctopus-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("check");
     std::fs::write(
         dir.join(".env"),
         "OPENAI_API_KEY=sk-from-dotenv-secret\nPORT=9100\n",
@@ -123,8 +124,7 @@ fn check_config_prints_the_settings_with_the_key_masked() {
 
 #[test]
 fn bad_key_files_exit_64_naming_the_setting_and_never_the_contents() {
-    let dir = std::env::temp_dir().join(format!("memoctopus-cli-keys-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("cli-keys");
     let write = |name: &str, contents: &str| {
         let path = dir.join(name);
         std::fs::write(&path, contents).unwrap();

@@ -68,8 +68,7 @@ async fn the_extra_ca_adds_to_the_built_in_roots() {
 
 #[test]
 fn a_bad_upstream_ca_file_names_the_setting() {
-    let dir = std::env::temp_dir().join(format!("memoctopus-badca-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("badca");
     let garbage = dir.join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     let empty = dir.join("empty.pem");
