@@ -52,7 +52,8 @@ pub enum ProxyError {
     Internal(&'static str),
 }
 
-/// Who is at fault for an error: the status class, the `type` field and the outcome follow.
+/// Who is at fault for an error, read from its status class; the `type` field and the outcome
+/// follow from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The request: 4xx, `invalid_request_error` (or `requests` for a limit).

@@ -70,8 +70,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `PROXY_TLS_CERT` and `PROXY_TLS_KEY`, loaded: serve HTTPS (h2 and http/1.1 by ALPN).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// What was found but not used: `PROXY_*` variables that are not settings. Logged at
-    /// start and printed by `--check-config`; never holds a value.
+    /// What start-up should say but not refuse: `PROXY_*` variables that are not settings,
+    /// and the example's placeholder key. Logged at start and printed by `--check-config`;
+    /// never holds a value.
     pub warnings: Vec<String>,
 }
 

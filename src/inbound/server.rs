@@ -70,31 +70,30 @@ pub async fn run_with_metrics_listener(
     // and timeouts, under a connection cap of its own, so that it can never use up the file
     // descriptors the proxy's port needs. It runs until the drain has ended: the kubelet's
     // probes see `/ready` go 503.
+    let header_read = config.timeouts.header_read;
     let admin_server = metrics_listener.map(|listener| {
-        let mut admin = Acceptor {
+        let admin = Admin::new(drain.clone(), metrics.clone());
+        let mut admin = Acceptor::new(
             listener,
-            handler: Admin::new(drain.clone(), metrics.clone()),
-            metrics: metrics.clone(),
-            builders: builders.clone(),
-            closing: Closing::default(),
-            slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
-            connections: JoinSet::new(),
-            header_read: config.timeouts.header_read,
-            tls: None,
-        };
+            admin,
+            ADMIN_MAX_CONNECTIONS,
+            None,
+            &metrics,
+            &builders,
+            header_read,
+        );
         tokio::spawn(async move { admin.accept_until(std::future::pending()).await })
     });
-    let mut acceptor = Acceptor {
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let mut acceptor = Acceptor::new(
         listener,
-        handler: proxy,
-        metrics,
-        builders,
-        closing: Closing::default(),
-        slots: Arc::new(Semaphore::new(config.max_connections)),
-        connections: JoinSet::new(),
-        header_read: config.timeouts.header_read,
-        tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
-    };
+        proxy,
+        config.max_connections,
+        tls,
+        &metrics,
+        &builders,
+        header_read,
+    );
 
     acceptor.accept_until(shutdown).await;
     drain.start_draining();
@@ -207,6 +206,29 @@ struct Acceptor<H> {
 }
 
 impl<H: Handler> Acceptor<H> {
+    /// A listener whose connections `handler` answers, at most `max_connections` at once.
+    fn new(
+        listener: TcpListener,
+        handler: H,
+        max_connections: usize,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        metrics: &Arc<Metrics>,
+        builders: &Arc<Builders>,
+        header_read: Duration,
+    ) -> Self {
+        Acceptor {
+            listener,
+            handler,
+            metrics: metrics.clone(),
+            builders: builders.clone(),
+            closing: Closing::default(),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            connections: JoinSet::new(),
+            header_read,
+            tls,
+        }
+    }
+
     /// Accepts connections, each under a slot, until `stop` completes.
     async fn accept_until(&mut self, stop: impl Future<Output = ()>) {
         let mut stop = pin!(stop);
@@ -352,8 +374,9 @@ where
         let requests = requests.clone();
         let streams = streams.clone();
         service_fn(move |mut request: Request<Incoming>| {
-            let refused = refusals.of(requests.fetch_add(1, Ordering::Relaxed));
-            let stream = streams.as_ref().map(Streams::opened);
+            let index = requests.fetch_add(1, Ordering::Relaxed);
+            let refused = refusals.of(index);
+            let stream = streams.as_ref().map(|streams| streams.opened(index));
             if protocol == ClientProtocol::Http1 && websocket::is_upgrade(request.headers()) {
                 request.extensions_mut().insert(handoff.clone());
             }

@@ -29,7 +29,6 @@ pub struct Streams {
     open: AtomicUsize,
     /// Milliseconds from `started` to when the last open stream ended.
     idle_since_ms: AtomicU64,
-    requests: AtomicU64,
     limit_reached: Notify,
     metrics: Arc<Metrics>,
 }
@@ -40,16 +39,16 @@ impl Streams {
             started: Instant::now(),
             open: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
             limit_reached: Notify::new(),
             metrics,
         })
     }
 
-    /// A stream opened: held until its answer's body is dropped.
-    pub fn opened(self: &Arc<Self>) -> StreamGuard {
+    /// The connection's `index`th request (counted from 0, by the connection's service) opened
+    /// a stream: held until its answer's body is dropped.
+    pub fn opened(self: &Arc<Self>, index: u64) -> StreamGuard {
         self.open.fetch_add(1, Ordering::Relaxed);
-        if self.requests.fetch_add(1, Ordering::Relaxed) + 1 == H2_MAX_REQUESTS {
+        if index + 1 == H2_MAX_REQUESTS {
             self.limit_reached.notify_one();
         }
         StreamGuard {
@@ -65,26 +64,13 @@ impl Streams {
     }
 }
 
-/// Completes when the connection should be closed gracefully; says why, for the metrics.
+/// Completes when the connection should be closed gracefully, and counts why: its requests
+/// are used up, or no stream has been open for `idle` (since the connection began, at first).
 pub async fn until_done(streams: Arc<Streams>, idle: Duration) {
-    loop {
-        let deadline = streams
-            .idle_since()
-            .map_or(Instant::now() + idle, |since| since + idle);
-        tokio::select! {
-            _ = streams.limit_reached.notified() => {
-                streams.metrics.connection_closed("max_requests");
-                return;
-            }
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-        if streams
-            .idle_since()
-            .is_some_and(|since| since + idle <= Instant::now())
-        {
-            streams.metrics.connection_closed("idle");
-            return;
-        }
+    let started = streams.started;
+    tokio::select! {
+        _ = streams.limit_reached.notified() => streams.metrics.connection_closed("max_requests"),
+        () = idle_for(&streams, idle, started) => streams.metrics.connection_closed("idle"),
     }
 }
 
@@ -93,16 +79,19 @@ pub async fn until_done(streams: Arc<Streams>, idle: Duration) {
 /// close waits for the client to answer a PING, and a client that never does must not keep
 /// the connection: with nothing open, it is then dropped.
 pub async fn until_idle(streams: Arc<Streams>, idle: Duration) {
-    let begun = Instant::now();
+    idle_for(&streams, idle, Instant::now()).await;
+}
+
+/// Completes once no stream has been open for `idle`, counted from `not_before` at the earliest.
+async fn idle_for(streams: &Streams, idle: Duration, not_before: Instant) {
+    let idle_until = || {
+        streams
+            .idle_since()
+            .map(|since| since.max(not_before) + idle)
+    };
     loop {
-        let deadline = streams
-            .idle_since()
-            .map_or(Instant::now() + idle, |since| since.max(begun) + idle);
-        tokio::time::sleep_until(deadline).await;
-        if streams
-            .idle_since()
-            .is_some_and(|since| since.max(begun) + idle <= Instant::now())
-        {
+        tokio::time::sleep_until(idle_until().unwrap_or_else(|| Instant::now() + idle)).await;
+        if idle_until().is_some_and(|until| until <= Instant::now()) {
             return;
         }
     }

@@ -139,27 +139,38 @@ impl Routes {
         self.forwarded.iter().map(|(_, p)| p.as_str())
     }
 
+    /// The proxy's own endpoint at `path`, on any listener.
+    fn own(path: &str) -> Option<Route<'static>> {
+        match path {
+            "/health" => Some(Route::Health),
+            "/ready" => Some(Route::Ready),
+            "/metrics" => Some(Route::Metrics),
+            _ => None,
+        }
+    }
+
     /// Whether `path` is one of the proxy's own endpoints, on any listener.
     pub fn is_own(path: &str) -> bool {
-        matches!(path, "/health" | "/ready" | "/metrics")
+        Self::own(path).is_some()
+    }
+
+    /// Matches a request to one of the proxy's own endpoints, which take `GET` and `HEAD`:
+    /// the whole route table of the admin listener.
+    pub fn own_route(method: &Method, path: &str) -> Result<Route<'static>, RouteError> {
+        let own = Self::own(path).ok_or(RouteError::NotFound)?;
+        if method == Method::GET || method == Method::HEAD {
+            Ok(own)
+        } else {
+            Err(RouteError::MethodNotAllowed {
+                allow: "GET, HEAD".to_owned(),
+            })
+        }
     }
 
     /// Matches a request's method and path (without its query).
     pub fn route(&self, method: &Method, path: &str) -> Result<Route<'_>, RouteError> {
-        let own = match path {
-            "/health" => Some(Route::Health),
-            "/ready" => Some(Route::Ready),
-            "/metrics" if self.metrics => Some(Route::Metrics),
-            _ => None,
-        };
-        if let Some(own) = own {
-            return if method == Method::GET || method == Method::HEAD {
-                Ok(own)
-            } else {
-                Err(RouteError::MethodNotAllowed {
-                    allow: "GET, HEAD".to_owned(),
-                })
-            };
+        if Self::own(path).is_some_and(|own| own != Route::Metrics || self.metrics) {
+            return Self::own_route(method, path);
         }
 
         let mut allow: Vec<&str> = Vec::new();

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use http::header;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 use crate::drain::DrainState;
 use crate::error::{json_response, ProxyError};
 use crate::exchange::body::ProxyBody;
 use crate::metrics::{self, Metrics};
 use crate::outcome::Refused;
-use crate::policy::routes::Routes;
+use crate::policy::routes::{Route, RouteError, Routes};
 
 /// The proxy's own endpoints on the admin listener (`PROXY_METRICS_ADDR`): `/health`,
 /// `/ready` and `/metrics`, without a client key, for the kubelet's probes and a scraper on a
@@ -28,18 +28,25 @@ impl Admin {
     }
 
     pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
-        let own = matches!(*request.method(), Method::GET | Method::HEAD);
-        match request.uri().path() {
-            "/health" if own => health(),
-            "/ready" if own => ready(&self.drain),
-            "/metrics" if own => metrics_response(&self.metrics),
-            path if Routes::is_own(path) => ProxyError::MethodNotAllowed {
-                method: request.method().clone(),
-                allow: "GET, HEAD".to_owned(),
-            }
-            .into_response(),
-            _ => not_found(request),
+        match Routes::own_route(request.method(), request.uri().path()) {
+            Ok(Route::Health) => health(),
+            Ok(Route::Ready) => ready(&self.drain),
+            Ok(Route::Metrics) => metrics_response(&self.metrics),
+            Ok(Route::Forward { .. }) => not_found(request),
+            Err(error) => unrouted(request, error),
         }
+    }
+}
+
+/// The answer to a request that matches no route, or a route with another method.
+pub(super) fn unrouted<B>(request: &Request<B>, error: RouteError) -> Response<ProxyBody> {
+    match error {
+        RouteError::NotFound => not_found(request),
+        RouteError::MethodNotAllowed { allow } => ProxyError::MethodNotAllowed {
+            method: request.method().clone(),
+            allow,
+        }
+        .into_response(),
     }
 }
 

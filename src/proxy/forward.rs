@@ -52,7 +52,7 @@ impl Proxy {
                 .and_then(|()| self.check_origin(request.headers(), origin_allowed))
                 .and_then(|()| self.admit(request.headers(), key.as_deref(), &mut exchange))
             {
-                Ok(()) => Box::pin(self.open_session(request, &exchange)).await,
+                Ok(()) => Box::pin(self.open_session(request, &mut exchange)).await,
                 Err(error) => Err(error),
             };
             return match opened {
@@ -63,7 +63,7 @@ impl Proxy {
         }
 
         let answer = match self.admit(request.headers(), None, &mut exchange) {
-            Ok(()) => self.call_upstream(request, &exchange).await,
+            Ok(()) => self.call_upstream(request, &mut exchange).await,
             Err(error) => Err(error),
         };
         match answer {
@@ -97,7 +97,7 @@ impl Proxy {
     pub(super) async fn call_upstream(
         &self,
         request: Request<Incoming>,
-        exchange: &Exchange,
+        exchange: &mut Exchange,
     ) -> Result<(Response<Incoming>, Lease<RequestBody>), ProxyError> {
         let config = &self.0.config;
         let (mut parts, body) = request.into_parts();
@@ -197,15 +197,18 @@ impl Proxy {
     }
 
     /// OpenAI's 401 means our key was refused, and its message echoes part of the key: the
-    /// body is dropped unread and the client learns only that the proxy is broken.
+    /// body is dropped unread and the client learns only that the proxy is broken. The
+    /// exchange's record still says that the upstream answered 401, and when.
     pub(super) fn check_key_accepted(
         &self,
         status: StatusCode,
-        exchange: &Exchange,
+        exchange: &mut Exchange,
     ) -> Result<(), ProxyError> {
         if status != StatusCode::UNAUTHORIZED {
             return Ok(());
         }
+        exchange.upstream_status = Some(status);
+        exchange.head_after = Some(exchange.started().elapsed());
         tracing::error!(
             request_id = exchange.id.to_str().unwrap_or("-"),
             "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY or OPENAI_API_KEY_FILE"
@@ -265,11 +268,6 @@ pub(super) fn failed(
     mut exchange: Exchange,
     id: HeaderValue,
 ) -> Response<ProxyBody> {
-    if let ProxyError::UpstreamRejectedKey = error {
-        // The upstream answered, with 401: the log says so, though the client gets a 502.
-        exchange.upstream_status = Some(StatusCode::UNAUTHORIZED);
-        exchange.head_after = Some(exchange.started().elapsed());
-    }
     exchange.finish(error.outcome());
     let mut response = error.into_response();
     exchange.status = Some(response.status());

@@ -7,7 +7,7 @@ mod answers;
 mod forward;
 mod session;
 
-use answers::{health, ready};
+use answers::{health, ready, unrouted};
 pub use answers::{metrics_response, not_found, refused, Admin};
 
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::policy::client_limits::ClientLimits;
 use crate::policy::cors;
 use crate::policy::headers::{self, UpstreamIdentity};
-use crate::policy::routes::{Route, RouteError, Routes};
+use crate::policy::routes::{Route, Routes};
 use crate::policy::websocket;
 use crate::upstream::Upstream;
 
@@ -130,12 +130,7 @@ impl Proxy {
                 Some(route) => self.forward(request, route, origin_allowed, started).await,
                 None => ProxyError::Internal("route without metrics").into_response(),
             },
-            Err(RouteError::NotFound) => not_found(&request),
-            Err(RouteError::MethodNotAllowed { allow }) => ProxyError::MethodNotAllowed {
-                method: request.method().clone(),
-                allow,
-            }
-            .into_response(),
+            Err(error) => unrouted(&request, error),
         }
     }
 

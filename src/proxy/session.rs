@@ -68,7 +68,7 @@ impl Proxy {
     pub(super) async fn open_session(
         &self,
         mut request: Request<Incoming>,
-        exchange: &Exchange,
+        exchange: &mut Exchange,
     ) -> Result<Opened, ProxyError> {
         let handoff =
             request
