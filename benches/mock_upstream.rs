@@ -231,7 +231,13 @@ async fn answer(
 
     let response = if path.ends_with("/chat/completions") {
         if contains(&head, b"\"stream\":true") || contains(&head, b"\"stream\": true") {
-            let mut response = sse(Kind::Chat, events, interval, stats);
+            // With `"stream_options": {"include_usage": true}`, a last chunk carries usage.
+            let kind = if contains(&head, b"\"include_usage\":true") {
+                Kind::ChatWithUsage
+            } else {
+                Kind::Chat
+            };
+            let mut response = sse(kind, events, interval, stats);
             if let (Some(n), MockBody::Paced(p)) = (fail_after, response.body_mut()) {
                 p.fail_after = Some(n);
             }
@@ -368,17 +374,21 @@ fn sse(kind: Kind, events: u64, interval: Duration, stats: Arc<Stats>) -> Respon
 #[derive(Clone, Copy)]
 enum Kind {
     Chat,
+    ChatWithUsage,
     Transcript,
     Audio,
 }
 
 fn event(kind: Kind, i: u64, last: bool) -> Bytes {
     match (kind, last) {
-        (Kind::Chat, false) => Bytes::from(format!(
+        (Kind::Chat | Kind::ChatWithUsage, false) => Bytes::from(format!(
             "data: {{\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
         )),
         (Kind::Chat, true) => Bytes::from_static(
             b"data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        ),
+        (Kind::ChatWithUsage, true) => Bytes::from_static(
+            b"data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":20,\"total_tokens\":39,\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\ndata: [DONE]\n\n",
         ),
         (Kind::Transcript, false) => Bytes::from(format!(
             "data: {{\"type\":\"transcript.text.delta\",\"delta\":\" word{i}\",\"logprobs\":[]}}\n\n"

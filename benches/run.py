@@ -42,6 +42,8 @@ PROXY_CORE, LOAD_CORE = "1", "0"
 BENCH_KEY = "sk-bench-not-a-real-key"
 CHAT = '{"model":"gpt-4","messages":[{"role":"developer","content":"You are a helpful assistant."},{"role":"user","content":"Hello!"}]}'
 STREAM = '{"model":"gpt-4","stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
+# The same with the usage chunk at the end, as clients that want usage ask for it.
+STREAM_USAGE = '{"model":"gpt-4","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello!"}]}'
 
 
 def free_port():
@@ -237,6 +239,8 @@ def scenario_args(name, files):
         return ["-m", "POST", "-T", "application/json", "-d", CHAT] + auth
     if name == "sse-20":
         return ["-m", "POST", "-T", "application/json", "-d", STREAM, "-H", "x-mock-events: 20"] + auth
+    if name == "sse-20-usage":
+        return ["-m", "POST", "-T", "application/json", "-d", STREAM_USAGE, "-H", "x-mock-events: 20"] + auth
     if name == "slow-streams":
         return ["-m", "POST", "-T", "application/json", "-d", STREAM, "-H", "x-mock-events: 64", "-H", "x-mock-interval-ms: 20"] + auth
     if name in ("upload-5m", "upload-25m"):
@@ -251,6 +255,7 @@ SCENARIOS = {
     "chat-json-c64": (["-c", "64"], None),
     "chat-json-q2000": (["-c", "64", "-q", "2000", "--latency-correction"], None),
     "sse-20": (["-c", "64"], None),
+    "sse-20-usage": (["-c", "64"], None),
     "slow-streams": (["-c", "500"], 10),
     "upload-5m": (["-c", "8"], None),
 }

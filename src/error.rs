@@ -149,6 +149,10 @@ impl ProxyError {
             ProxyError::ClientLimited(Limited {
                 limit: Limit::Rate, ..
             }) => "proxy_rate_limit",
+            ProxyError::ClientLimited(Limited {
+                limit: Limit::TokenBudget,
+                ..
+            }) => "proxy_token_budget",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
@@ -184,6 +188,10 @@ impl ProxyError {
             ),
             ProxyError::ClientLimited(Limited { limit: Limit::Rate, retry_after }) => format!(
                 "This proxy allows each client a limited number of requests a minute (PROXY_CLIENT_RATE), and this client has used them. Retry after {} s.",
+                retry_after.as_secs()
+            ),
+            ProxyError::ClientLimited(Limited { limit: Limit::TokenBudget, retry_after }) => format!(
+                "This proxy allows each client a budget of tokens a window (PROXY_CLIENT_TOKEN_BUDGET or the client's token_budget), and this client has used it. The window ends in {} s.",
                 retry_after.as_secs()
             ),
             ProxyError::OriginNotAllowed => "This origin is not allowed by PROXY_CORS_ORIGINS".to_owned(),
@@ -227,7 +235,14 @@ impl ProxyError {
 
     fn kind(&self) -> &'static str {
         match (self.fault(), self) {
-            // OpenAI's type for a limit on the number of requests.
+            // OpenAI's types for a limit on the number of tokens, and of requests.
+            (
+                _,
+                ProxyError::ClientLimited(Limited {
+                    limit: Limit::TokenBudget,
+                    ..
+                }),
+            ) => "tokens",
             (_, ProxyError::ClientLimited(_)) => "requests",
             (Fault::Client, _) => "invalid_request_error",
             (Fault::Upstream | Fault::Proxy, _) => "server_error",

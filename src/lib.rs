@@ -50,6 +50,7 @@ pub mod proxy;
 pub mod telemetry;
 pub mod trim;
 pub mod upstream;
+pub mod usage;
 
 pub use config::Config;
 pub use drain::DrainReport;

@@ -6,8 +6,9 @@
 //! or a key. Per-route series are
 //! created once at start, so the hot path only touches atomics.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::{
@@ -21,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::outcome::{Outcome, Refused, RetryReason};
 use crate::policy::routes::Routes;
+use crate::usage::Tokens;
 
 /// Seconds, from 1 ms to 10 min: a cached answer up to the longest generation.
 const BUCKETS: [f64; 18] = [
@@ -96,6 +98,33 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    client: Label,
+    model: Label,
+    #[prometheus(flatten)]
+    kind: TokenType,
+}
+
+/// `type`, a keyword in Rust, as its own label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenType {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    client: Label,
+    model: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MissingLabels {
+    client: Label,
+    route: Label,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -147,6 +176,97 @@ pub struct Metrics {
     pub client_stream_resets: Counter,
     /// Client connections the proxy closed on its own, by why: `idle` or `max_requests`.
     connections_closed: Family<ReasonLabels, Counter>,
+    usage: UsageMetrics,
+}
+
+/// What the usage meter reports: the tokens OpenAI counted, by client, model and type; the
+/// audio seconds; and the answers that reported none.
+struct UsageMetrics {
+    tokens: Family<TokenLabels, Counter>,
+    audio_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    missing: Family<MissingLabels, Counter>,
+    models: ModelNames,
+}
+
+impl UsageMetrics {
+    fn register(registry: &mut Registry, max_models: usize) -> UsageMetrics {
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens the upstream reported in its answers' usage, by client, model and type: input, output, cached (part of input), reasoning (part of output)",
+            tokens.clone(),
+        );
+        let audio_seconds = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "audio_seconds",
+            "Audio seconds the upstream reported for transcriptions billed by duration, by client and model",
+            audio_seconds.clone(),
+        );
+        let missing = Family::<MissingLabels, Counter>::default();
+        registry.register(
+            "usage_missing",
+            "Answers whose usage the upstream did not report, by client, route and reason: cancelled (the client left), failed (the answer broke or timed out), not_reported (complete, but without usage)",
+            missing.clone(),
+        );
+        UsageMetrics {
+            tokens,
+            audio_seconds,
+            missing,
+            models: ModelNames::new(max_models),
+        }
+    }
+}
+
+/// The `model` label values: the first `max` distinct names an answer gave, then `other` for
+/// the rest, so that a client cannot grow `/metrics` without bound.
+struct ModelNames {
+    max: usize,
+    seen: Mutex<HashMap<Box<str>, Arc<str>>>,
+    other: Arc<str>,
+    unknown: Arc<str>,
+}
+
+impl ModelNames {
+    fn new(max: usize) -> ModelNames {
+        ModelNames {
+            max,
+            seen: Mutex::default(),
+            other: Arc::from("other"),
+            unknown: Arc::from("unknown"),
+        }
+    }
+
+    /// The label for what an answer named: `unknown` for no name, `other` for one too long to
+    /// keep or past the first `max`.
+    fn label(&self, model: Option<&str>, too_long: bool) -> Label {
+        let name = match model {
+            _ if too_long => return Label(self.other.clone()),
+            None => return Label(self.unknown.clone()),
+            Some(name) => name,
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(label) = seen.get(name) {
+            return Label(label.clone());
+        }
+        if seen.len() >= self.max {
+            return Label(self.other.clone());
+        }
+        let label: Arc<str> = Arc::from(name);
+        seen.insert(Box::from(name), label.clone());
+        Label(label)
+    }
+}
+
+/// What the meter made of one answer, for the metrics.
+pub enum UsageSeen<'a> {
+    /// The upstream's own figures, and the model the answer named.
+    Reported {
+        tokens: &'a Tokens,
+        model: Option<&'a str>,
+        model_too_long: bool,
+    },
+    /// No figures, and why: `cancelled`, `failed` or `not_reported`.
+    Missing(&'static str),
 }
 
 /// An open upstream connection or session, counted in `/metrics` until this is dropped.
@@ -178,7 +298,13 @@ pub struct Ended<'a> {
 
 impl Metrics {
     pub fn new(routes: &Routes) -> Metrics {
+        Metrics::with_models(routes, 100)
+    }
+
+    /// With at most `max_models` distinct `model` label values (`PROXY_USAGE_MAX_MODELS`).
+    pub fn with_models(routes: &Routes, max_models: usize) -> Metrics {
         let mut registry = Registry::with_prefix("memoctopus");
+        let usage = UsageMetrics::register(&mut registry, max_models);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -379,6 +505,54 @@ impl Metrics {
             client_limited,
             client_stream_resets,
             connections_closed,
+            usage,
+        }
+    }
+
+    /// An answer's usage, as the meter saw it.
+    pub fn usage(&self, client: &Arc<str>, route: &RouteMetrics, seen: UsageSeen<'_>) {
+        let usage = &self.usage;
+        let client = Label(client.clone());
+        match seen {
+            UsageSeen::Reported {
+                tokens,
+                model,
+                model_too_long,
+            } => {
+                let model = usage.models.label(model, model_too_long);
+                if let Some(seconds) = tokens.audio_seconds {
+                    usage
+                        .audio_seconds
+                        .get_or_create(&ModelLabels { client, model })
+                        .inc_by(seconds);
+                    return;
+                }
+                for (r#type, count) in [
+                    ("input", tokens.input),
+                    ("output", tokens.output),
+                    ("cached", tokens.cached),
+                    ("reasoning", tokens.reasoning),
+                ] {
+                    usage
+                        .tokens
+                        .get_or_create(&TokenLabels {
+                            client: client.clone(),
+                            model: model.clone(),
+                            kind: TokenType { r#type },
+                        })
+                        .inc_by(count);
+                }
+            }
+            UsageSeen::Missing(reason) => {
+                usage
+                    .missing
+                    .get_or_create(&MissingLabels {
+                        client,
+                        route: route.label.clone(),
+                        reason,
+                    })
+                    .inc();
+            }
         }
     }
 

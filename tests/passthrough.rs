@@ -12,7 +12,8 @@ const CHAT_BODY: &str = r#"{"model":"gpt-4","messages":[{"role":"developer","con
 #[tokio::test]
 async fn chat_json_round_trip_swaps_the_key_and_keeps_end_to_end_headers() {
     let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy(&mock, &[]).await;
+    // With the usage meter off, Accept-Encoding too passes (tests/usage.rs has it on).
+    let proxy = spawn_proxy(&mock, &[("PROXY_USAGE", "off")]).await;
 
     let request = Request::post(proxy.url("/v1/chat/completions"))
         .header("content-type", "application/json")

@@ -133,6 +133,22 @@ impl Config {
                 })),
             ),
             (
+                "PROXY_CLIENT_TOKEN_BUDGET",
+                or_unset(
+                    self.client_limits
+                        .token_budget
+                        .map(|b| format!("{b} tokens")),
+                ),
+            ),
+            (
+                "PROXY_USAGE",
+                format!(
+                    "{} (PROXY_USAGE_MAX_MODELS {})",
+                    if self.usage.enabled { "on" } else { "off" },
+                    self.usage.max_models
+                ),
+            ),
+            (
                 "PROXY_CORS_ORIGINS",
                 or_unset(self.cors_origins.as_ref().map(|c| {
                     match c {

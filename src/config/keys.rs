@@ -21,6 +21,20 @@ pub struct KeySettings {
     pub client_keys: ClientKeys,
     /// `PROXY_CLIENT_KEYS_FILE`: watched, and re-read when it changes.
     pub client_keys_file: Option<PathBuf>,
+    /// Whether the usage meter runs, which a client's `token_budget` needs.
+    pub metered: bool,
+}
+
+/// A client's `token_budget` counts what the usage meter reads: with the meter off it would
+/// never close, so a list that sets one is refused, at start and on a reload.
+pub fn check_budgets(keys: &ClientKeys, metered: bool) -> Result<(), String> {
+    if !metered && keys.any_token_budget() {
+        return Err(
+            "a client key sets a token_budget, which needs the usage meter, and PROXY_USAGE is off"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// The settings' names, as the reload metrics and logs give them.
@@ -83,6 +97,7 @@ impl RawKeys<'_> {
             api_key_file,
             client_keys,
             client_keys_file,
+            metered: true,
         })
     }
 }

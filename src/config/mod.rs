@@ -19,10 +19,11 @@ mod timeouts;
 mod upstream;
 mod values;
 
+pub use clients::UsageSettings;
 pub use egress::{EgressProxy, EGRESS_VARIABLES};
 pub use keys::{
-    api_key_file, client_keys_file, read as read_key_file, KeySettings, API_KEY_FILE,
-    CLIENT_KEYS_FILE,
+    api_key_file, check_budgets, client_keys_file, read as read_key_file, KeySettings,
+    API_KEY_FILE, CLIENT_KEYS_FILE,
 };
 pub use timeouts::Timeouts;
 pub use upstream::{UpstreamProtocol, UpstreamSettings, DEFAULT_BASE_URL};
@@ -58,8 +59,11 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// After the delay, how long in-flight exchanges may run before they are cut.
     pub shutdown_grace: Duration,
-    /// `PROXY_CLIENT_MAX_IN_FLIGHT` and `PROXY_CLIENT_RATE`, per client.
+    /// `PROXY_CLIENT_MAX_IN_FLIGHT`, `PROXY_CLIENT_RATE` and `PROXY_CLIENT_TOKEN_BUDGET`: each
+    /// client's limits, where its key entry sets none of its own.
     pub client_limits: LimitSettings,
+    /// `PROXY_USAGE` and `PROXY_USAGE_MAX_MODELS`.
+    pub usage: UsageSettings,
     /// Browser origins allowed by CORS; `None` means no CORS headers at all.
     pub cors_origins: Option<CorsOrigins>,
     /// How log lines are written.
@@ -107,6 +111,9 @@ struct RawConfig {
     proxy_client_max_in_flight: Option<String>,
     proxy_client_rate: Option<String>,
     proxy_client_rate_burst: Option<String>,
+    proxy_client_token_budget: Option<String>,
+    proxy_usage: Option<String>,
+    proxy_usage_max_models: Option<String>,
     proxy_cors_origins: Option<String>,
     proxy_log_format: Option<String>,
     proxy_extra_routes: Option<String>,
@@ -236,7 +243,30 @@ impl RawConfig {
             &self.proxy_client_max_in_flight,
             &self.proxy_client_rate,
             &self.proxy_client_rate_burst,
+            &self.proxy_client_token_budget,
         )?;
+        let usage = clients::usage(&self.proxy_usage, &self.proxy_usage_max_models)?;
+        if !usage.enabled {
+            // A budget counts what the meter reads: without it, a budget would never close.
+            if client_limits.token_budget.is_some() {
+                return Err(invalid(
+                    "PROXY_CLIENT_TOKEN_BUDGET",
+                    "needs the usage meter, and PROXY_USAGE is off",
+                ));
+            }
+        }
+        let mut keys = keys;
+        keys.metered = usage.enabled;
+        keys::check_budgets(&keys.client_keys, keys.metered).map_err(|m| {
+            invalid(
+                if keys.client_keys_file.is_some() {
+                    CLIENT_KEYS_FILE
+                } else {
+                    "PROXY_CLIENT_KEYS"
+                },
+                m,
+            )
+        })?;
         let listen = inbound::listen(&self.host, &self.port)?;
         upstream::not_this_proxy(&upstream, listen)?;
         let metrics_addr = inbound::metrics_addr(&self.proxy_metrics_addr)?;
@@ -268,6 +298,7 @@ impl RawConfig {
             shutdown_delay: duration("PROXY_SHUTDOWN_DELAY", &self.proxy_shutdown_delay, 0)?,
             shutdown_grace: duration("PROXY_SHUTDOWN_GRACE", &self.proxy_shutdown_grace, 30)?,
             client_limits,
+            usage,
             cors_origins: inbound::cors_origins(&self.proxy_cors_origins)?,
             log_format: match present(&self.proxy_log_format).unwrap_or("text") {
                 "text" => LogFormat::Text,

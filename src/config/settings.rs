@@ -159,6 +159,21 @@ pub const SETTINGS: &[Setting] = &[
         "requests a quiet client may send at once",
     ),
     setting(
+        "PROXY_CLIENT_TOKEN_BUDGET",
+        "unset",
+        "N/minute, N/hour or N/day: input plus output tokens per client in a UTC window",
+    ),
+    setting(
+        "PROXY_USAGE",
+        "on",
+        "on: read each answer's usage for the metrics, log and budgets; off: pass Accept-Encoding",
+    ),
+    setting(
+        "PROXY_USAGE_MAX_MODELS",
+        "100",
+        "distinct model label values; the rest count as other",
+    ),
+    setting(
         "PROXY_CORS_ORIGINS",
         "unset",
         "comma-separated origins, or *, allowed from browsers",

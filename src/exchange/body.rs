@@ -324,6 +324,10 @@ impl Body for ResponseBody {
                     if let Some(after_newline) = &mut this.sse {
                         this.exchange.sse_events += count_sse_events(data, after_newline);
                     }
+                    // The frame is read after it was handed on, never held for it.
+                    if let Some(meter) = &mut this.exchange.meter {
+                        meter.feed(data);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -10,10 +10,11 @@ use http::{HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::drain::DrainState;
-use crate::metrics::{Ended, Metrics, RouteMetrics, UpstreamErrorKind};
+use crate::metrics::{Ended, Metrics, RouteMetrics, UpstreamErrorKind, UsageSeen};
 use crate::outcome::Outcome;
 use crate::policy::client_keys::UNAUTHENTICATED;
 use crate::policy::client_limits::Permit;
+use crate::usage::{Meter, Tokens};
 
 /// A fresh request id: random per process, then a counter, so ids never repeat within a
 /// process and almost surely not across processes.
@@ -66,6 +67,10 @@ pub struct Exchange {
     pub permit: Option<Permit>,
     pub response_bytes: u64,
     pub sse_events: u64,
+    /// The usage meter, for a successful JSON or SSE answer while `PROXY_USAGE` is on.
+    pub meter: Option<Meter>,
+    /// Whether the request body is JSON, for the estimate of its tokens.
+    pub request_is_json: bool,
     outcome: Option<Outcome>,
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
@@ -96,6 +101,8 @@ impl Exchange {
             permit: None,
             response_bytes: 0,
             sse_events: 0,
+            meter: None,
+            request_is_json: false,
             outcome: None,
             drain,
             metrics,
@@ -152,6 +159,7 @@ impl Drop for Exchange {
             head_after: self.head_after,
             total,
         });
+        let usage = self.usage(outcome, request_bytes);
         let millis = |d: Duration| d.as_micros() as f64 / 1e3;
         let head_ms = self.head_after.map_or(-1.0, millis);
         let total_ms = millis(total);
@@ -170,6 +178,65 @@ impl Drop for Exchange {
             request_id = id,
             upstream_request_id = upstream_id,
             outcome = outcome.as_str(),
+            model = self.meter.as_ref().and_then(Meter::model).unwrap_or("-"),
+            input_tokens = usage.tokens.input,
+            output_tokens = usage.tokens.output,
+            cached_tokens = usage.tokens.cached,
+            reasoning_tokens = usage.tokens.reasoning,
+            usage = usage.kind,
         );
+    }
+}
+
+/// What an exchange cost, for its log line.
+struct Cost {
+    kind: &'static str,
+    tokens: Tokens,
+}
+
+impl Exchange {
+    /// Reads the meter once the answer is over: the tokens the upstream reported, counted in
+    /// the metrics, or else an estimate; either is charged to the client's budget.
+    fn usage(&self, outcome: Outcome, request_bytes: u64) -> Cost {
+        let Some(meter) = &self.meter else {
+            return Cost {
+                kind: "none",
+                tokens: Tokens::default(),
+            };
+        };
+        let cost = match meter.reported() {
+            Some(tokens) => {
+                self.metrics.usage(
+                    &self.client,
+                    &self.route,
+                    UsageSeen::Reported {
+                        tokens: &tokens,
+                        model: meter.model(),
+                        model_too_long: meter.model_too_long(),
+                    },
+                );
+                Cost {
+                    kind: "reported",
+                    tokens,
+                }
+            }
+            None => {
+                let reason = match outcome {
+                    Outcome::Completed => "not_reported",
+                    Outcome::ClientCancelled => "cancelled",
+                    _ => "failed",
+                };
+                self.metrics
+                    .usage(&self.client, &self.route, UsageSeen::Missing(reason));
+                Cost {
+                    kind: "estimated",
+                    tokens: meter.estimate(request_bytes, self.request_is_json),
+                }
+            }
+        };
+        if let Some(permit) = &self.permit {
+            permit.charge(cost.tokens.billed());
+        }
+        cost
     }
 }

@@ -55,7 +55,10 @@ pub async fn run_with_metrics_listener(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<DrainReport> {
     let drain = Arc::new(DrainState::default());
-    let metrics = Arc::new(Metrics::new(&config.routes));
+    let metrics = Arc::new(Metrics::with_models(
+        &config.routes,
+        config.usage.max_models,
+    ));
     let keys = Arc::new(Keys::new(&config.keys, config.upstream.auth));
     let key_watcher = tokio::spawn(crate::keys::watch::watch(
         keys.clone(),

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::KeySettings;
-use crate::policy::client_keys::ClientKeys;
+use crate::policy::client_keys::{Client, ClientKeys};
 use crate::policy::headers::UpstreamAuth;
 
 /// The keys a request uses. Shared by the service and the file watcher.
@@ -20,6 +20,8 @@ pub struct Keys {
     credential: ArcSwap<HeaderValue>,
     clients: ArcSwap<ClientKeys>,
     auth: UpstreamAuth,
+    /// Whether the usage meter runs: a reloaded list may set a `token_budget` only then.
+    pub(crate) metered: bool,
 }
 
 impl Keys {
@@ -28,6 +30,7 @@ impl Keys {
             credential: ArcSwap::from_pointee(auth.credential(&settings.api_key)),
             clients: ArcSwap::from_pointee(settings.client_keys.clone()),
             auth,
+            metered: settings.metered,
         }
     }
 
@@ -36,13 +39,13 @@ impl Keys {
         HeaderValue::clone(&self.credential.load())
     }
 
-    /// The client's name, if the key it presents (in a WebSocket subprotocol, else in the
-    /// headers) is one of the client keys now in force.
+    /// The client, if the key it presents (in a WebSocket subprotocol, else in the headers) is
+    /// one of the client keys now in force.
     pub fn admit_with(
         &self,
         headers: &HeaderMap,
         subprotocol_key: Option<&[u8]>,
-    ) -> Option<Arc<str>> {
+    ) -> Option<Client> {
         let clients = self.clients.load();
         match subprotocol_key {
             Some(key) => clients.admit_key(Some(key)),

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use super::Keys;
 use crate::config::{
-    api_key_file, client_keys_file, read_key_file, KeySettings, API_KEY_FILE, CLIENT_KEYS_FILE,
+    api_key_file, check_budgets, client_keys_file, read_key_file, KeySettings, API_KEY_FILE,
+    CLIENT_KEYS_FILE,
 };
 use crate::metrics::Metrics;
 
@@ -103,11 +104,17 @@ fn apply(keys: &Keys, file: &Watched, read: &Result<Vec<u8>, String>) -> Result<
                 "the new key applies to the next request".to_owned()
             })
         } else {
-            client_keys_file(&file.path, contents).map(|clients| {
-                let count = clients.len();
-                keys.replace_client_keys(clients);
-                format!("{count} client keys apply to the next request")
-            })
+            client_keys_file(&file.path, contents)
+                .and_then(|clients| {
+                    check_budgets(&clients, keys.metered)
+                        .map(|()| clients)
+                        .map_err(|m| format!("{}: {m}", file.path.display()))
+                })
+                .map(|clients| {
+                    let count = clients.len();
+                    keys.replace_client_keys(clients);
+                    format!("{count} client keys apply to the next request")
+                })
         }
     })
 }

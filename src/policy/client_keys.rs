@@ -1,11 +1,15 @@
 //! The inbound check of `PROXY_CLIENT_KEYS`: clients prove they may spend the server's key,
-//! and the key they present names them for the access log, the metrics and the limits.
+//! and the key they present names them for the access log, the metrics and the limits. An
+//! entry may carry the client's own limits after its key: `web:ck-1 rate=600 in_flight=20
+//! token_budget=2000000/day`.
 
 use std::fmt;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderName};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use super::client_limits::{Budget, LimitSettings, Rate};
 
 /// The name every client has when no client keys are configured.
 pub const ANONYMOUS: &str = "anonymous";
@@ -16,22 +20,28 @@ pub const UNAUTHENTICATED: &str = "unauthenticated";
 pub static API_KEY: HeaderName = HeaderName::from_static("api-key");
 
 /// Client keys and their names. `Debug` shows only how many there are.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ClientKeys {
     entries: Vec<ClientKey>,
 }
 
 #[derive(Clone)]
 struct ClientKey {
-    name: Arc<str>,
+    client: Client,
     key: Box<[u8]>,
 }
 
-impl Default for ClientKeys {
-    fn default() -> ClientKeys {
-        ClientKeys::new(Vec::new())
-    }
+/// A client a key admitted: its name, and the limits its entry sets (the rest are the
+/// `PROXY_CLIENT_*` defaults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Client {
+    pub name: Arc<str>,
+    pub limits: LimitSettings,
 }
+
+/// The attributes an entry may carry after its key.
+const ATTRIBUTES: &str = "rate, burst, in_flight, token_budget";
+
 
 impl fmt::Debug for ClientKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,29 +54,23 @@ impl fmt::Debug for ClientKeys {
 pub struct KeyListError(pub String);
 
 impl ClientKeys {
-    /// `(name, key)` pairs, as read from `PROXY_CLIENT_KEYS` or its file; `name` is `None` for
-    /// a bare key.
-    pub fn new(entries: Vec<(Arc<str>, Box<[u8]>)>) -> ClientKeys {
-        ClientKeys {
-            entries: entries
-                .into_iter()
-                .map(|(name, key)| ClientKey { name, key })
-                .collect(),
-        }
-    }
-
-    /// Parses entries such as `web:ck-123` or a bare `ck-123`, checking that every key is
-    /// printable, every name is a plain word, and neither repeats.
+    /// Parses entries such as `web:ck-123`, a bare `ck-123`, either followed by limits, checking
+    /// that every key is printable, every name is a plain word, neither repeats, and every
+    /// limit is one this proxy knows with a value it can use.
     pub fn parse<'a>(
         entries: impl IntoIterator<Item = &'a str>,
     ) -> Result<ClientKeys, KeyListError> {
-        let mut parsed: Vec<(Arc<str>, Box<[u8]>)> = Vec::new();
+        let mut parsed: Vec<ClientKey> = Vec::new();
         for (line, entry) in entries.into_iter().enumerate() {
-            let (name, key) = match entry.split_once(':') {
-                Some((name, key)) => (Some(name.trim()), key.trim()),
-                None => (None, entry.trim()),
+            let (name, rest) = match entry.split_once(':') {
+                Some((name, rest)) => (Some(name.trim()), rest),
+                None => (None, entry),
             };
+            let mut words = rest.split_whitespace();
+            let key = words.next().unwrap_or("");
             let which = line + 1;
+            let limits =
+                parse_limits(words).map_err(|m| KeyListError(format!("entry {which}: {m}")))?;
             if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(KeyListError(format!(
                     "entry {which}: the key is empty or contains spaces or non-printable characters"
@@ -81,19 +85,29 @@ impl ClientKeys {
                 }
                 None => Arc::from(derived_name(which)),
             };
-            if parsed.iter().any(|(n, _)| *n == name) {
+            if parsed.iter().any(|e| e.client.name == name) {
                 return Err(KeyListError(format!(
                     "entry {which}: the name {name:?} is used twice"
                 )));
             }
-            if parsed.iter().any(|(_, k)| **k == *key.as_bytes()) {
+            if parsed.iter().any(|e| *e.key == *key.as_bytes()) {
                 return Err(KeyListError(format!(
                     "entry {which}: the same key is listed twice"
                 )));
             }
-            parsed.push((name, Box::from(key.as_bytes())));
+            parsed.push(ClientKey {
+                client: Client { name, limits },
+                key: Box::from(key.as_bytes()),
+            });
         }
-        Ok(ClientKeys::new(parsed))
+        Ok(ClientKeys { entries: parsed })
+    }
+
+    /// Whether some entry sets its own token budget.
+    pub fn any_token_budget(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.client.limits.token_budget.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,7 +119,7 @@ impl ClientKeys {
     }
 
     /// The keys themselves, for the panic hook's redaction.
-    pub fn secrets(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn secrets(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.entries.iter().map(|e| &e.key[..])
     }
 
@@ -113,7 +127,7 @@ impl ClientKeys {
     /// name of the key in `Authorization: Bearer <key>` (or Azure's `api-key: <key>`). Every
     /// key is compared in constant time, so the answer's timing tells nothing about how close
     /// a guess was.
-    pub fn admit(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+    pub fn admit(&self, headers: &HeaderMap) -> Option<Client> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| bearer_token(v.as_bytes()))
@@ -123,10 +137,13 @@ impl ClientKeys {
 
     /// The client's name for a key presented some other way (a WebSocket subprotocol), or
     /// for none: [`ANONYMOUS`] when no keys are configured.
-    pub fn admit_key(&self, presented: Option<&[u8]>) -> Option<Arc<str>> {
+    pub fn admit_key(&self, presented: Option<&[u8]>) -> Option<Client> {
         if self.entries.is_empty() {
             static ANON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-            return Some(ANON.get_or_init(|| Arc::from(ANONYMOUS)).clone());
+            return Some(Client {
+                name: ANON.get_or_init(|| Arc::from(ANONYMOUS)).clone(),
+                limits: LimitSettings::default(),
+            });
         }
         let presented = presented?;
         let mut found = 0u32;
@@ -136,8 +153,57 @@ impl ClientKeys {
             found = u32::conditional_select(&found, &(index as u32), equal);
             matched |= equal;
         }
-        bool::from(matched).then(|| self.entries[found as usize].name.clone())
+        bool::from(matched).then(|| self.entries[found as usize].client.clone())
     }
+}
+
+/// The limits after an entry's key: `rate=N` (a minute), `burst=N`, `in_flight=N`,
+/// `token_budget=N/minute|hour|day`. A message never repeats what it could not read, which
+/// might be part of a key with a space in it.
+fn parse_limits<'a>(words: impl Iterator<Item = &'a str>) -> Result<LimitSettings, String> {
+    let mut limits = LimitSettings::default();
+    let (mut per_minute, mut burst) = (None, None);
+    let mut seen: Vec<&str> = Vec::new();
+    for word in words {
+        let Some((name, value)) = word.split_once('=') else {
+            return Err(format!(
+                "after the key, only limits of the form name=value may follow ({ATTRIBUTES}); a key holds no spaces"
+            ));
+        };
+        let known = ["rate", "burst", "in_flight", "token_budget"];
+        let Some(name) = known.iter().copied().find(|k| *k == name) else {
+            return Err(format!("an unknown limit; the limits are {ATTRIBUTES}"));
+        };
+        if seen.contains(&name) {
+            return Err(format!("{name} is given twice"));
+        }
+        seen.push(name);
+        let count = || -> Result<u32, String> {
+            value
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} must be a whole number of at least 1"))
+        };
+        match name {
+            "rate" => per_minute = Some(count()?),
+            "burst" => burst = Some(count()?),
+            "in_flight" => limits.max_in_flight = Some(count()?),
+            _ => {
+                limits.token_budget =
+                    Some(Budget::parse(value).map_err(|m| format!("token_budget {m}"))?)
+            }
+        }
+    }
+    limits.rate = match (per_minute, burst) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("burst needs rate".to_owned()),
+        (Some(per_minute), burst) => Some(Rate {
+            per_minute,
+            burst: burst.unwrap_or_else(|| Rate::default_burst(per_minute)),
+        }),
+    };
+    Ok(limits)
 }
 
 /// A name is a word fit for a log field and a metric label.
@@ -171,6 +237,10 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn name(client: Option<Client>) -> Option<Arc<str>> {
+        client.map(|c| c.name)
+    }
+
     fn keys(list: &[&str]) -> ClientKeys {
         ClientKeys::parse(list.iter().copied()).unwrap()
     }
@@ -188,7 +258,7 @@ mod tests {
     #[test]
     fn no_keys_admits_everyone_as_anonymous() {
         assert_eq!(
-            ClientKeys::default().admit(&HeaderMap::new()).as_deref(),
+            name(ClientKeys::default().admit(&HeaderMap::new())).as_deref(),
             Some(ANONYMOUS)
         );
     }
@@ -208,19 +278,63 @@ mod tests {
     #[test]
     fn the_key_names_the_client() {
         let k = keys(&["web:ck-web", "batch : ck-batch", "ck-bare"]);
-        assert_eq!(k.admit(&with_auth("Bearer ck-web")).as_deref(), Some("web"));
         assert_eq!(
-            k.admit(&with("api-key", "ck-batch")).as_deref(),
+            name(k.admit(&with_auth("Bearer ck-web"))).as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            name(k.admit(&with("api-key", "ck-batch"))).as_deref(),
             Some("batch")
         );
         let bare = k.admit(&with_auth("Bearer ck-bare")).unwrap();
-        assert_eq!(&*bare, "key-3");
+        assert_eq!(&*bare.name, "key-3");
         assert_eq!(
-            keys(&["ck-bare"])
-                .admit(&with_auth("Bearer ck-bare"))
-                .as_deref(),
+            name(keys(&["ck-bare"]).admit(&with_auth("Bearer ck-bare"))).as_deref(),
             Some("key-1")
         );
+    }
+
+    #[test]
+    fn an_entry_carries_its_own_limits() {
+        let k = keys(&[
+            "web:ck-web rate=600 in_flight=20 token_budget=2000000/day",
+            "ck-bare  burst=3 rate=6",
+            "plain:ck-plain",
+        ]);
+        let web = k.admit(&with_auth("Bearer ck-web")).unwrap();
+        assert_eq!(web.limits.max_in_flight, Some(20));
+        assert_eq!(
+            web.limits.rate,
+            Some(Rate {
+                per_minute: 600,
+                burst: 100
+            })
+        );
+        assert_eq!(web.limits.token_budget.unwrap().to_string(), "2000000/day");
+        let bare = k.admit(&with_auth("Bearer ck-bare")).unwrap();
+        assert_eq!(
+            bare.limits.rate,
+            Some(Rate {
+                per_minute: 6,
+                burst: 3
+            })
+        );
+        let plain = k.admit(&with_auth("Bearer ck-plain")).unwrap();
+        assert_eq!(plain.limits, LimitSettings::default());
+        assert!(k.any_token_budget());
+        for bad in [
+            "web:ck-1 rte=5",
+            "web:ck-1 rate=0",
+            "web:ck-1 rate=5 rate=6",
+            "web:ck-1 burst=5",
+            "web:ck-1 token_budget=5/week",
+            "web:ck-1 in_flight=x",
+            "web:ck-1 ck-2",
+        ] {
+            let err = ClientKeys::parse([bad]).unwrap_err();
+            assert!(!err.0.contains("ck-"), "{err:?}");
+            assert!(err.0.starts_with("entry 1: "), "{err:?}");
+        }
     }
 
     #[test]

@@ -1,24 +1,44 @@
-//! Limits per client: `PROXY_CLIENT_MAX_IN_FLIGHT` exchanges open at once, and
-//! `PROXY_CLIENT_RATE` requests a minute as a token bucket. The service asks once per request;
-//! the answer is a permit that holds the client's in-flight slot until the exchange ends, or
-//! the limit that refused it and when to try again.
+//! Limits per client: `PROXY_CLIENT_MAX_IN_FLIGHT` exchanges open at once,
+//! `PROXY_CLIENT_RATE` requests a minute as a token bucket, and `PROXY_CLIENT_TOKEN_BUDGET`
+//! tokens in a window aligned to UTC. A client's key entry may set its own. The service asks
+//! once per request; the answer is a permit that holds the client's in-flight slot until the
+//! exchange ends and charges the tokens it cost, or the limit that refused it and when to try
+//! again.
 //!
 //! State is per process and per client name. It is kept under one mutex held for a few
 //! arithmetic steps; with no limit set, nothing is locked at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-/// The limits as configured. Each is off when `None`.
+/// The limits as configured, or as one client's key entry sets them. Each is off (or, in an
+/// entry, left to the default) when `None`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LimitSettings {
-    /// `PROXY_CLIENT_MAX_IN_FLIGHT`.
+    /// `PROXY_CLIENT_MAX_IN_FLIGHT`, or `in_flight=`.
     pub max_in_flight: Option<u32>,
-    /// `PROXY_CLIENT_RATE` and `PROXY_CLIENT_RATE_BURST`.
+    /// `PROXY_CLIENT_RATE` and `PROXY_CLIENT_RATE_BURST`, or `rate=` and `burst=`.
     pub rate: Option<Rate>,
+    /// `PROXY_CLIENT_TOKEN_BUDGET`, or `token_budget=`.
+    pub token_budget: Option<Budget>,
+}
+
+impl LimitSettings {
+    /// A client's own limits, with `defaults` for those its entry leaves unset.
+    pub fn or(self, defaults: LimitSettings) -> LimitSettings {
+        LimitSettings {
+            max_in_flight: self.max_in_flight.or(defaults.max_in_flight),
+            rate: self.rate.or(defaults.rate),
+            token_budget: self.token_budget.or(defaults.token_budget),
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.max_in_flight.is_none() && self.rate.is_none() && self.token_budget.is_none()
+    }
 }
 
 /// A token bucket: `per_minute` tokens added evenly over each minute, at most `burst` saved.
@@ -41,11 +61,83 @@ impl Rate {
     }
 }
 
+/// The window a token budget counts in, aligned to UTC: a minute starts at second 0, an hour
+/// at minute 0, a day at midnight UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Window {
+    pub fn seconds(self) -> u64 {
+        match self {
+            Window::Minute => 60,
+            Window::Hour => 3600,
+            Window::Day => 86_400,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+        }
+    }
+}
+
+/// `N/minute`, `N/hour` or `N/day`: the input plus output tokens a client may use in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub tokens: u64,
+    pub window: Window,
+}
+
+impl Budget {
+    pub fn parse(text: &str) -> Result<Budget, String> {
+        let form = || format!("{text:?} is not of the form N/minute, N/hour or N/day");
+        let (tokens, window) = text.trim().split_once('/').ok_or_else(form)?;
+        let tokens: u64 = tokens.trim().parse().map_err(|_| form())?;
+        if tokens == 0 {
+            return Err("must be at least 1 token".to_owned());
+        }
+        let window = match window.trim() {
+            "minute" => Window::Minute,
+            "hour" => Window::Hour,
+            "day" => Window::Day,
+            _ => return Err(form()),
+        };
+        Ok(Budget { tokens, window })
+    }
+
+    /// The window `unix_secs` falls in, and the whole seconds until it ends.
+    fn window_at(&self, unix_secs: u64) -> (u64, u64) {
+        let length = self.window.seconds();
+        (unix_secs / length, length - unix_secs % length)
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tokens, self.window.name())
+    }
+}
+
+/// Seconds since the Unix epoch, by the system clock: the budgets' windows are UTC's.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Which limit refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
     Concurrency,
     Rate,
+    TokenBudget,
 }
 
 impl Limit {
@@ -53,6 +145,7 @@ impl Limit {
         match self {
             Limit::Concurrency => "concurrency",
             Limit::Rate => "rate",
+            Limit::TokenBudget => "token_budget",
         }
     }
 }
@@ -64,10 +157,12 @@ pub struct Limited {
     pub retry_after: Duration,
 }
 
-/// The limits and every client's state.
+type Clients = Arc<Mutex<HashMap<Arc<str>, ClientState>>>;
+
+/// The default limits and every client's state.
 pub struct ClientLimits {
-    settings: LimitSettings,
-    clients: Arc<Mutex<HashMap<Arc<str>, ClientState>>>,
+    defaults: LimitSettings,
+    clients: Clients,
 }
 
 #[derive(Debug)]
@@ -75,17 +170,56 @@ struct ClientState {
     in_flight: u32,
     tokens: f64,
     refilled: Instant,
+    /// The budget's window (its length and its number since the epoch), and the tokens
+    /// charged in it.
+    window: (u64, u64),
+    spent: u64,
 }
 
-/// A client's slot among its `PROXY_CLIENT_MAX_IN_FLIGHT`, given back when dropped.
+impl ClientState {
+    /// The tokens charged in the window that `unix_secs` falls in.
+    fn spent_in(&mut self, budget: &Budget, unix_secs: u64) -> u64 {
+        let window = (budget.window.seconds(), budget.window_at(unix_secs).0);
+        if self.window != window {
+            self.window = window;
+            self.spent = 0;
+        }
+        self.spent
+    }
+}
+
+/// A client's admission: its in-flight slot among its `PROXY_CLIENT_MAX_IN_FLIGHT`, given back
+/// when dropped, and its token budget, charged when the exchange's cost is known.
 #[derive(Debug)]
 pub struct Permit {
     client: Arc<str>,
-    clients: Arc<Mutex<HashMap<Arc<str>, ClientState>>>,
+    clients: Clients,
+    holds_slot: bool,
+    budget: Option<Budget>,
+}
+
+impl Permit {
+    /// Adds an exchange's tokens to the client's count for the current window.
+    pub fn charge(&self, tokens: u64) {
+        let Some(budget) = self.budget else { return };
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = clients.get_mut(&self.client) {
+            state.spent_in(&budget, unix_now());
+            state.spent = state.spent.saturating_add(tokens);
+        }
+    }
+
+    /// Whether the exchange's cost is wanted.
+    pub fn counts_tokens(&self) -> bool {
+        self.budget.is_some()
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if !self.holds_slot {
+            return;
+        }
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(state) = clients.get_mut(&self.client) {
             state.in_flight = state.in_flight.saturating_sub(1);
@@ -94,23 +228,32 @@ impl Drop for Permit {
 }
 
 impl ClientLimits {
-    pub fn new(settings: LimitSettings) -> ClientLimits {
+    pub fn new(defaults: LimitSettings) -> ClientLimits {
         ClientLimits {
-            settings,
+            defaults,
             clients: Arc::default(),
         }
     }
 
-    /// Takes a slot and a token for `client`, or says which limit refused it. A refused request
-    /// takes neither, so that waiting on one limit never spends the other.
-    pub fn admit(&self, client: &Arc<str>, now: Instant) -> Result<Option<Permit>, Limited> {
+    /// Takes a slot and a token for `client`, whose key entry sets `own` limits, or says which
+    /// limit refused it. A refused request takes neither, so that waiting on one limit never
+    /// spends another. `unix_secs` places the request in its budget's window.
+    pub fn admit(
+        &self,
+        client: &Arc<str>,
+        own: LimitSettings,
+        now: Instant,
+        unix_secs: u64,
+    ) -> Result<Option<Permit>, Limited> {
+        let limits = own.or(self.defaults);
+        if limits.is_none() {
+            return Ok(None);
+        }
         let LimitSettings {
             max_in_flight,
             rate,
-        } = self.settings;
-        if max_in_flight.is_none() && rate.is_none() {
-            return Ok(None);
-        }
+            token_budget,
+        } = limits;
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let state = clients
             .entry(client.clone())
@@ -118,6 +261,8 @@ impl ClientLimits {
                 in_flight: 0,
                 tokens: rate.map_or(0.0, |r| f64::from(r.burst)),
                 refilled: now,
+                window: (0, 0),
+                spent: 0,
             });
         if max_in_flight.is_some_and(|max| state.in_flight >= max) {
             // A slot frees when some exchange of this client ends, which cannot be known.
@@ -125,6 +270,14 @@ impl ClientLimits {
                 limit: Limit::Concurrency,
                 retry_after: Duration::from_secs(1),
             });
+        }
+        if let Some(budget) = &token_budget {
+            if state.spent_in(budget, unix_secs) >= budget.tokens {
+                return Err(Limited {
+                    limit: Limit::TokenBudget,
+                    retry_after: Duration::from_secs(budget.window_at(unix_secs).1),
+                });
+            }
         }
         if let Some(rate) = rate {
             let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
@@ -140,13 +293,18 @@ impl ClientLimits {
             }
             state.tokens -= 1.0;
         }
-        if max_in_flight.is_none() {
+        if max_in_flight.is_none() && token_budget.is_none() {
             return Ok(None);
         }
-        state.in_flight += 1;
+        let holds_slot = max_in_flight.is_some();
+        if holds_slot {
+            state.in_flight += 1;
+        }
         Ok(Some(Permit {
             client: client.clone(),
             clients: self.clients.clone(),
+            holds_slot,
+            budget: token_budget,
         }))
     }
 }
@@ -155,11 +313,72 @@ impl ClientLimits {
 mod tests {
     use super::*;
 
-    fn limits(max_in_flight: Option<u32>, rate: Option<(u32, u32)>) -> ClientLimits {
-        ClientLimits::new(LimitSettings {
+    fn limits(max_in_flight: Option<u32>, rate: Option<(u32, u32)>) -> Limits {
+        Limits(ClientLimits::new(LimitSettings {
             max_in_flight,
             rate: rate.map(|(per_minute, burst)| Rate { per_minute, burst }),
-        })
+            token_budget: None,
+        }))
+    }
+
+    struct Limits(ClientLimits);
+
+    impl Limits {
+        fn admit(&self, client: &Arc<str>, now: Instant) -> Result<Option<Permit>, Limited> {
+            self.0.admit(client, LimitSettings::default(), now, 0)
+        }
+    }
+
+    #[test]
+    fn a_budget_refuses_once_spent_until_its_window_ends() {
+        let budget = Budget::parse("100/minute").unwrap();
+        let l = ClientLimits::new(LimitSettings {
+            token_budget: Some(budget),
+            ..LimitSettings::default()
+        });
+        let a: Arc<str> = Arc::from("a");
+        let now = Instant::now();
+        // 10 s into a minute.
+        let at = 60 * 1000 + 10;
+        let permit = l
+            .admit(&a, LimitSettings::default(), now, at)
+            .unwrap()
+            .unwrap();
+        // The answer that crosses the budget finishes; the state is charged by the clock now,
+        // so charge within the same window by hand.
+        l.clients.lock().unwrap().get_mut(&a).unwrap().spent = 150;
+        drop(permit);
+        let refused = l
+            .admit(&a, LimitSettings::default(), now, at + 5)
+            .unwrap_err();
+        assert_eq!(refused.limit, Limit::TokenBudget);
+        assert_eq!(refused.retry_after, Duration::from_secs(45));
+        // The next window starts from nothing.
+        assert!(l.admit(&a, LimitSettings::default(), now, at + 50).is_ok());
+        // A client's own budget wins over the default.
+        let own = LimitSettings {
+            token_budget: Some(Budget::parse("10/day").unwrap()),
+            ..LimitSettings::default()
+        };
+        let b: Arc<str> = Arc::from("b");
+        l.admit(&b, own, now, at).unwrap();
+        l.clients.lock().unwrap().get_mut(&b).unwrap().spent = 10;
+        let refused = l.admit(&b, own, now, at).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(86_400 - at));
+    }
+
+    #[test]
+    fn budgets_parse_only_their_forms() {
+        assert_eq!(
+            Budget::parse("2000000/day").unwrap(),
+            Budget {
+                tokens: 2_000_000,
+                window: Window::Day
+            }
+        );
+        for bad in ["", "10", "10/week", "0/day", "-1/day", "x/hour", "10/"] {
+            assert!(Budget::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

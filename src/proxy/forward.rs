@@ -18,6 +18,7 @@ use crate::policy::headers::{self, CLIENT_REQUEST_ID};
 use crate::policy::routes::upstream_target;
 use crate::policy::websocket;
 use crate::upstream::{self, Lease, UpstreamError};
+use crate::usage::Meter;
 
 use super::session::Opened;
 use super::Proxy;
@@ -84,10 +85,11 @@ impl Proxy {
         let started = exchange.started();
         let (mut parts, body) = upstream_response.into_parts();
         pass_head(&mut parts, &mut exchange, id);
-        let is_sse = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let content_type = parts.headers.get(header::CONTENT_TYPE);
+        let is_sse = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if self.0.config.usage.enabled && parts.status.is_success() {
+            exchange.meter = usage_meter(&parts.headers, is_sse);
+        }
         let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
         let body = ResponseBody::new(body, lease, clock, exchange, is_sse);
         Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
@@ -113,6 +115,7 @@ impl Proxy {
             });
         }
 
+        exchange.request_is_json = is_json(parts.headers.get(header::CONTENT_TYPE));
         self.upstream_head(&mut parts, exchange)?;
         let started = exchange.started();
         let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
@@ -164,6 +167,13 @@ impl Proxy {
             &credential,
             &exchange.id,
         );
+        if self.0.config.usage.enabled {
+            // The meter reads the answer as it passes, which it cannot do compressed.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         Ok(())
     }
 
@@ -245,6 +255,30 @@ impl Proxy {
         tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
         exchange.upstream_failed(error.kind.counted_as());
         ProxyError::from_upstream(error.kind, description, config.timeouts.connect)
+    }
+}
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type.is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/json")
+    })
+}
+
+/// A meter for an answer it can read: JSON or SSE, not compressed.
+fn usage_meter(headers: &http::HeaderMap, is_sse: bool) -> Option<Meter> {
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return None;
+    }
+    if is_sse {
+        Some(Meter::sse())
+    } else if is_json(headers.get(header::CONTENT_TYPE)) {
+        Some(Meter::json())
+    } else {
+        None
     }
 }
 

@@ -24,7 +24,7 @@ use crate::exchange::body::{ProxyBody, RequestBody};
 use crate::exchange::record::Exchange;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::policy::client_limits::ClientLimits;
+use crate::policy::client_limits::{unix_now, ClientLimits};
 use crate::policy::cors;
 use crate::policy::headers::{self, UpstreamIdentity};
 use crate::policy::routes::{Route, Routes};
@@ -147,8 +147,12 @@ impl Proxy {
             .keys
             .admit_with(headers, subprotocol_key)
             .ok_or(ProxyError::InvalidClientKey)?;
-        exchange.client = client.clone();
-        match self.0.limits.admit(&client, Instant::now()) {
+        exchange.client = client.name.clone();
+        match self
+            .0
+            .limits
+            .admit(&client.name, client.limits, Instant::now(), unix_now())
+        {
             Ok(permit) => {
                 exchange.permit = permit;
                 Ok(())
@@ -156,7 +160,7 @@ impl Proxy {
             Err(limited) => {
                 self.0
                     .metrics
-                    .client_limited(&client, limited.limit.label());
+                    .client_limited(&client.name, limited.limit.label());
                 Err(ProxyError::ClientLimited(limited))
             }
         }

@@ -9,7 +9,10 @@
 //! - `x-mock-gzip: 1`: a `Content-Encoding: gzip` answer with fixed bytes;
 //! - `x-mock-request-id: V`: answer with `x-request-id: V` instead of `req_mock_upstream_1`;
 //! - `x-mock-reset-after-head: 1`: the head and one chunk, then the stream is reset (HTTP/2)
-//!   or the connection cut (HTTP/1.1).
+//!   or the connection cut (HTTP/1.1);
+//! - `x-mock-answer: NAME`: one of [`super::usage_answers::ANSWERS`], its writes 50 ms apart
+//!   (or `x-mock-interval-ms` apart);
+//! - `x-mock-model: M`: the chat JSON answer names model `M`.
 //!
 //! [`MockOptions`] make it behave like OpenAI's edge: TLS with HTTP/2 and HTTP/1.1 by ALPN, a
 //! stream limit per connection, GOAWAY after N requests, a close after an idle time.
@@ -501,6 +504,35 @@ async fn answer(
         return Ok(response);
     }
 
+    if let Some(name) = headers.get("x-mock-answer").and_then(|v| v.to_str().ok()) {
+        let Some(canned) = super::usage_answers::answer(name) else {
+            return Ok(Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(MockBody::full("no such x-mock-answer"))
+                .unwrap());
+        };
+        let interval = if headers.contains_key("x-mock-interval-ms") {
+            interval
+        } else {
+            Duration::from_millis(50)
+        };
+        let frames = canned
+            .writes
+            .iter()
+            .map(|w| Bytes::from_static(w.as_bytes()))
+            .collect();
+        builder = builder.header("content-type", canned.content_type);
+        return Ok(builder
+            .body(MockBody::paced(frames, interval, log))
+            .unwrap());
+    }
+    if let Some(model) = headers.get("x-mock-model").and_then(|v| v.to_str().ok()) {
+        let json = CHAT_JSON.replace("\"model\":\"gpt-4\"", &format!("\"model\":\"{model}\""));
+        return Ok(builder
+            .header("content-type", "application/json")
+            .body(MockBody::full(json))
+            .unwrap());
+    }
     if let Some(events) = header_number(&headers, "x-mock-events") {
         let frames = (0..events)
             .map(|i| {

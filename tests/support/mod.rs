@@ -8,6 +8,7 @@ pub mod faults;
 pub mod h2_frames;
 pub mod mock;
 pub mod tls;
+pub mod usage_answers;
 pub mod ws_mock;
 
 use std::net::SocketAddr;

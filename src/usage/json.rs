@@ -1,0 +1,259 @@
+//! A JSON scanner that reads bytes as they pass and knows, for each one, whether it is inside a
+//! string and how deep it is. It never builds a value. It points out the few places the meter
+//! wants: the `usage` and `model` members of the top-level object and of its `response`
+//! member, and the string values of the members that carry generated text.
+//!
+//! Text a model writes is always inside a string, where quotes are escaped, so a
+//! `"usage":{...}` written by a model is never taken for a member.
+
+use memchr::memchr2;
+
+/// The deepest nesting tracked; anything deeper is treated as an array, where no member
+/// names are read.
+const MAX_DEPTH: u32 = 64;
+/// Member names longer than this are none of the ones the scanner looks for.
+const KEY_BYTES: usize = 12;
+
+/// A member name the scanner cares about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    Other,
+    Usage,
+    Model,
+    Response,
+    /// `content`, `delta`, `refusal`, `arguments`: generated text, for the estimate.
+    Text,
+}
+
+fn classify(name: &[u8]) -> Key {
+    match name {
+        b"usage" => Key::Usage,
+        b"model" => Key::Model,
+        b"response" => Key::Response,
+        b"content" | b"delta" | b"refusal" | b"arguments" => Key::Text,
+        _ => Key::Other,
+    }
+}
+
+/// What a string being read is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    Skip,
+    Key,
+    Model,
+    Text,
+}
+
+/// Where the scanner reports what it found.
+pub(crate) trait Sink {
+    /// Whether a `usage` object is still wanted.
+    fn wants_usage(&self) -> bool;
+    /// Whether a `model` string is still wanted.
+    fn wants_model(&self) -> bool;
+    /// Bytes of the `usage` object, in order, its braces included.
+    fn usage_bytes(&mut self, bytes: &[u8]);
+    /// The `usage` object's closing brace has passed.
+    fn usage_done(&mut self);
+    /// Bytes of the `model` string, without its quotes.
+    fn model_bytes(&mut self, bytes: &[u8]);
+    /// The `model` string ended.
+    fn model_ended(&mut self);
+    /// Bytes of a generated-text string.
+    fn text_bytes(&mut self, len: usize);
+    /// A generated-text string ended.
+    fn text_ended(&mut self);
+}
+
+#[derive(Debug)]
+pub(crate) struct JsonScan {
+    depth: u32,
+    /// Bit `d - 1` is set when the container at depth `d` is an array.
+    arrays: u64,
+    in_string: bool,
+    escaped: bool,
+    reading: Reading,
+    /// Inside an object, before a member name.
+    expect_key: bool,
+    key: [u8; KEY_BYTES],
+    /// The name's length, or `KEY_BYTES + 1` when it is longer.
+    key_len: usize,
+    /// The member whose value comes next.
+    value_of: Key,
+    /// The member of the top-level object that the scanner is inside.
+    top: Key,
+    /// The depth the `usage` object was opened at, while its bytes are captured.
+    capturing_usage: Option<u32>,
+}
+
+impl Default for JsonScan {
+    fn default() -> JsonScan {
+        JsonScan {
+            depth: 0,
+            arrays: 0,
+            in_string: false,
+            escaped: false,
+            reading: Reading::Skip,
+            expect_key: false,
+            key: [0; KEY_BYTES],
+            key_len: 0,
+            value_of: Key::Other,
+            top: Key::Other,
+            capturing_usage: None,
+        }
+    }
+}
+
+impl JsonScan {
+    /// Starts again at a new top-level value (the next SSE event).
+    pub(crate) fn reset(&mut self) {
+        *self = JsonScan::default();
+    }
+
+    fn in_object(&self) -> bool {
+        self.depth > 0 && self.depth <= MAX_DEPTH && self.arrays & (1 << (self.depth - 1)) == 0
+    }
+
+    pub(crate) fn feed(&mut self, data: &[u8], sink: &mut impl Sink) {
+        let mut i = 0;
+        while i < data.len() {
+            if self.in_string {
+                i += self.string(&data[i..], sink);
+                continue;
+            }
+            let b = data[i];
+            i += 1;
+            if self.capturing_usage.is_some() {
+                sink.usage_bytes(&[b]);
+            }
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' | b':' => {}
+                b'"' => self.open_string(sink),
+                b'{' | b'[' => self.open(b == b'[', sink),
+                b'}' | b']' => self.close(sink),
+                b',' => {
+                    self.expect_key = self.in_object();
+                    self.value_of = Key::Other;
+                }
+                // A number or a literal: the pending member's value, which nobody wants.
+                _ => self.value_of = Key::Other,
+            }
+        }
+    }
+
+    /// Reads string bytes up to the closing quote or the end of `data`; returns how many.
+    fn string(&mut self, data: &[u8], sink: &mut impl Sink) -> usize {
+        if self.escaped {
+            self.escaped = false;
+            self.string_bytes(&data[..1], sink);
+            return 1;
+        }
+        let Some(at) = memchr2(b'"', b'\\', data) else {
+            self.string_bytes(data, sink);
+            return data.len();
+        };
+        if data[at] == b'\\' {
+            self.escaped = true;
+            self.string_bytes(&data[..=at], sink);
+            return at + 1;
+        }
+        self.string_bytes(&data[..at], sink);
+        self.close_string(sink);
+        if self.capturing_usage.is_some() {
+            sink.usage_bytes(b"\"");
+        }
+        at + 1
+    }
+
+    fn string_bytes(&mut self, bytes: &[u8], sink: &mut impl Sink) {
+        if self.capturing_usage.is_some() {
+            sink.usage_bytes(bytes);
+        }
+        match self.reading {
+            Reading::Skip => {}
+            Reading::Key => {
+                let end = self.key_len + bytes.len();
+                if end <= KEY_BYTES {
+                    self.key[self.key_len..end].copy_from_slice(bytes);
+                    self.key_len = end;
+                } else {
+                    self.key_len = KEY_BYTES + 1;
+                }
+            }
+            Reading::Model => sink.model_bytes(bytes),
+            Reading::Text => sink.text_bytes(bytes.len()),
+        }
+    }
+
+    fn open_string(&mut self, sink: &mut impl Sink) {
+        self.in_string = true;
+        self.reading = if self.expect_key && self.in_object() {
+            self.expect_key = false;
+            self.key_len = 0;
+            Reading::Key
+        } else {
+            match std::mem::replace(&mut self.value_of, Key::Other) {
+                Key::Model if sink.wants_model() => Reading::Model,
+                Key::Text => Reading::Text,
+                _ => Reading::Skip,
+            }
+        };
+    }
+
+    fn close_string(&mut self, sink: &mut impl Sink) {
+        self.in_string = false;
+        match self.reading {
+            Reading::Key => {
+                let key = if self.key_len <= KEY_BYTES {
+                    classify(&self.key[..self.key_len])
+                } else {
+                    Key::Other
+                };
+                self.value_of = match (self.depth, key) {
+                    (1, _) => {
+                        self.top = key;
+                        match key {
+                            Key::Usage | Key::Model | Key::Text => key,
+                            _ => Key::Other,
+                        }
+                    }
+                    (2, Key::Usage | Key::Model) if self.top == Key::Response => key,
+                    (_, Key::Text) => Key::Text,
+                    _ => Key::Other,
+                };
+            }
+            Reading::Text => sink.text_ended(),
+            Reading::Model => sink.model_ended(),
+            Reading::Skip => {}
+        }
+        self.reading = Reading::Skip;
+    }
+
+    fn open(&mut self, array: bool, sink: &mut impl Sink) {
+        let value_of = std::mem::replace(&mut self.value_of, Key::Other);
+        if !array && value_of == Key::Usage && sink.wants_usage() && self.capturing_usage.is_none()
+        {
+            self.capturing_usage = Some(self.depth);
+            sink.usage_bytes(b"{");
+        }
+        self.depth = self.depth.saturating_add(1);
+        if self.depth <= MAX_DEPTH {
+            let bit = 1u64 << (self.depth - 1);
+            if array {
+                self.arrays |= bit;
+            } else {
+                self.arrays &= !bit;
+            }
+        }
+        self.expect_key = !array && self.depth <= MAX_DEPTH;
+    }
+
+    fn close(&mut self, sink: &mut impl Sink) {
+        self.depth = self.depth.saturating_sub(1);
+        self.expect_key = false;
+        self.value_of = Key::Other;
+        if self.capturing_usage == Some(self.depth) {
+            self.capturing_usage = None;
+            sink.usage_done();
+        }
+    }
+}

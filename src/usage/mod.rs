@@ -1,0 +1,455 @@
+//! The usage meter: the tokens an answer cost, read from the upstream's own `usage` object as
+//! the answer's bytes are forwarded, and the estimate made when an answer carried none.
+//!
+//! The meter looks at bytes that have already gone to the client; it never holds, delays or
+//! changes a frame. It parses nothing but the one small `usage` object: a [`json`] scanner
+//! follows the rest byte by byte, knowing only its depth and whether it is inside a string.
+//! Its memory is bounded ([`MAX_USAGE_BYTES`] for the object, [`MAX_MODEL_BYTES`] for the
+//! model), and it allocates only when the `usage` object begins.
+
+mod json;
+
+use memchr::memchr;
+use serde::Deserialize;
+
+use json::{JsonScan, Sink};
+
+/// A `usage` object longer than this is not read (OpenAI's are under 400 bytes).
+pub const MAX_USAGE_BYTES: usize = 4096;
+/// A model name longer than this is counted as `other`.
+pub const MAX_MODEL_BYTES: usize = 128;
+
+/// The tokens one answer cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    /// The cached part of `input`.
+    pub cached: u64,
+    /// The reasoning part of `output`.
+    pub reasoning: u64,
+    /// Transcription billed by duration (`"type": "duration"`).
+    pub audio_seconds: Option<f64>,
+}
+
+impl Tokens {
+    /// What a budget counts: input plus output.
+    pub fn billed(&self) -> u64 {
+        self.input.saturating_add(self.output)
+    }
+}
+
+/// The fields of every `usage` object OpenAI sends: Chat Completions and embeddings
+/// (`prompt_tokens`, `completion_tokens`), the Responses API and transcriptions
+/// (`input_tokens`, `output_tokens`), and transcription by duration (`seconds`).
+#[derive(Deserialize)]
+struct Reported {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+    seconds: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+/// Reads a `usage` object; `None` if it holds no count this meter knows.
+pub fn parse_usage(bytes: &[u8]) -> Option<Tokens> {
+    let r: Reported = serde_json::from_slice(bytes).ok()?;
+    let input = r.prompt_tokens.or(r.input_tokens);
+    let output = r.completion_tokens.or(r.output_tokens);
+    if input.is_none() && output.is_none() && r.seconds.is_none() {
+        return None;
+    }
+    let detail = |d: &Option<Details>, f: fn(&Details) -> Option<u64>| d.as_ref().and_then(f);
+    let cached = detail(&r.prompt_tokens_details, |d| d.cached_tokens)
+        .or_else(|| detail(&r.input_tokens_details, |d| d.cached_tokens));
+    let reasoning = detail(&r.completion_tokens_details, |d| d.reasoning_tokens)
+        .or_else(|| detail(&r.output_tokens_details, |d| d.reasoning_tokens));
+    Some(Tokens {
+        input: input.unwrap_or(0),
+        output: output.unwrap_or(0),
+        cached: cached.unwrap_or(0),
+        reasoning: reasoning.unwrap_or(0),
+        audio_seconds: r.seconds.filter(|s| s.is_finite() && *s >= 0.0),
+    })
+}
+
+/// What the meter found so far.
+#[derive(Debug)]
+struct Found {
+    /// The `usage` object's bytes while it passes; `None` until it begins.
+    usage_bytes: Option<Vec<u8>>,
+    /// The object was longer than [`MAX_USAGE_BYTES`].
+    usage_too_long: bool,
+    usage: Option<Tokens>,
+    model: [u8; MAX_MODEL_BYTES],
+    /// The model's length; `MAX_MODEL_BYTES + 1` when it was longer.
+    model_len: usize,
+    model_seen: bool,
+    /// Generated text forwarded: bytes, strings, and SSE events that carried some.
+    text_bytes: u64,
+    text_strings: u64,
+    text_in_event: bool,
+    text_events: u64,
+}
+
+impl Default for Found {
+    fn default() -> Found {
+        Found {
+            usage_bytes: None,
+            usage_too_long: false,
+            usage: None,
+            model: [0; MAX_MODEL_BYTES],
+            model_len: 0,
+            model_seen: false,
+            text_bytes: 0,
+            text_strings: 0,
+            text_in_event: false,
+            text_events: 0,
+        }
+    }
+}
+
+impl Sink for Found {
+    fn wants_usage(&self) -> bool {
+        self.usage.is_none() && self.usage_bytes.is_none() && !self.usage_too_long
+    }
+
+    fn wants_model(&self) -> bool {
+        !self.model_seen
+    }
+
+    fn usage_bytes(&mut self, bytes: &[u8]) {
+        if self.usage_too_long {
+            return;
+        }
+        let buffer = self
+            .usage_bytes
+            .get_or_insert_with(|| Vec::with_capacity(512));
+        if buffer.len() + bytes.len() > MAX_USAGE_BYTES {
+            self.usage_bytes = None;
+            self.usage_too_long = true;
+            return;
+        }
+        buffer.extend_from_slice(bytes);
+    }
+
+    fn usage_done(&mut self) {
+        if let Some(bytes) = self.usage_bytes.take() {
+            self.usage = parse_usage(&bytes);
+            if self.usage.is_none() {
+                // Not a usage object after all: a later one may still be.
+                self.usage_bytes = None;
+            }
+        }
+    }
+
+    fn model_bytes(&mut self, bytes: &[u8]) {
+        let end = self.model_len + bytes.len();
+        if end <= MAX_MODEL_BYTES {
+            self.model[self.model_len..end].copy_from_slice(bytes);
+            self.model_len = end;
+        } else {
+            self.model_len = MAX_MODEL_BYTES + 1;
+        }
+    }
+
+    fn text_bytes(&mut self, len: usize) {
+        self.text_bytes += len as u64;
+    }
+
+    fn text_ended(&mut self) {
+        self.text_strings += 1;
+        self.text_in_event = true;
+    }
+
+    fn model_ended(&mut self) {
+        self.model_seen = true;
+    }
+}
+
+/// Where an SSE line is: at its start (with how much of `data:` matched), in a data line's
+/// value, or in a line the meter skips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    Start { matched: u8, blank: bool },
+    Data,
+    Skip,
+}
+
+/// The meter of one answer: a JSON body, or a stream of SSE events each holding one.
+#[derive(Debug)]
+pub struct Meter {
+    scan: JsonScan,
+    found: Found,
+    /// `None` for a JSON answer.
+    sse: Option<Line>,
+}
+
+impl Meter {
+    pub fn json() -> Meter {
+        Meter {
+            scan: JsonScan::default(),
+            found: Found::default(),
+            sse: None,
+        }
+    }
+
+    pub fn sse() -> Meter {
+        Meter {
+            sse: Some(Line::Start {
+                matched: 0,
+                blank: true,
+            }),
+            ..Meter::json()
+        }
+    }
+
+    /// Looks at the next bytes of the answer, as forwarded.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.found.usage.is_some() {
+            return;
+        }
+        match self.sse {
+            None => self.scan.feed(data, &mut self.found),
+            Some(line) => self.feed_sse(line, data),
+        }
+    }
+
+    fn feed_sse(&mut self, mut line: Line, mut data: &[u8]) {
+        const DATA: &[u8; 5] = b"data:";
+        while !data.is_empty() {
+            match line {
+                Line::Start { matched, blank } => {
+                    let b = data[0];
+                    data = &data[1..];
+                    line = match b {
+                        b'\n' if blank => {
+                            self.event_ended();
+                            Line::Start {
+                                matched: 0,
+                                blank: true,
+                            }
+                        }
+                        b'\n' => Line::Start {
+                            matched: 0,
+                            blank: true,
+                        },
+                        b'\r' if matched == 0 => Line::Start { matched, blank },
+                        _ if b == DATA[usize::from(matched)] => {
+                            if matched + 1 == DATA.len() as u8 {
+                                Line::Data
+                            } else {
+                                Line::Start {
+                                    matched: matched + 1,
+                                    blank: false,
+                                }
+                            }
+                        }
+                        _ => Line::Skip,
+                    };
+                }
+                Line::Data | Line::Skip => {
+                    let end = memchr(b'\n', data);
+                    let (this, rest) = data.split_at(end.unwrap_or(data.len()));
+                    if line == Line::Data {
+                        self.scan.feed(this, &mut self.found);
+                    }
+                    data = rest;
+                    if end.is_some() {
+                        data = &data[1..];
+                        // A data line's end is the `\n` that joins it to the next one.
+                        if line == Line::Data {
+                            self.scan.feed(b"\n", &mut self.found);
+                        }
+                        line = Line::Start {
+                            matched: 0,
+                            blank: true,
+                        };
+                    }
+                }
+            }
+        }
+        self.sse = Some(line);
+    }
+
+    fn event_ended(&mut self) {
+        self.scan.reset();
+        let found = &mut self.found;
+        found.text_events += u64::from(std::mem::take(&mut found.text_in_event));
+        // A usage object cut short by the event's end is not one.
+        if found.usage.is_none() {
+            found.usage_bytes = None;
+        }
+    }
+
+    /// The tokens the upstream reported, if it did.
+    pub fn reported(&self) -> Option<Tokens> {
+        self.found.usage
+    }
+
+    /// The model the answer named, if it named one that fits.
+    pub fn model(&self) -> Option<&str> {
+        let found = &self.found;
+        if found.model_len == 0 || found.model_len > MAX_MODEL_BYTES {
+            return None;
+        }
+        std::str::from_utf8(&found.model[..found.model_len]).ok()
+    }
+
+    /// Whether the answer named a model too long to keep.
+    pub fn model_too_long(&self) -> bool {
+        self.found.model_len > MAX_MODEL_BYTES
+    }
+
+    /// The estimate for an answer that reported nothing. Output: one token for every four
+    /// bytes of generated text forwarded, and at least one for every SSE event (or string)
+    /// that carried some, since a stream sends about one token an event. Input: one token
+    /// for every four bytes of a JSON request body, and for every KiB of any other (an audio
+    /// upload).
+    pub fn estimate(&self, request_bytes: u64, request_is_json: bool) -> Tokens {
+        let found = &self.found;
+        let pieces = if self.sse.is_some() {
+            found.text_events + u64::from(found.text_in_event)
+        } else {
+            found.text_strings
+        };
+        let input = if request_is_json {
+            request_bytes.div_ceil(4)
+        } else {
+            request_bytes.div_ceil(1024)
+        };
+        Tokens {
+            input,
+            output: found.text_bytes.div_ceil(4).max(pieces),
+            ..Tokens::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `answer` split at every place, and returns what the meter reported each time.
+    fn all_splits(answer: &str, sse: bool) -> Vec<(Option<Tokens>, Option<String>)> {
+        let bytes = answer.as_bytes();
+        (0..=bytes.len())
+            .map(|at| {
+                let mut meter = if sse { Meter::sse() } else { Meter::json() };
+                meter.feed(&bytes[..at]);
+                meter.feed(&bytes[at..]);
+                (meter.reported(), meter.model().map(str::to_owned))
+            })
+            .collect()
+    }
+
+    fn tokens(input: u64, output: u64, cached: u64, reasoning: u64) -> Option<Tokens> {
+        Some(Tokens {
+            input,
+            output,
+            cached,
+            reasoning,
+            audio_seconds: None,
+        })
+    }
+
+    #[test]
+    fn chat_json_usage_and_model_at_every_split() {
+        let answer = r#"{"id":"c","model":"gpt-4o-mini","choices":[{"message":{"content":"say \"usage\":{\"prompt_tokens\":999}"}}],"usage":{"prompt_tokens":20,"completion_tokens":9,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":3}}}"#;
+        for (usage, model) in all_splits(answer, false) {
+            assert_eq!(usage, tokens(20, 9, 4, 3));
+            assert_eq!(model.as_deref(), Some("gpt-4o-mini"));
+        }
+    }
+
+    #[test]
+    fn usage_below_the_top_level_or_in_a_string_never_counts() {
+        for answer in [
+            r#"{"choices":[{"usage":{"prompt_tokens":5}}]}"#,
+            r#"{"text":"{\"usage\":{\"prompt_tokens\":5}}"}"#,
+            r#"{"a":{"usage":{"prompt_tokens":5}}}"#,
+            r#"["usage",{"prompt_tokens":5}]"#,
+            r#"{"usage":null,"x":{"prompt_tokens":5}}"#,
+        ] {
+            for (usage, _) in all_splits(answer, false) {
+                assert_eq!(usage, None, "{answer}");
+            }
+        }
+    }
+
+    #[test]
+    fn chat_sse_reads_the_final_usage_chunk() {
+        let answer = "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\\\"prompt_tokens\\\":7}\"}}],\"usage\":null}\n\n\
+            data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":2}}\r\n\r\n\
+            data: [DONE]\n\n";
+        for (usage, model) in all_splits(answer, true) {
+            assert_eq!(usage, tokens(11, 2, 0, 0));
+            assert_eq!(model.as_deref(), Some("gpt-4o"));
+        }
+    }
+
+    #[test]
+    fn responses_api_usage_sits_under_response() {
+        let sse = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":null}}\n\n\
+            event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n\
+            event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":30,\"input_tokens_details\":{\"cached_tokens\":10},\"output_tokens\":5,\"output_tokens_details\":{\"reasoning_tokens\":2},\"total_tokens\":35}}}\n\n";
+        for (usage, model) in all_splits(sse, true) {
+            assert_eq!(usage, tokens(30, 5, 10, 2));
+            assert_eq!(model.as_deref(), Some("gpt-4.1"));
+        }
+        let json = r#"{"id":"resp_1","model":"gpt-4.1","output":[],"usage":{"input_tokens":3,"output_tokens":4}}"#;
+        for (usage, _) in all_splits(json, false) {
+            assert_eq!(usage, tokens(3, 4, 0, 0));
+        }
+    }
+
+    #[test]
+    fn transcription_usage_by_tokens_or_by_duration() {
+        let mut meter = Meter::json();
+        meter.feed(br#"{"text":"hi","usage":{"type":"duration","seconds":9.5}}"#);
+        assert_eq!(meter.reported().unwrap().audio_seconds, Some(9.5));
+        assert_eq!(meter.model(), None);
+        let sse = "data: {\"type\":\"transcript.text.delta\",\"delta\":\" hi\"}\n\ndata: {\"type\":\"transcript.text.done\",\"text\":\"hi\",\"usage\":{\"type\":\"tokens\",\"input_tokens\":14,\"output_tokens\":45}}\n\n";
+        for (usage, _) in all_splits(sse, true) {
+            assert_eq!(usage, tokens(14, 45, 0, 0));
+        }
+    }
+
+    #[test]
+    fn an_oversized_usage_object_is_dropped_and_memory_stays_bounded() {
+        let mut meter = Meter::json();
+        meter.feed(b"{\"usage\":{\"prompt_tokens\":1,\"pad\":\"");
+        for _ in 0..100 {
+            meter.feed(&[b'x'; 1000]);
+        }
+        meter.feed(b"\"}}");
+        assert_eq!(meter.reported(), None);
+        assert!(meter.found.usage_bytes.is_none());
+    }
+
+    #[test]
+    fn the_estimate_counts_text_and_events() {
+        let mut meter = Meter::sse();
+        for word in ["Hel", "lo", " world, this is longer"] {
+            meter.feed(
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{word}\"}}}}]}}\n\n")
+                    .as_bytes(),
+            );
+        }
+        let estimate = meter.estimate(400, true);
+        assert_eq!(estimate.input, 100);
+        // 27 bytes of text is 7 tokens by size, more than the 3 events.
+        assert_eq!(estimate.output, 7);
+        assert_eq!(Meter::json().estimate(4096, false).input, 4);
+    }
+}
