@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[3]
 RELEASE = ROOT / "target" / "release"
 SERVER_KEY = "sk-compat-server-key-000111"
 CLIENT_KEY = "ck-compat-client-key-222333"
+FAST_KEY = "ck-compat-fast-key-666777"
 TLS = os.environ.get("COMPAT_UPSTREAM") == "tls"
 CA = Path(os.environ.get("TMPDIR", "/tmp")) / f"memoctopus-compat-ca-{os.getpid()}.pem"
 
@@ -101,6 +102,16 @@ def limited_proxy_url(mock_upstream):
     yield from _serving(
         mock_upstream,
         {"PROXY_CLIENT_KEYS": f"app:{CLIENT_KEY}", "PROXY_CLIENT_RATE": "60", "PROXY_CLIENT_RATE_BURST": "1"},
+    )
+
+
+@pytest.fixture(scope="session")
+def budget_proxy_url(mock_upstream):
+    """Limits in the key entries: `team` may spend 60 tokens a minute; `fast` may send one
+    request a second."""
+    yield from _serving(
+        mock_upstream,
+        {"PROXY_CLIENT_KEYS": f"team:{CLIENT_KEY} token_budget=60/minute,fast:{FAST_KEY} rate=60 burst=1"},
     )
 
 

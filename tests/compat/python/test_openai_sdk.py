@@ -7,7 +7,9 @@ import openai
 import pytest
 from openai import AzureOpenAI, OpenAI
 
-from conftest import CLIENT_KEY, SERVER_KEY
+import urllib.request
+
+from conftest import CLIENT_KEY, FAST_KEY, SERVER_KEY
 
 MESSAGES = [
     {"role": "developer", "content": "You are a helpful assistant."},
@@ -101,6 +103,68 @@ def test_a_proxy_rate_limit_is_a_rate_limit_error_and_the_sdk_backs_off(limited_
     assert caught.value.response.headers["retry-after"] == "1"
     # With its default retries, the SDK waits as Retry-After says and then gets through.
     patient = OpenAI(base_url=limited_proxy_url, api_key=CLIENT_KEY)
+    started = time.monotonic()
+    assert patient.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
+    assert time.monotonic() - started >= 0.5
+
+
+def _metric(proxy_url, series):
+    request = urllib.request.Request(
+        proxy_url.removesuffix("/v1") + "/metrics", headers={"authorization": f"Bearer {CLIENT_KEY}"}
+    )
+    text = urllib.request.urlopen(request, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _seconds_left_in_minute():
+    return 60 - time.time() % 60
+
+
+def test_a_spent_token_budget_is_a_429_the_sdk_waits_out(budget_proxy_url):
+    # Late in a UTC minute, so that the window ends within the SDK's wait, and not so late that
+    # it ends before the budget is spent.
+    while not 5 < _seconds_left_in_minute() <= 12:
+        time.sleep(0.5)
+    strict = OpenAI(base_url=budget_proxy_url, api_key=CLIENT_KEY, max_retries=0)
+    # A stream that asks for usage: 39 tokens, under the 60.
+    usage = None
+    for chunk in strict.chat.completions.create(
+        model="gpt-4", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    ):
+        usage = chunk.usage or usage
+    assert usage.total_tokens == 39
+    # 39 + 29 crosses 60, and this answer still comes whole.
+    assert strict.chat.completions.create(model="gpt-4", messages=MESSAGES).usage.total_tokens == 29
+    with pytest.raises(openai.RateLimitError) as caught:
+        strict.chat.completions.create(model="gpt-4", messages=MESSAGES)
+    assert caught.value.code == "proxy_token_budget"
+    assert caught.value.type == "tokens"
+    retry_after = int(caught.value.response.headers["retry-after"])
+    assert abs(retry_after - _seconds_left_in_minute()) <= 1.5, retry_after
+    assert _metric(budget_proxy_url, 'memoctopus_tokens_total{client="team",model="gpt-4",type="input"}') == 19 + 20
+    assert _metric(budget_proxy_url, 'memoctopus_tokens_total{client="team",model="gpt-4",type="output"}') == 20 + 9
+    assert (
+        _metric(budget_proxy_url, 'memoctopus_client_limit_rejections_total{client="team",limit="token_budget"}')
+        == 1
+    )
+    # With its default retries, the SDK waits out Retry-After, and the next window lets it in.
+    patient = OpenAI(base_url=budget_proxy_url, api_key=CLIENT_KEY)
+    started = time.monotonic()
+    assert patient.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
+    assert time.monotonic() - started >= retry_after - 1
+
+
+def test_a_rate_set_in_a_key_entry_is_a_429_the_sdk_backs_off(budget_proxy_url):
+    strict = OpenAI(base_url=budget_proxy_url, api_key=FAST_KEY, max_retries=0)
+    assert strict.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
+    with pytest.raises(openai.RateLimitError) as caught:
+        strict.chat.completions.create(model="gpt-4", messages=MESSAGES)
+    assert caught.value.code == "proxy_rate_limit"
+    assert caught.value.response.headers["retry-after"] == "1"
+    patient = OpenAI(base_url=budget_proxy_url, api_key=FAST_KEY)
     started = time.monotonic()
     assert patient.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
     assert time.monotonic() - started >= 0.5
