@@ -153,6 +153,10 @@ impl ProxyError {
                 limit: Limit::TokenBudget,
                 ..
             }) => "proxy_token_budget",
+            ProxyError::ClientLimited(Limited {
+                limit: Limit::Unavailable,
+                ..
+            }) => "proxy_limits_unavailable",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
@@ -192,6 +196,10 @@ impl ProxyError {
             ),
             ProxyError::ClientLimited(Limited { limit: Limit::TokenBudget, retry_after }) => format!(
                 "This proxy allows each client a budget of tokens a window (PROXY_CLIENT_TOKEN_BUDGET or the client's token_budget), and this client has used it. The window ends in {} s.",
+                retry_after.as_secs()
+            ),
+            ProxyError::ClientLimited(Limited { limit: Limit::Unavailable, retry_after }) => format!(
+                "This proxy checks each client's limits in a shared store, which does not answer now, and it is set to refuse until it does (PROXY_LIMITS_REDIS_FALLBACK=refuse). Retry after {} s.",
                 retry_after.as_secs()
             ),
             ProxyError::OriginNotAllowed => "This origin is not allowed by PROXY_CORS_ORIGINS".to_owned(),

@@ -10,9 +10,11 @@
 //!   sizes, HTTP/2 settings and request bounds, the admin listener's cap, the upstream pools'
 //!   idle time), the words for how things end and whose fault a failure is, what graceful
 //!   shutdown counts, and handing freed heap back to the OS.
+//! - [`usage`]: the usage meter, which reads an answer's `usage` object as its bytes pass, and
+//!   the estimate for an answer without one.
 //! - [`policy`]: pure rules: routes and the upstream query, header rewriting, the key swap and
-//!   the `Via` loop guard, client keys and their names, the per-client limits, WebSocket
-//!   upgrades, CORS.
+//!   the `Via` loop guard, client keys with their names and limits, the per-client limits and
+//!   token budgets, WebSocket upgrades, CORS.
 //! - [`config`]: the environment, `.env` and key files to a validated [`Config`], a file per
 //!   group of settings, and the table of every setting that `--help`, the unknown-variable
 //!   warnings and the documentation test read.
@@ -20,6 +22,8 @@
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.
 //! - [`keys`]: the keys in force, and the watcher that reloads their files while serving.
+//! - [`store`]: where the client limits are kept: in the process, or in a Redis that every
+//!   replica shares, with the fallback while it does not answer.
 //! - [`upstream`]: connecting (TCP, forward-proxy tunnel, TLS and ALPN), the HTTP/1.1 and
 //!   HTTP/2 pools, the retry rule, and WebSocket upgrades on connections of their own.
 //! - [`exchange`]: one request and its answer: the record and access log line, the bodies
@@ -47,6 +51,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod policy;
 pub mod proxy;
+pub mod store;
 pub mod telemetry;
 pub mod trim;
 pub mod upstream;

@@ -177,6 +177,56 @@ pub struct Metrics {
     /// Client connections the proxy closed on its own, by why: `idle` or `max_requests`.
     connections_closed: Family<ReasonLabels, Counter>,
     usage: UsageMetrics,
+    store: StoreMetrics,
+}
+
+/// Round trips to Redis, in seconds: 100 µs to 1 s.
+const REDIS_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Which limits are in force, and how Redis answers when it is their store.
+struct StoreMetrics {
+    /// `shared` and `local`: 1 for the one in force.
+    backend: [Gauge; 2],
+    errors: Family<KindLabels, Counter>,
+    round_trips: Histogram,
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> StoreMetrics {
+        let backend = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "limits_backend",
+            "Which client limits are in force: shared (through Redis, PROXY_LIMITS_REDIS_URL) or local (this process's own), 1 for the one in force",
+            backend.clone(),
+        );
+        let backend =
+            ["shared", "local"].map(|state| backend.get_or_create_owned(&StateLabels { state }));
+        backend[1].set(1);
+        let errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "limits_redis_errors",
+            "Calls to the limits' Redis that failed, by kind: timeout, connection, response",
+            errors.clone(),
+        );
+        let round_trips = Histogram::new(REDIS_BUCKETS);
+        registry.register(
+            "limits_redis_seconds",
+            "Admission round trips to the limits' Redis",
+            round_trips.clone(),
+        );
+        StoreMetrics {
+            backend,
+            errors,
+            round_trips,
+        }
+    }
 }
 
 /// What the usage meter reports: the tokens OpenAI counted, by client, model and type; the
@@ -305,6 +355,7 @@ impl Metrics {
     pub fn with_models(routes: &Routes, max_models: usize) -> Metrics {
         let mut registry = Registry::with_prefix("memoctopus");
         let usage = UsageMetrics::register(&mut registry, max_models);
+        let store = StoreMetrics::register(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -506,7 +557,24 @@ impl Metrics {
             client_stream_resets,
             connections_closed,
             usage,
+            store,
         }
+    }
+
+    /// The client limits in force: shared through Redis, or this process's own.
+    pub fn limits_backend(&self, shared: bool) {
+        self.store.backend[0].set(i64::from(shared));
+        self.store.backend[1].set(i64::from(!shared));
+    }
+
+    /// A call to the limits' Redis that failed: `timeout`, `connection` or `response`.
+    pub fn limits_redis_error(&self, kind: &'static str) {
+        self.store.errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// An admission round trip to the limits' Redis.
+    pub fn limits_redis_round_trip(&self, took: Duration) {
+        self.store.round_trips.observe(took.as_secs_f64());
     }
 
     /// An answer's usage, as the meter saw it.

@@ -22,6 +22,9 @@ keys=(
   ck-azure-app-9001 ck-azure-wrong-9002  # tests/upstream_auth.rs
   ck-realtime-browser-6001 ck-realtime-wrong-6002 sk-browser-user-key-6003 sk-realtime-wrong-server-key-6004  # tests/realtime.rs
   ck-secrets-app-6101            # tests/extra_routes.rs
+  ck-usage-                     # tests/usage.rs: every client key there starts so
+  ck-shared-                    # tests/shared_limits.rs: likewise
+  pw-shared-redis-secret-5150   # tests/shared_limits.rs: the Redis password
   pp-egress-secret-4242         # tests/upstream_trust.rs: the forward proxy's password
   ZWdyZXNzLXVzZXI6cHAtZWdyZXNzLXNlY3JldC00MjQy  # ...and its Proxy-Authorization
 )

@@ -141,6 +141,28 @@ impl Config {
                 ),
             ),
             (
+                "PROXY_LIMITS_REDIS_URL",
+                match &self.shared_limits {
+                    None => "(unset: limits per process)".to_owned(),
+                    Some(shared) => format!(
+                        "{} (prefix {:?}, timeout {:?}, fallback {}, lease {:?}{})",
+                        shared.shown_url(),
+                        shared.prefix,
+                        shared.timeout,
+                        match shared.fallback {
+                            crate::config::Fallback::Local => "local",
+                            crate::config::Fallback::Refuse => "refuse",
+                        },
+                        shared.lease,
+                        if shared.ca_pem.is_some() {
+                            ", PROXY_LIMITS_REDIS_CA"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+            ),
+            (
                 "PROXY_USAGE",
                 format!(
                     "{} (PROXY_USAGE_MAX_MODELS {})",

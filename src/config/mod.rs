@@ -15,6 +15,7 @@ mod egress;
 mod inbound;
 mod keys;
 pub mod settings;
+mod shared_limits;
 mod timeouts;
 mod upstream;
 mod values;
@@ -25,6 +26,7 @@ pub use keys::{
     api_key_file, check_budgets, client_keys_file, read as read_key_file, KeySettings,
     API_KEY_FILE, CLIENT_KEYS_FILE,
 };
+pub use shared_limits::{Fallback, SharedLimitsSettings};
 pub use timeouts::Timeouts;
 pub use upstream::{UpstreamProtocol, UpstreamSettings, DEFAULT_BASE_URL};
 pub use values::{parse_duration, ConfigError};
@@ -64,6 +66,9 @@ pub struct Config {
     pub client_limits: LimitSettings,
     /// `PROXY_USAGE` and `PROXY_USAGE_MAX_MODELS`.
     pub usage: UsageSettings,
+    /// `PROXY_LIMITS_REDIS_*`: the client limits shared by every replica on one Redis; `None`
+    /// keeps them per process.
+    pub shared_limits: Option<SharedLimitsSettings>,
     /// Browser origins allowed by CORS; `None` means no CORS headers at all.
     pub cors_origins: Option<CorsOrigins>,
     /// How log lines are written.
@@ -114,6 +119,13 @@ struct RawConfig {
     proxy_client_token_budget: Option<String>,
     proxy_usage: Option<String>,
     proxy_usage_max_models: Option<String>,
+    proxy_limits_redis_url: Option<String>,
+    proxy_limits_redis_url_file: Option<String>,
+    proxy_limits_redis_prefix: Option<String>,
+    proxy_limits_redis_timeout: Option<String>,
+    proxy_limits_redis_fallback: Option<String>,
+    proxy_limits_redis_lease: Option<String>,
+    proxy_limits_redis_ca: Option<String>,
     proxy_cors_origins: Option<String>,
     proxy_log_format: Option<String>,
     proxy_extra_routes: Option<String>,
@@ -267,6 +279,16 @@ impl RawConfig {
                 m,
             )
         })?;
+        let shared_limits = shared_limits::RawSharedLimits {
+            url: &self.proxy_limits_redis_url,
+            url_file: &self.proxy_limits_redis_url_file,
+            prefix: &self.proxy_limits_redis_prefix,
+            timeout: &self.proxy_limits_redis_timeout,
+            fallback: &self.proxy_limits_redis_fallback,
+            lease: &self.proxy_limits_redis_lease,
+            ca: &self.proxy_limits_redis_ca,
+        }
+        .validate()?;
         let listen = inbound::listen(&self.host, &self.port)?;
         upstream::not_this_proxy(&upstream, listen)?;
         let metrics_addr = inbound::metrics_addr(&self.proxy_metrics_addr)?;
@@ -299,6 +321,7 @@ impl RawConfig {
             shutdown_grace: duration("PROXY_SHUTDOWN_GRACE", &self.proxy_shutdown_grace, 30)?,
             client_limits,
             usage,
+            shared_limits,
             cors_origins: inbound::cors_origins(&self.proxy_cors_origins)?,
             log_format: match present(&self.proxy_log_format).unwrap_or("text") {
                 "text" => LogFormat::Text,

@@ -164,6 +164,41 @@ pub const SETTINGS: &[Setting] = &[
         "N/minute, N/hour or N/day: input plus output tokens per client in a UTC window",
     ),
     setting(
+        "PROXY_LIMITS_REDIS_URL",
+        "unset",
+        "redis:// or rediss://: share the client limits with every replica on this Redis",
+    ),
+    setting(
+        "PROXY_LIMITS_REDIS_URL_FILE",
+        "unset",
+        "a file holding that URL instead (a mounted Secret)",
+    ),
+    setting(
+        "PROXY_LIMITS_REDIS_PREFIX",
+        "memoctopus:",
+        "prefix of every key in Redis",
+    ),
+    setting(
+        "PROXY_LIMITS_REDIS_TIMEOUT",
+        "50ms",
+        "longest wait for Redis; then the fallback applies",
+    ),
+    setting(
+        "PROXY_LIMITS_REDIS_FALLBACK",
+        "local",
+        "while Redis does not answer: local (each process's limits) or refuse (429)",
+    ),
+    setting(
+        "PROXY_LIMITS_REDIS_LEASE",
+        "30s",
+        "how long a dead replica's in-flight slots stay taken",
+    ),
+    setting(
+        "PROXY_LIMITS_REDIS_CA",
+        "unset",
+        "PEM roots for a rediss:// server, in place of the system's",
+    ),
+    setting(
         "PROXY_USAGE",
         "on",
         "on: read each answer's usage for the metrics, log and budgets; off: pass Accept-Encoding",

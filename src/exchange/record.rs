@@ -13,7 +13,7 @@ use crate::drain::DrainState;
 use crate::metrics::{Ended, Metrics, RouteMetrics, UpstreamErrorKind, UsageSeen};
 use crate::outcome::Outcome;
 use crate::policy::client_keys::UNAUTHENTICATED;
-use crate::policy::client_limits::Permit;
+use crate::store::Permit;
 use crate::usage::{Meter, Tokens};
 
 /// A fresh request id: random per process, then a counter, so ids never repeat within a

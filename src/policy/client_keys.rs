@@ -42,7 +42,6 @@ pub struct Client {
 /// The attributes an entry may carry after its key.
 const ATTRIBUTES: &str = "rate, burst, in_flight, token_budget";
 
-
 impl fmt::Debug for ClientKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ClientKeys({} keys)", self.entries.len())

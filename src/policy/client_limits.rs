@@ -138,6 +138,8 @@ pub enum Limit {
     Concurrency,
     Rate,
     TokenBudget,
+    /// The shared limits' store did not answer, and `PROXY_LIMITS_REDIS_FALLBACK=refuse`.
+    Unavailable,
 }
 
 impl Limit {
@@ -146,6 +148,7 @@ impl Limit {
             Limit::Concurrency => "concurrency",
             Limit::Rate => "rate",
             Limit::TokenBudget => "token_budget",
+            Limit::Unavailable => "unavailable",
         }
     }
 }
@@ -159,7 +162,8 @@ pub struct Limited {
 
 type Clients = Arc<Mutex<HashMap<Arc<str>, ClientState>>>;
 
-/// The default limits and every client's state.
+/// The default limits and every client's state. A clone shares the state.
+#[derive(Clone)]
 pub struct ClientLimits {
     defaults: LimitSettings,
     clients: Clients,
@@ -201,11 +205,8 @@ pub struct Permit {
 impl Permit {
     /// Adds an exchange's tokens to the client's count for the current window.
     pub fn charge(&self, tokens: u64) {
-        let Some(budget) = self.budget else { return };
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(state) = clients.get_mut(&self.client) {
-            state.spent_in(&budget, unix_now());
-            state.spent = state.spent.saturating_add(tokens);
+        if let Some(budget) = self.budget {
+            charge(&self.clients, &self.client, budget, tokens);
         }
     }
 
@@ -227,7 +228,26 @@ impl Drop for Permit {
     }
 }
 
+fn charge(clients: &Clients, client: &Arc<str>, budget: Budget, tokens: u64) {
+    let mut clients = clients.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(state) = clients.get_mut(client) {
+        state.spent_in(&budget, unix_now());
+        state.spent = state.spent.saturating_add(tokens);
+    }
+}
+
 impl ClientLimits {
+    /// The defaults, and each client's own limits over them.
+    pub fn limits_of(&self, own: LimitSettings) -> LimitSettings {
+        own.or(self.defaults)
+    }
+
+    /// Adds tokens to a client's count here, as an exchange admitted elsewhere (by the shared
+    /// store) spent them, so that this process's own count is current if it must decide alone.
+    pub fn charge(&self, client: &Arc<str>, budget: Budget, tokens: u64) {
+        charge(&self.clients, client, budget, tokens);
+    }
+
     pub fn new(defaults: LimitSettings) -> ClientLimits {
         ClientLimits {
             defaults,

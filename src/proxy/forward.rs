@@ -48,12 +48,17 @@ impl Proxy {
         let key = websocket::take_key_subprotocol(request.headers_mut());
         if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
             // A session is rare next to requests: its larger future is boxed.
-            let opened = match websocket::check_upgrade(request.version(), request.headers())
+            let checked = websocket::check_upgrade(request.version(), request.headers())
                 .map_err(ProxyError::BadRequest)
-                .and_then(|()| self.check_origin(request.headers(), origin_allowed))
-                .and_then(|()| self.admit(request.headers(), key.as_deref(), &mut exchange))
-            {
-                Ok(()) => Box::pin(self.open_session(request, &mut exchange)).await,
+                .and_then(|()| self.check_origin(request.headers(), origin_allowed));
+            let opened = match checked {
+                Ok(()) => match self
+                    .admit(request.headers(), key.as_deref(), &mut exchange)
+                    .await
+                {
+                    Ok(()) => Box::pin(self.open_session(request, &mut exchange)).await,
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error),
             };
             return match opened {
@@ -63,7 +68,7 @@ impl Proxy {
             };
         }
 
-        let answer = match self.admit(request.headers(), None, &mut exchange) {
+        let answer = match self.admit(request.headers(), None, &mut exchange).await {
             Ok(()) => self.call_upstream(request, &mut exchange).await,
             Err(error) => Err(error),
         };

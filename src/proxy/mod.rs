@@ -24,11 +24,11 @@ use crate::exchange::body::{ProxyBody, RequestBody};
 use crate::exchange::record::Exchange;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::policy::client_limits::{unix_now, ClientLimits};
 use crate::policy::cors;
 use crate::policy::headers::{self, UpstreamIdentity};
 use crate::policy::routes::{Route, Routes};
 use crate::policy::websocket;
+use crate::store::Limiter;
 use crate::upstream::Upstream;
 
 /// The proxy's request handler. Cheap to clone: one per connection.
@@ -40,7 +40,7 @@ struct Inner {
     identity: UpstreamIdentity,
     /// The keys in force now; the file watcher replaces them.
     keys: Arc<Keys>,
-    limits: ClientLimits,
+    limits: Limiter,
     upstream: Upstream<RequestBody>,
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
@@ -52,8 +52,14 @@ impl Proxy {
         keys: Arc<Keys>,
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
-    ) -> Result<Proxy, rustls::Error> {
-        let upstream = Upstream::new(&config.upstream, config.timeouts.connect, metrics.clone())?;
+    ) -> Result<Proxy, String> {
+        let upstream = Upstream::new(&config.upstream, config.timeouts.connect, metrics.clone())
+            .map_err(|e| format!("the upstream's TLS settings: {e}"))?;
+        let limits = Limiter::new(
+            config.client_limits,
+            config.shared_limits.as_ref(),
+            metrics.clone(),
+        )?;
         let identity = UpstreamIdentity {
             auth: config.upstream.auth,
             organization: config.upstream.organization.clone(),
@@ -61,7 +67,7 @@ impl Proxy {
             via: headers::via_entry(),
         };
         Ok(Proxy(Arc::new(Inner {
-            limits: ClientLimits::new(config.client_limits),
+            limits,
             config,
             identity,
             keys,
@@ -136,7 +142,7 @@ impl Proxy {
 
     /// Who the client is, by its key, and whether its limits let this request through. The
     /// in-flight slot it takes goes with the exchange.
-    fn admit(
+    async fn admit(
         &self,
         headers: &http::HeaderMap,
         subprotocol_key: Option<&[u8]>,
@@ -148,11 +154,7 @@ impl Proxy {
             .admit_with(headers, subprotocol_key)
             .ok_or(ProxyError::InvalidClientKey)?;
         exchange.client = client.name.clone();
-        match self
-            .0
-            .limits
-            .admit(&client.name, client.limits, Instant::now(), unix_now())
-        {
+        match self.0.limits.admit(&client.name, client.limits).await {
             Ok(permit) => {
                 exchange.permit = permit;
                 Ok(())

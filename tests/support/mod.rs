@@ -7,6 +7,7 @@ pub mod connect_proxy;
 pub mod faults;
 pub mod h2_frames;
 pub mod mock;
+pub mod redis;
 pub mod tls;
 pub mod usage_answers;
 pub mod ws_mock;

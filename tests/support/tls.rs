@@ -23,6 +23,9 @@ pub struct TestCa {
     leaf: CertificateDer<'static>,
     ca: CertificateDer<'static>,
     leaf_key: Vec<u8>,
+    /// The `localhost` certificate and its key in PEM, for servers that read files.
+    leaf_pem: String,
+    key_pem: String,
 }
 
 impl TestCa {
@@ -53,7 +56,17 @@ impl TestCa {
             leaf: leaf.der().clone(),
             ca: ca.der().clone(),
             leaf_key: leaf_key.serialize_der(),
+            leaf_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
         }
+    }
+
+    /// Writes the `localhost` certificate and key as PEM files in `dir`; returns their paths.
+    pub fn server_files(&self, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&cert, &self.leaf_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        (cert, key)
     }
 
     pub fn ca_pem_path(&self) -> String {

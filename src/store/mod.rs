@@ -1,0 +1,99 @@
+//! Where the client limits are kept: in this process ([`ClientLimits`]), or, with
+//! `PROXY_LIMITS_REDIS_URL`, in a Redis that every replica shares ([`shared`]). The service
+//! asks the [`Limiter`] once per request and gets a [`Permit`] or the limit that refused it.
+//!
+//! With Redis, admission is one script that checks and takes every limit at once; what happens
+//! after the answer (giving back a slot, charging tokens) is queued and written in the
+//! background, so nothing else on the request path waits for Redis. When Redis does not answer
+//! within `PROXY_LIMITS_REDIS_TIMEOUT`, the process's own limits decide (or, with
+//! `PROXY_LIMITS_REDIS_FALLBACK=refuse`, the request is refused) until a probe finds it again.
+
+mod shared;
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::config::{Fallback, SharedLimitsSettings};
+use crate::metrics::Metrics;
+use crate::policy::client_limits::{self, unix_now, ClientLimits, Limit, LimitSettings, Limited};
+
+pub use shared::SharedPermit;
+
+/// The limits of every client, wherever they are kept.
+pub struct Limiter {
+    local: ClientLimits,
+    shared: Option<Arc<shared::Shared>>,
+}
+
+/// A client's admission: its in-flight slot, held until dropped, and its token budget,
+/// charged with what the exchange cost.
+#[derive(Debug)]
+pub enum Permit {
+    Local(client_limits::Permit),
+    Shared(SharedPermit),
+}
+
+impl Permit {
+    /// Adds an exchange's tokens to the client's count for the window.
+    pub fn charge(&self, tokens: u64) {
+        match self {
+            Permit::Local(permit) => permit.charge(tokens),
+            Permit::Shared(permit) => permit.charge(tokens),
+        }
+    }
+}
+
+impl Limiter {
+    /// The limits with `defaults`, kept in this process or, with `shared`, in Redis. Starts the
+    /// background tasks that write to Redis and watch whether it answers; they end with the
+    /// limiter.
+    pub fn new(
+        defaults: LimitSettings,
+        shared: Option<&SharedLimitsSettings>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Limiter, String> {
+        let local = ClientLimits::new(defaults);
+        let shared = shared
+            .map(|settings| shared::Shared::start(settings, local.clone(), metrics))
+            .transpose()?;
+        Ok(Limiter { local, shared })
+    }
+
+    /// Takes what `client`, with its `own` limits over the defaults, needs to go on, or says
+    /// which limit refused it.
+    pub async fn admit(
+        &self,
+        client: &Arc<str>,
+        own: LimitSettings,
+    ) -> Result<Option<Permit>, Limited> {
+        let limits = self.local.limits_of(own);
+        if let Some(shared) = &self.shared {
+            if limits != LimitSettings::default() {
+                match shared.admit(client, limits).await {
+                    Ok(permit) => return Ok(permit.map(Permit::Shared)),
+                    Err(Some(limited)) => return Err(limited),
+                    // Redis did not answer.
+                    Err(None) if shared.fallback() == Fallback::Refuse => {
+                        return Err(Limited {
+                            limit: Limit::Unavailable,
+                            retry_after: std::time::Duration::from_secs(1),
+                        })
+                    }
+                    Err(None) => {}
+                }
+            }
+        }
+        self.local
+            .admit(client, own, Instant::now(), unix_now())
+            .map(|permit| permit.map(Permit::Local))
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.stop();
+        }
+    }
+}
