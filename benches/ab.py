@@ -5,6 +5,9 @@ machine's drift hits both alike; prints the median CPU per request, rps and p50 
     python3 benches/ab.py RUNS UPSTREAM PROTOCOL BINARY_A BINARY_B [SCENARIO]
     python3 benches/ab.py 5 tls auto /tmp/before /tmp/after chat-json-c1
 
+A "binary" may be a script that sets settings and execs the proxy (`exec env PROXY_USAGE=off
+/path/memoctopus`): the same build with two configurations.
+
 UPSTREAM is tls (the mock's TLS port, as users reach api.openai.com) or plain; PROTOCOL is
 PROXY_UPSTREAM_PROTOCOL; SCENARIO is one of run.py's (default chat-json-c1). Targets start,
 are pinned and are measured exactly as in run.py; each run is a 2 s warm-up, then 5 s
@@ -71,7 +74,8 @@ def main():
             print(f"{label} {res['cpu_us']:.1f} {res['rps']:.0f} {res['p50_ms']:.3f}", file=sys.stderr, flush=True)
     for label, r in rows.items():
         med = lambda key: statistics.median(x[key] for x in r)  # noqa: E731
-        print(f"{label}: CPU {med('cpu_us'):.1f} us/request, {med('rps'):.0f} requests/s, p50 {med('p50_ms'):.3f} ms "
+        print(f"{label}: CPU {med('cpu_us'):.1f} us/request, {med('rps'):.0f} requests/s, p50 {med('p50_ms'):.3f} ms, "
+              f"p99 {med('p99_ms'):.3f} ms "
               f"(median of {len(r)}; CPU per run {[round(x['cpu_us']) for x in r]})")
 
 

@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import time
 import urllib.error
 import urllib.request
@@ -126,7 +127,13 @@ def lay_out_volume(scratch, volume, secrets, mode, group):
     root = os.path.join(scratch, "volumes", volume["name"])
     stamp = time.strftime("..%Y_%m_%d_%H_%M_%S.000000001")
     os.makedirs(os.path.join(root, stamp))
-    for key, value in secrets[name].items():
+    data = secrets[name]
+    items = volume["secret"].get("items")
+    if items:
+        for item in items:
+            need(item["key"] in data, f"volume {volume['name']}: Secret {name!r} has no key {item['key']!r}")
+        data = {item["path"]: data[item["key"]] for item in items}
+    for key, value in data.items():
         path = os.path.join(root, stamp, key)
         with open(path, "w", encoding="utf-8") as f:
             f.write(value)
@@ -361,6 +368,29 @@ def build_image(scratch):
     return "localhost/memoctopus:deploy-test"
 
 
+def redis_service(pod, proxy, secrets, host_ip):
+    """The Redis of PROXY_LIMITS_REDIS_URL_FILE, if the manifest sets it: the Secret's URL
+    rewritten from the Service's name to `host_ip`, and its password."""
+    env = {e["name"]: str(e.get("value", "")) for e in proxy.get("env", [])}
+    path = env.get("PROXY_LIMITS_REDIS_URL_FILE")
+    if not path:
+        return None
+    mount = next(m for m in proxy["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    secret = secrets[volume["secret"]["secretName"]]
+    url = urllib.parse.urlsplit(secret["url"].strip())
+    need(url.scheme == "redis" and url.password, f"the Secret's URL is not redis:// with a password")
+    need(url.password == secret["password"], "the Secret's URL and password differ")
+    secret["url"] = f"redis://:{url.password}@{host_ip}:{url.port or 6379}\n"
+    return {"host": host_ip, "port": url.port or 6379, "password": url.password}
+
+
+def redis_cli(redis, *args):
+    out = subprocess.run(["redis-cli", "-h", redis["host"], "-p", str(redis["port"]), "-a", redis["password"],
+                          "--no-auth-warning", *args], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def pod_test(manifest, section, index, image=None):
     print(f"== {manifest}{' on the image' if image else ''}", flush=True)
     pod, proxy, app, service = load_manifest(os.path.join(ROOT, "config", "kubernetes", manifest))
@@ -371,6 +401,11 @@ def pod_test(manifest, section, index, image=None):
     uid, gid = security["runAsUser"], security["runAsGroup"]
     fs_group = pod["securityContext"].get("fsGroup", gid)
     need(proxy["securityContext"].get("readOnlyRootFilesystem"), "the container's root is writable")
+    ns, host_if = f"memo-pod-{index}", f"memo-h{index}"
+    host_ip, pod_ip = f"10.213.{index}.1", f"10.213.{index}.2"
+    # The shared limits' Redis: the Secret's URL names a Service; here a real redis-server on
+    # the pod network's host side stands in for it, with the Secret's password.
+    redis = redis_service(pod, proxy, secrets, host_ip)
     volumes = {}
     for volume in pod.get("volumes", []):
         if "secret" in volume:
@@ -380,8 +415,6 @@ def pod_test(manifest, section, index, image=None):
     shutil.copy(os.path.join(RELEASE, "memoctopus"), binary)
     os.chmod(binary, 0o755)
 
-    ns, host_if = f"memo-pod-{index}", f"memo-h{index}"
-    host_ip, pod_ip = f"10.213.{index}.1", f"10.213.{index}.2"
     cleanup = []
     try:
         # What a run that was killed may have left behind.
@@ -400,6 +433,15 @@ def pod_test(manifest, section, index, image=None):
         mock = subprocess.Popen([os.path.join(RELEASE, "examples", "mock-upstream"), f"{host_ip}:9100"],
                                 stdout=subprocess.DEVNULL)
         cleanup.append(mock.kill)
+        if redis:
+            server = subprocess.Popen(["redis-server", "--bind", host_ip, "--port", str(redis["port"]),
+                                       "--requirepass", redis["password"], "--save", "", "--appendonly", "no"],
+                                      stdout=subprocess.DEVNULL)
+            cleanup.append(server.kill)
+            deadline = time.monotonic() + 10
+            while redis_cli(redis, "PING") != "PONG":
+                need(time.monotonic() < deadline, "redis-server did not start")
+                time.sleep(0.1)
 
         limit = mebibytes(proxy["resources"]["limits"]["memory"])
         env = {e["name"]: str(e["value"]) for e in proxy.get("env", [])}
@@ -476,6 +518,18 @@ def pod_test(manifest, section, index, image=None):
                             {"Content-Type": "application/json", **headers}, ns=where)
         need(status == 200 and "chat.completion" in body, f"the app's request: {status} {body}")
         print(f"  the app's request through {base}: {status}", flush=True)
+        if redis:
+            deadline = time.monotonic() + 5
+            while 'memoctopus_limits_backend{state="shared"} 1' not in http(f"http://{pod_ip}:{ports['admin']}/metrics")[1]:
+                need(time.monotonic() < deadline, "the shared limits are not in force")
+                time.sleep(0.2)
+            status, _ = http(base + "/chat/completions", "POST", chat,
+                             {"Content-Type": "application/json", **headers}, ns=where)
+            need(status == 200, f"a request under the shared limits: {status}")
+            keys = redis_cli(redis, "--scan").split()
+            need(any(k.endswith(":rate") for k in keys), f"no client's rate in Redis: {keys}")
+            need(not any(client_key in k for k in keys), "a client key is in Redis")
+            print(f"  the limits are shared through Redis: {', '.join(sorted(keys))}", flush=True)
         if app is not None:
             status, _ = http(f"http://{pod_ip}:8000/health")
             need(status == 0, "the sidecar's proxy port answers outside the pod")
