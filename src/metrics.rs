@@ -105,6 +105,12 @@ struct TokenLabels {
     kind: TokenType,
 }
 
+/// One client's token series, by model label.
+type ByModel = HashMap<Arc<str>, [Counter; 4]>;
+
+/// The `type` label's values, in the order of [`UsageMetrics::counters`]' series.
+const TOKEN_TYPES: [&str; 4] = ["input", "output", "cached", "reasoning"];
+
 /// `type`, a keyword in Rust, as its own label set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenType {
@@ -235,6 +241,9 @@ struct UsageMetrics {
     tokens: Family<TokenLabels, Counter>,
     audio_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     missing: Family<MissingLabels, Counter>,
+    /// Each client's four token series by model label, found once: counting an answer then
+    /// takes two lookups by name under one lock instead of four label-set lookups.
+    counters: Mutex<HashMap<Arc<str>, ByModel>>,
     models: ModelNames,
 }
 
@@ -262,6 +271,7 @@ impl UsageMetrics {
             tokens,
             audio_seconds,
             missing,
+            counters: Mutex::default(),
             models: ModelNames::new(max_models),
         }
     }
@@ -595,20 +605,33 @@ impl Metrics {
                         .inc_by(seconds);
                     return;
                 }
-                for (r#type, count) in [
-                    ("input", tokens.input),
-                    ("output", tokens.output),
-                    ("cached", tokens.cached),
-                    ("reasoning", tokens.reasoning),
-                ] {
-                    usage
-                        .tokens
-                        .get_or_create(&TokenLabels {
-                            client: client.clone(),
-                            model: model.clone(),
-                            kind: TokenType { r#type },
+                let mut counters = usage
+                    .counters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let of_client = match counters.get_mut(&*client.0) {
+                    Some(of_client) => of_client,
+                    None => counters.entry(client.0.clone()).or_default(),
+                };
+                let series = match of_client.get(&*model.0) {
+                    Some(series) => series,
+                    None => of_client.entry(model.0.clone()).or_insert_with(|| {
+                        TOKEN_TYPES.map(|r#type| {
+                            usage.tokens.get_or_create_owned(&TokenLabels {
+                                client: client.clone(),
+                                model: model.clone(),
+                                kind: TokenType { r#type },
+                            })
                         })
-                        .inc_by(count);
+                    }),
+                };
+                for (counter, count) in series.iter().zip([
+                    tokens.input,
+                    tokens.output,
+                    tokens.cached,
+                    tokens.reasoning,
+                ]) {
+                    counter.inc_by(count);
                 }
             }
             UsageSeen::Missing(reason) => {

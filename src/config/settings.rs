@@ -196,7 +196,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "PROXY_LIMITS_REDIS_CA",
         "unset",
-        "PEM roots for a rediss:// server, in place of the system's",
+        "PEM roots for a rediss:// server, in place of the built-in webpki roots",
     ),
     setting(
         "PROXY_USAGE",

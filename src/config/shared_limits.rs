@@ -30,7 +30,7 @@ pub struct SharedLimitsSettings {
     /// How long an in-flight slot outlives its replica: slots are refreshed a third of this
     /// apart, and one whose replica is gone expires after it.
     pub lease: Duration,
-    /// `PROXY_LIMITS_REDIS_CA`: PEM roots for a `rediss://` server, in place of the system's.
+    /// `PROXY_LIMITS_REDIS_CA`: PEM roots for a `rediss://` server, in place of webpki's.
     pub ca_pem: Option<Vec<u8>>,
 }
 

@@ -68,7 +68,7 @@ pub struct Exchange {
     pub response_bytes: u64,
     pub sse_events: u64,
     /// The usage meter, for a successful JSON or SSE answer while `PROXY_USAGE` is on.
-    pub meter: Option<Meter>,
+    pub meter: Option<Box<Meter>>,
     /// Whether the request body is JSON, for the estimate of its tokens.
     pub request_is_json: bool,
     outcome: Option<Outcome>,
@@ -178,7 +178,7 @@ impl Drop for Exchange {
             request_id = id,
             upstream_request_id = upstream_id,
             outcome = outcome.as_str(),
-            model = self.meter.as_ref().and_then(Meter::model).unwrap_or("-"),
+            model = self.meter.as_deref().and_then(Meter::model).unwrap_or("-"),
             input_tokens = usage.tokens.input,
             output_tokens = usage.tokens.output,
             cached_tokens = usage.tokens.cached,

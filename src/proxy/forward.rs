@@ -270,8 +270,9 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
     })
 }
 
-/// A meter for an answer it can read: JSON or SSE, not compressed.
-fn usage_meter(headers: &http::HeaderMap, is_sse: bool) -> Option<Meter> {
+/// A meter for an answer it can read: JSON or SSE, not compressed. Boxed: the exchange's
+/// record travels with every future that holds it, and the meter would double its size.
+fn usage_meter(headers: &http::HeaderMap, is_sse: bool) -> Option<Box<Meter>> {
     let encoded = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -279,9 +280,9 @@ fn usage_meter(headers: &http::HeaderMap, is_sse: bool) -> Option<Meter> {
         return None;
     }
     if is_sse {
-        Some(Meter::sse())
+        Some(Box::new(Meter::sse()))
     } else if is_json(headers.get(header::CONTENT_TYPE)) {
-        Some(Meter::json())
+        Some(Box::new(Meter::json()))
     } else {
         None
     }

@@ -1,7 +1,9 @@
 //! A JSON scanner that reads bytes as they pass and knows, for each one, whether it is inside a
 //! string and how deep it is. It never builds a value. It points out the few places the meter
 //! wants: the `usage` and `model` members of the top-level object and of its `response`
-//! member, and the string values of the members that carry generated text.
+//! member. Every other nested value (`choices`, `output`, `data`) is passed over by a tight
+//! loop that only follows strings and brackets, and counts the bytes of its strings, the
+//! generated text, for the estimate.
 //!
 //! Text a model writes is always inside a string, where quotes are escaped, so a
 //! `"usage":{...}` written by a model is never taken for a member.
@@ -83,7 +85,20 @@ pub(crate) struct JsonScan {
     top: Key,
     /// The depth the `usage` object was opened at, while its bytes are captured.
     capturing_usage: Option<u32>,
+    /// While passing over a nested value: the depth it ends at.
+    skipping_to: Option<u32>,
 }
+
+/// The bytes that matter while passing over a nested value.
+const STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'"' as usize] = true;
+    table[b'{' as usize] = true;
+    table[b'}' as usize] = true;
+    table[b'[' as usize] = true;
+    table[b']' as usize] = true;
+    table
+};
 
 impl Default for JsonScan {
     fn default() -> JsonScan {
@@ -99,6 +114,7 @@ impl Default for JsonScan {
             value_of: Key::Other,
             top: Key::Other,
             capturing_usage: None,
+            skipping_to: None,
         }
     }
 }
@@ -120,6 +136,10 @@ impl JsonScan {
                 i += self.string(&data[i..], sink);
                 continue;
             }
+            if self.skipping_to.is_some() {
+                i += self.pass_over(&data[i..], sink);
+                continue;
+            }
             let b = data[i];
             i += 1;
             if self.capturing_usage.is_some() {
@@ -138,6 +158,38 @@ impl JsonScan {
                 _ => self.value_of = Key::Other,
             }
         }
+    }
+
+    /// Passes over a nested value's bytes up to a string, its end, or the end of `data`;
+    /// returns how many it took.
+    fn pass_over(&mut self, data: &[u8], sink: &mut impl Sink) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            i += 1;
+            if !STRUCTURAL[usize::from(b)] {
+                continue;
+            }
+            match b {
+                b'"' => {
+                    self.in_string = true;
+                    self.reading = Reading::Text;
+                    return i;
+                }
+                b'{' | b'[' => self.depth = self.depth.saturating_add(1),
+                _ => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if Some(self.depth) == self.skipping_to {
+                        self.skipping_to = None;
+                        self.expect_key = false;
+                        self.value_of = Key::Other;
+                        return i;
+                    }
+                }
+            }
+        }
+        let _ = sink;
+        i
     }
 
     /// Reads string bytes up to the closing quote or the end of `data`; returns how many.
@@ -212,8 +264,8 @@ impl JsonScan {
                     (1, _) => {
                         self.top = key;
                         match key {
-                            Key::Usage | Key::Model | Key::Text => key,
-                            _ => Key::Other,
+                            Key::Usage | Key::Model | Key::Text | Key::Response => key,
+                            Key::Other => Key::Other,
                         }
                     }
                     (2, Key::Usage | Key::Model) if self.top == Key::Response => key,
@@ -234,6 +286,14 @@ impl JsonScan {
         {
             self.capturing_usage = Some(self.depth);
             sink.usage_bytes(b"{");
+        } else if self.capturing_usage.is_none()
+            && self.depth >= 1
+            && !(self.depth == 1 && !array && value_of == Key::Response)
+        {
+            // Nothing the meter wants is inside: pass over it to its end.
+            self.skipping_to = Some(self.depth);
+            self.depth = self.depth.saturating_add(1);
+            return;
         }
         self.depth = self.depth.saturating_add(1);
         if self.depth <= MAX_DEPTH {

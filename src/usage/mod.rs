@@ -4,8 +4,8 @@
 //! The meter looks at bytes that have already gone to the client; it never holds, delays or
 //! changes a frame. It parses nothing but the one small `usage` object: a [`json`] scanner
 //! follows the rest byte by byte, knowing only its depth and whether it is inside a string.
-//! Its memory is bounded ([`MAX_USAGE_BYTES`] for the object, [`MAX_MODEL_BYTES`] for the
-//! model), and it allocates only when the `usage` object begins.
+//! Its memory is fixed ([`MAX_USAGE_BYTES`] for the object, [`MAX_MODEL_BYTES`] for the
+//! model), in one allocation per answer it reads.
 
 mod json;
 
@@ -14,8 +14,9 @@ use serde::Deserialize;
 
 use json::{JsonScan, Sink};
 
-/// A `usage` object longer than this is not read (OpenAI's are under 400 bytes).
-pub const MAX_USAGE_BYTES: usize = 4096;
+/// A `usage` object longer than this is not read (OpenAI's are under 400 bytes). The meter
+/// keeps it in place, so that reading it allocates nothing.
+pub const MAX_USAGE_BYTES: usize = 1024;
 /// A model name longer than this is counted as `other`.
 pub const MAX_MODEL_BYTES: usize = 128;
 
@@ -86,8 +87,9 @@ pub fn parse_usage(bytes: &[u8]) -> Option<Tokens> {
 /// What the meter found so far.
 #[derive(Debug)]
 struct Found {
-    /// The `usage` object's bytes while it passes; `None` until it begins.
-    usage_bytes: Option<Vec<u8>>,
+    /// The `usage` object's bytes while it passes, and how many; `None` until it begins.
+    capture: [u8; MAX_USAGE_BYTES],
+    usage_bytes: Option<usize>,
     /// The object was longer than [`MAX_USAGE_BYTES`].
     usage_too_long: bool,
     usage: Option<Tokens>,
@@ -95,16 +97,15 @@ struct Found {
     /// The model's length; `MAX_MODEL_BYTES + 1` when it was longer.
     model_len: usize,
     model_seen: bool,
-    /// Generated text forwarded: bytes, strings, and SSE events that carried some.
+    /// Generated text forwarded in a JSON answer: bytes, and strings.
     text_bytes: u64,
     text_strings: u64,
-    text_in_event: bool,
-    text_events: u64,
 }
 
 impl Default for Found {
     fn default() -> Found {
         Found {
+            capture: [0; MAX_USAGE_BYTES],
             usage_bytes: None,
             usage_too_long: false,
             usage: None,
@@ -113,8 +114,6 @@ impl Default for Found {
             model_seen: false,
             text_bytes: 0,
             text_strings: 0,
-            text_in_event: false,
-            text_events: 0,
         }
     }
 }
@@ -132,20 +131,20 @@ impl Sink for Found {
         if self.usage_too_long {
             return;
         }
-        let buffer = self
-            .usage_bytes
-            .get_or_insert_with(|| Vec::with_capacity(512));
-        if buffer.len() + bytes.len() > MAX_USAGE_BYTES {
+        let len = self.usage_bytes.get_or_insert(0);
+        let end = *len + bytes.len();
+        if end > MAX_USAGE_BYTES {
             self.usage_bytes = None;
             self.usage_too_long = true;
             return;
         }
-        buffer.extend_from_slice(bytes);
+        self.capture[*len..end].copy_from_slice(bytes);
+        *len = end;
     }
 
     fn usage_done(&mut self) {
-        if let Some(bytes) = self.usage_bytes.take() {
-            self.usage = parse_usage(&bytes);
+        if let Some(len) = self.usage_bytes.take() {
+            self.usage = parse_usage(&self.capture[..len]);
             if self.usage.is_none() {
                 // Not a usage object after all: a later one may still be.
                 self.usage_bytes = None;
@@ -169,7 +168,6 @@ impl Sink for Found {
 
     fn text_ended(&mut self) {
         self.text_strings += 1;
-        self.text_in_event = true;
     }
 
     fn model_ended(&mut self) {
@@ -177,22 +175,54 @@ impl Sink for Found {
     }
 }
 
-/// Where an SSE line is: at its start (with how much of `data:` matched), in a data line's
-/// value, or in a line the meter skips.
+/// Where an SSE line is: at its start (with how much of `data:` matched), at the start of a
+/// data line's value, in a value the scanner reads, or in a line the meter skips.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Line {
     Start { matched: u8, blank: bool },
+    Value,
     Data,
     Skip,
 }
 
+/// What the meter does with the data lines of the current SSE event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// No data line yet: the first one decides.
+    Undecided,
+    Scan,
+    Skip,
+}
+
+/// Whether a whole data line may hold a `usage` object: `"usage"` followed by `:` and `{`.
+/// A chunk's `"usage":null` may not, nor may a line without the word.
+fn may_hold_usage(line: &[u8]) -> bool {
+    // Built once: a searcher costs more to make than a line costs to search.
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    USAGE.find_iter(line).any(|at| {
+        let mut rest = line[at + 7..]
+            .iter()
+            .copied()
+            .filter(|b| !matches!(b, b' ' | b'\t' | b'\r'));
+        rest.next() == Some(b':') && rest.next() == Some(b'{')
+    })
+}
+
 /// The meter of one answer: a JSON body, or a stream of SSE events each holding one.
+///
+/// In a stream, the scanner reads the first event (for the model) and the events whose data
+/// line may hold a `usage` object; the others, nearly all of them, are passed over with two
+/// vectorised searches a line. A data line cut by a frame's end is always read.
 #[derive(Debug)]
 pub struct Meter {
     scan: JsonScan,
     found: Found,
     /// `None` for a JSON answer.
     sse: Option<Line>,
+    event: Event,
+    /// SSE events with data other than `[DONE]`, for the estimate.
+    data_events: u64,
 }
 
 impl Meter {
@@ -201,6 +231,8 @@ impl Meter {
             scan: JsonScan::default(),
             found: Found::default(),
             sse: None,
+            event: Event::Undecided,
+            data_events: 0,
         }
     }
 
@@ -227,6 +259,10 @@ impl Meter {
 
     fn feed_sse(&mut self, mut line: Line, mut data: &[u8]) {
         const DATA: &[u8; 5] = b"data:";
+        const START: Line = Line::Start {
+            matched: 0,
+            blank: true,
+        };
         while !data.is_empty() {
             match line {
                 Line::Start { matched, blank } => {
@@ -235,19 +271,13 @@ impl Meter {
                     line = match b {
                         b'\n' if blank => {
                             self.event_ended();
-                            Line::Start {
-                                matched: 0,
-                                blank: true,
-                            }
+                            START
                         }
-                        b'\n' => Line::Start {
-                            matched: 0,
-                            blank: true,
-                        },
+                        b'\n' => START,
                         b'\r' if matched == 0 => Line::Start { matched, blank },
                         _ if b == DATA[usize::from(matched)] => {
                             if matched + 1 == DATA.len() as u8 {
-                                Line::Data
+                                Line::Value
                             } else {
                                 Line::Start {
                                     matched: matched + 1,
@@ -256,6 +286,26 @@ impl Meter {
                             }
                         }
                         _ => Line::Skip,
+                    };
+                }
+                Line::Value => {
+                    let end = memchr(b'\n', data);
+                    if self.event == Event::Undecided {
+                        let value = &data[..end.unwrap_or(data.len())];
+                        let done = value.trim_ascii().starts_with(b"[DONE]");
+                        self.data_events += u64::from(!done);
+                        self.event = match end {
+                            // A cut line, the first event, or one that may hold usage.
+                            None => Event::Scan,
+                            Some(_) if !self.found.model_seen => Event::Scan,
+                            Some(_) if may_hold_usage(value) => Event::Scan,
+                            Some(_) => Event::Skip,
+                        };
+                    }
+                    line = if self.event == Event::Scan {
+                        Line::Data
+                    } else {
+                        Line::Skip
                     };
                 }
                 Line::Data | Line::Skip => {
@@ -271,10 +321,7 @@ impl Meter {
                         if line == Line::Data {
                             self.scan.feed(b"\n", &mut self.found);
                         }
-                        line = Line::Start {
-                            matched: 0,
-                            blank: true,
-                        };
+                        line = START;
                     }
                 }
             }
@@ -283,12 +330,17 @@ impl Meter {
     }
 
     fn event_ended(&mut self) {
-        self.scan.reset();
-        let found = &mut self.found;
-        found.text_events += u64::from(std::mem::take(&mut found.text_in_event));
+        if self.event == Event::Scan {
+            self.scan.reset();
+        }
+        // The model is the first event's, if it names one.
+        if self.event != Event::Undecided {
+            self.found.model_seen = true;
+        }
+        self.event = Event::Undecided;
         // A usage object cut short by the event's end is not one.
-        if found.usage.is_none() {
-            found.usage_bytes = None;
+        if self.found.usage.is_none() {
+            self.found.usage_bytes = None;
         }
     }
 
@@ -311,17 +363,17 @@ impl Meter {
         self.found.model_len > MAX_MODEL_BYTES
     }
 
-    /// The estimate for an answer that reported nothing. Output: one token for every four
-    /// bytes of generated text forwarded, and at least one for every SSE event (or string)
-    /// that carried some, since a stream sends about one token an event. Input: one token
-    /// for every four bytes of a JSON request body, and for every KiB of any other (an audio
-    /// upload).
+    /// The estimate for an answer that reported nothing. Output: for a stream, one token for
+    /// every SSE event forwarded, since a stream sends about one token an event; for a JSON
+    /// answer, one for every four bytes of the strings in its nested values (its text, and
+    /// the few names around it). Input: one token for every four bytes of a JSON request
+    /// body, and for every KiB of any other (an audio upload).
     pub fn estimate(&self, request_bytes: u64, request_is_json: bool) -> Tokens {
         let found = &self.found;
-        let pieces = if self.sse.is_some() {
-            found.text_events + u64::from(found.text_in_event)
+        let output = if self.sse.is_some() {
+            self.data_events
         } else {
-            found.text_strings
+            found.text_bytes.div_ceil(4)
         };
         let input = if request_is_json {
             request_bytes.div_ceil(4)
@@ -330,7 +382,7 @@ impl Meter {
         };
         Tokens {
             input,
-            output: found.text_bytes.div_ceil(4).max(pieces),
+            output,
             ..Tokens::default()
         }
     }
@@ -369,6 +421,14 @@ mod tests {
         for (usage, model) in all_splits(answer, false) {
             assert_eq!(usage, tokens(20, 9, 4, 3));
             assert_eq!(model.as_deref(), Some("gpt-4o-mini"));
+        }
+    }
+
+    #[test]
+    fn brackets_and_quotes_in_nested_strings_do_not_lose_the_depth() {
+        let answer = r#"{"choices":[{"message":{"content":"}]} \" {[ \\","tool_calls":[{"arguments":"{\"usage\":{}}"}]}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        for (usage, _) in all_splits(answer, false) {
+            assert_eq!(usage, tokens(3, 1, 0, 0));
         }
     }
 
@@ -426,11 +486,34 @@ mod tests {
     }
 
     #[test]
+    fn only_lines_that_may_hold_usage_are_read() {
+        assert!(may_hold_usage(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(may_hold_usage(br#"{"usage" : {"prompt_tokens":1}}"#));
+        assert!(!may_hold_usage(br#"{"choices":[],"usage":null}"#));
+        assert!(!may_hold_usage(
+            br#"{"choices":[{"delta":{"content":"usage"}}]}"#
+        ));
+        // Usage-like text in a string never matches: its quotes are escaped.
+        let mut meter = Meter::sse();
+        meter.feed(b"data: {\"model\":\"m\",\"choices\":[]}\n\n");
+        meter.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\\\"prompt_tokens\\\":9}\"}}]}\n\n");
+        assert_eq!(meter.reported(), None);
+        assert_eq!(meter.event, Event::Undecided);
+        meter.feed(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n",
+        );
+        assert_eq!(meter.reported(), tokens(4, 2, 0, 0));
+        assert_eq!(meter.model(), Some("m"));
+    }
+
+    #[test]
     fn an_oversized_usage_object_is_dropped_and_memory_stays_bounded() {
         let mut meter = Meter::json();
         meter.feed(b"{\"usage\":{\"prompt_tokens\":1,\"pad\":\"");
         for _ in 0..100 {
-            meter.feed(&[b'x'; 1000]);
+            meter.feed(&[b'x'; 100]);
         }
         meter.feed(b"\"}}");
         assert_eq!(meter.reported(), None);
@@ -446,10 +529,15 @@ mod tests {
                     .as_bytes(),
             );
         }
+        meter.feed(b"data: [DONE]\n\n");
         let estimate = meter.estimate(400, true);
         assert_eq!(estimate.input, 100);
-        // 27 bytes of text is 7 tokens by size, more than the 3 events.
-        assert_eq!(estimate.output, 7);
+        // A token an event, [DONE] aside.
+        assert_eq!(estimate.output, 3);
         assert_eq!(Meter::json().estimate(4096, false).input, 4);
+        let mut json = Meter::json();
+        json.feed(br#"{"choices":[{"message":{"content":"twenty-seven bytes of text!"}}]}"#);
+        // 27 bytes of text and 14 of the names around it.
+        assert_eq!(json.estimate(0, true).output, 11);
     }
 }
