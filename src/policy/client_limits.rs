@@ -210,9 +210,13 @@ impl Permit {
         }
     }
 
-    /// Whether the exchange's cost is wanted.
-    pub fn counts_tokens(&self) -> bool {
-        self.budget.is_some()
+    /// The budget this admission is charged to, if the client has one.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
+    }
+
+    pub fn client(&self) -> &Arc<str> {
+        &self.client
     }
 }
 
@@ -228,12 +232,22 @@ impl Drop for Permit {
     }
 }
 
+/// Adds tokens to a client's count, making its state if this process has not admitted it yet
+/// (the shared store did). Such a state's bucket is full: its first admission here clamps it
+/// to the burst.
 fn charge(clients: &Clients, client: &Arc<str>, budget: Budget, tokens: u64) {
     let mut clients = clients.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(state) = clients.get_mut(client) {
-        state.spent_in(&budget, unix_now());
-        state.spent = state.spent.saturating_add(tokens);
-    }
+    let state = clients
+        .entry(client.clone())
+        .or_insert_with(|| ClientState {
+            in_flight: 0,
+            tokens: f64::MAX,
+            refilled: Instant::now(),
+            window: (0, 0),
+            spent: 0,
+        });
+    state.spent_in(&budget, unix_now());
+    state.spent = state.spent.saturating_add(tokens);
 }
 
 impl ClientLimits {
@@ -385,6 +399,40 @@ mod tests {
         l.clients.lock().unwrap().get_mut(&b).unwrap().spent = 10;
         let refused = l.admit(&b, own, now, at).unwrap_err();
         assert_eq!(refused.retry_after, Duration::from_secs(86_400 - at));
+    }
+
+    #[test]
+    fn tokens_charged_before_any_admission_here_count_and_leave_the_bucket_full() {
+        let budget = Budget::parse("100/day").unwrap();
+        let l = ClientLimits::new(LimitSettings {
+            token_budget: Some(budget),
+            rate: Some(Rate {
+                per_minute: 60,
+                burst: 2,
+            }),
+            ..LimitSettings::default()
+        });
+        let a: Arc<str> = Arc::from("a");
+        // Admitted elsewhere (the shared store): the charge still lands here.
+        l.charge(&a, budget, 150);
+        let refused = l
+            .admit(&a, LimitSettings::default(), Instant::now(), unix_now())
+            .unwrap_err();
+        assert_eq!(refused.limit, Limit::TokenBudget);
+        let b: Arc<str> = Arc::from("b");
+        l.charge(&b, budget, 1);
+        let now = Instant::now();
+        for _ in 0..2 {
+            assert!(l
+                .admit(&b, LimitSettings::default(), now, unix_now())
+                .is_ok());
+        }
+        assert_eq!(
+            l.admit(&b, LimitSettings::default(), now, unix_now())
+                .unwrap_err()
+                .limit,
+            Limit::Rate
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::config::{Fallback, SharedLimitsSettings};
 use crate::metrics::Metrics;
 use crate::policy::client_limits::{self, unix_now, ClientLimits, Limit, LimitSettings, Limited};
 
-pub use shared::SharedPermit;
+use shared::SharedPermit;
 
 /// The limits of every client, wherever they are kept.
 pub struct Limiter {
@@ -28,18 +28,26 @@ pub struct Limiter {
 
 /// A client's admission: its in-flight slot, held until dropped, and its token budget,
 /// charged with what the exchange cost.
-#[derive(Debug)]
-pub enum Permit {
-    Local(client_limits::Permit),
+pub struct Permit(Held);
+
+enum Held {
+    /// Admitted by this process's own limits; with shared limits configured (Redis was away),
+    /// its tokens are charged there too once Redis answers.
+    Local(client_limits::Permit, Option<Arc<shared::Shared>>),
     Shared(SharedPermit),
 }
 
 impl Permit {
     /// Adds an exchange's tokens to the client's count for the window.
     pub fn charge(&self, tokens: u64) {
-        match self {
-            Permit::Local(permit) => permit.charge(tokens),
-            Permit::Shared(permit) => permit.charge(tokens),
+        match &self.0 {
+            Held::Local(permit, shared) => {
+                permit.charge(tokens);
+                if let (Some(shared), Some(budget)) = (shared, permit.budget()) {
+                    shared.charge(permit.client(), budget, tokens);
+                }
+            }
+            Held::Shared(permit) => permit.charge(tokens),
         }
     }
 }
@@ -71,7 +79,7 @@ impl Limiter {
         if let Some(shared) = &self.shared {
             if limits != LimitSettings::default() {
                 match shared.admit(client, limits).await {
-                    Ok(permit) => return Ok(permit.map(Permit::Shared)),
+                    Ok(permit) => return Ok(permit.map(|p| Permit(Held::Shared(p)))),
                     Err(Some(limited)) => return Err(limited),
                     // Redis did not answer.
                     Err(None) if shared.fallback() == Fallback::Refuse => {
@@ -86,7 +94,7 @@ impl Limiter {
         }
         self.local
             .admit(client, own, Instant::now(), unix_now())
-            .map(|permit| permit.map(Permit::Local))
+            .map(|permit| permit.map(|permit| Permit(Held::Local(permit, self.shared.clone()))))
     }
 }
 

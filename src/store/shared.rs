@@ -26,7 +26,7 @@ use crate::policy::client_limits::{unix_now, Budget, ClientLimits, Limit, LimitS
 const MAX_PENDING_CHARGES: usize = 10_000;
 /// How often an absent Redis is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// The longest a background write may take.
+/// The longest a background write may take: the connection's response timeout.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A write that needs no answer.
@@ -66,7 +66,7 @@ pub(super) struct Shared {
 }
 
 /// A client's admission through Redis.
-pub struct SharedPermit {
+pub(super) struct SharedPermit {
     shared: Arc<Shared>,
     client: Arc<str>,
     slot: Option<u64>,
@@ -84,15 +84,10 @@ impl std::fmt::Debug for SharedPermit {
 
 impl SharedPermit {
     pub(super) fn charge(&self, tokens: u64) {
-        let Some(budget) = self.budget else { return };
-        // This process's own count too, in case it must decide alone later in the window.
-        self.shared.local.charge(&self.client, budget, tokens);
-        self.shared.queue(Write::Charge {
-            client: self.client.clone(),
-            budget,
-            tokens,
-            at: unix_now(),
-        });
+        if let Some(budget) = self.budget {
+            self.shared.local.charge(&self.client, budget, tokens);
+            self.shared.charge(&self.client, budget, tokens);
+        }
     }
 }
 
@@ -186,6 +181,17 @@ impl Shared {
             writes.push(write);
         }
         self.wake.notify_one();
+    }
+
+    /// Adds an answer's tokens to the client's count in Redis, when it next answers. Every
+    /// answer is charged so, whether Redis or, while it was away, the process admitted it.
+    pub(super) fn charge(&self, client: &Arc<str>, budget: Budget, tokens: u64) {
+        self.queue(Write::Charge {
+            client: client.clone(),
+            budget,
+            tokens,
+            at: unix_now(),
+        });
     }
 
     fn key(&self, client: &str, what: &str) -> String {
@@ -347,16 +353,11 @@ impl Shared {
             }
         }
         let mut connection = self.connection.clone();
+        // Each write is bounded by the connection's response timeout (WRITE_TIMEOUT).
         let written = if pipe.is_empty() {
             Ok(())
         } else {
-            match tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(&mut connection)).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(redis::RedisError::from(std::io::Error::from(
-                    std::io::ErrorKind::TimedOut,
-                ))),
-            }
+            pipe.query_async::<()>(&mut connection).await
         };
         if written.is_err() {
             // Tokens are kept for when Redis is back; a slot expires with its lease anyway.
@@ -376,14 +377,7 @@ impl Shared {
                         .key(self.key(client, "in_flight"))
                         .arg(self.slot_name(*slot));
                 }
-                tokio::time::timeout(
-                    WRITE_TIMEOUT,
-                    invocation.invoke_async::<u64>(&mut connection),
-                )
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                })??;
+                invocation.invoke_async::<u64>(&mut connection).await?;
             }
         }
         Ok(())

@@ -62,8 +62,6 @@ pub(crate) trait Sink {
     fn model_ended(&mut self);
     /// Bytes of a generated-text string.
     fn text_bytes(&mut self, len: usize);
-    /// A generated-text string ended.
-    fn text_ended(&mut self);
 }
 
 #[derive(Debug)]
@@ -273,9 +271,8 @@ impl JsonScan {
                     _ => Key::Other,
                 };
             }
-            Reading::Text => sink.text_ended(),
             Reading::Model => sink.model_ended(),
-            Reading::Skip => {}
+            Reading::Skip | Reading::Text => {}
         }
         self.reading = Reading::Skip;
     }

@@ -97,9 +97,8 @@ struct Found {
     /// The model's length; `MAX_MODEL_BYTES + 1` when it was longer.
     model_len: usize,
     model_seen: bool,
-    /// Generated text forwarded in a JSON answer: bytes, and strings.
+    /// Bytes of generated text forwarded in a JSON answer.
     text_bytes: u64,
-    text_strings: u64,
 }
 
 impl Default for Found {
@@ -113,7 +112,6 @@ impl Default for Found {
             model_len: 0,
             model_seen: false,
             text_bytes: 0,
-            text_strings: 0,
         }
     }
 }
@@ -164,10 +162,6 @@ impl Sink for Found {
 
     fn text_bytes(&mut self, len: usize) {
         self.text_bytes += len as u64;
-    }
-
-    fn text_ended(&mut self) {
-        self.text_strings += 1;
     }
 
     fn model_ended(&mut self) {

@@ -94,18 +94,22 @@ def test_raw_response_headers_come_through(proxy_url):
     assert raw.parse().choices[0].message.content == "Hello! How can I help you today?"
 
 
-def test_a_proxy_rate_limit_is_a_rate_limit_error_and_the_sdk_backs_off(limited_proxy_url):
-    strict = OpenAI(base_url=limited_proxy_url, api_key=CLIENT_KEY, max_retries=0)
+def _one_a_second_then_the_sdk_backs_off(url, key):
+    strict = OpenAI(base_url=url, api_key=key, max_retries=0)
     assert strict.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
     with pytest.raises(openai.RateLimitError) as caught:
         strict.chat.completions.create(model="gpt-4", messages=MESSAGES)
     assert caught.value.code == "proxy_rate_limit"
     assert caught.value.response.headers["retry-after"] == "1"
     # With its default retries, the SDK waits as Retry-After says and then gets through.
-    patient = OpenAI(base_url=limited_proxy_url, api_key=CLIENT_KEY)
+    patient = OpenAI(base_url=url, api_key=key)
     started = time.monotonic()
     assert patient.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
     assert time.monotonic() - started >= 0.5
+
+
+def test_a_proxy_rate_limit_is_a_rate_limit_error_and_the_sdk_backs_off(limited_proxy_url):
+    _one_a_second_then_the_sdk_backs_off(limited_proxy_url, CLIENT_KEY)
 
 
 def _metric(proxy_url, series):
@@ -158,16 +162,7 @@ def test_a_spent_token_budget_is_a_429_the_sdk_waits_out(budget_proxy_url):
 
 
 def test_a_rate_set_in_a_key_entry_is_a_429_the_sdk_backs_off(budget_proxy_url):
-    strict = OpenAI(base_url=budget_proxy_url, api_key=FAST_KEY, max_retries=0)
-    assert strict.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
-    with pytest.raises(openai.RateLimitError) as caught:
-        strict.chat.completions.create(model="gpt-4", messages=MESSAGES)
-    assert caught.value.code == "proxy_rate_limit"
-    assert caught.value.response.headers["retry-after"] == "1"
-    patient = OpenAI(base_url=budget_proxy_url, api_key=FAST_KEY)
-    started = time.monotonic()
-    assert patient.chat.completions.create(model="gpt-4", messages=MESSAGES).id == "chatcmpl-123"
-    assert time.monotonic() - started >= 0.5
+    _one_a_second_then_the_sdk_backs_off(budget_proxy_url, FAST_KEY)
 
 
 def test_azure_openai_sdk_in_the_deployment_style(azure_proxy_url):
