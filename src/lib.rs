@@ -34,6 +34,13 @@
 //!   an HTTP/2 connection's idle and request bounds, the HTTP/1 framing guard, panics; [`run`]
 //!   is the entry point.
 //! - [`cli`]: `--help`, `--version`, `--check-config`.
+//!
+//! # Public surface
+//! What the binary, the integration tests and the fuzz target need: [`Config`] with its
+//! listening fields and the table of settings, [`run`] and [`run_with_metrics_listener`],
+//! binding a listener, the panic hook, log setup and the command line, and the pure rules the
+//! property tests drive (routes, header rewriting, the HTTP/1 framing guard). Everything else
+//! is `pub(crate)`.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -41,21 +48,21 @@
 
 pub mod cli;
 pub mod config;
-pub mod drain;
-pub mod error;
-pub mod exchange;
+pub(crate) mod drain;
+pub(crate) mod error;
+pub(crate) mod exchange;
 pub mod inbound;
-pub mod keys;
+pub(crate) mod keys;
 pub mod limits;
-pub mod metrics;
-pub mod outcome;
+pub(crate) mod metrics;
+pub(crate) mod outcome;
 pub mod policy;
-pub mod proxy;
-pub mod store;
+pub(crate) mod proxy;
+pub(crate) mod store;
 pub mod telemetry;
-pub mod trim;
-pub mod upstream;
-pub mod usage;
+pub(crate) mod trim;
+pub(crate) mod upstream;
+pub(crate) mod usage;
 
 pub use config::Config;
 pub use drain::DrainReport;

@@ -93,21 +93,14 @@ async fn serve(config: Config) -> ExitCode {
             }
         },
     };
-    if config.keys.client_keys.is_empty()
-        && config.keys.client_keys_file.is_none()
-        && !config.listen.ip().is_loopback()
-    {
+    if config.is_open_relay() {
         tracing::warn!(
             address = %config.listen,
             "PROXY_CLIENT_KEYS is unset and HOST is not loopback: anyone who can reach this port spends the server's OpenAI key"
         );
     }
     let address = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(
-        %address,
-        upstream = %format_args!("{}://{}{}", config.upstream.scheme, config.upstream.authority, config.upstream.base_path),
-        "memoctopus listening"
-    );
+    tracing::info!(%address, upstream = %config.upstream_url(), "memoctopus listening");
     match memoctopus::run_with_metrics_listener(
         listener,
         metrics_listener,

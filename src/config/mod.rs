@@ -20,15 +20,15 @@ mod timeouts;
 mod upstream;
 mod values;
 
-pub use clients::UsageSettings;
-pub use egress::{EgressProxy, EGRESS_VARIABLES};
-pub use keys::{
+pub(crate) use clients::UsageSettings;
+pub(crate) use egress::EGRESS_VARIABLES;
+pub(crate) use keys::{
     api_key_file, check_budgets, client_keys_file, read as read_key_file, KeySettings,
     API_KEY_FILE, CLIENT_KEYS_FILE,
 };
-pub use shared_limits::{Fallback, SharedLimitsSettings};
-pub use timeouts::Timeouts;
-pub use upstream::{UpstreamProtocol, UpstreamSettings, DEFAULT_BASE_URL};
+pub(crate) use shared_limits::{Fallback, SharedLimitsSettings};
+pub(crate) use timeouts::Timeouts;
+pub(crate) use upstream::{UpstreamProtocol, UpstreamSettings};
 pub use values::{parse_duration, ConfigError};
 
 use crate::policy::client_limits::LimitSettings;
@@ -44,41 +44,41 @@ const PLACEHOLDER_KEY: &str = "sk-replace-me";
 pub struct Config {
     /// The server's key and the clients' keys, as loaded at start, and the files that
     /// replace them while serving.
-    pub keys: KeySettings,
+    pub(crate) keys: KeySettings,
     /// Where every proxied request goes, and how.
-    pub upstream: UpstreamSettings,
+    pub(crate) upstream: UpstreamSettings,
     /// `HOST`:`PORT`, the address `main` binds.
     pub listen: SocketAddr,
     /// `PROXY_LISTEN_BACKLOG`: connections the kernel queues before they are accepted.
     pub listen_backlog: u32,
     /// The upstream and client timeouts.
-    pub timeouts: Timeouts,
+    pub(crate) timeouts: Timeouts,
     /// The largest request body forwarded; above it the client gets 413.
-    pub max_body_bytes: u64,
+    pub(crate) max_body_bytes: u64,
     /// Inbound connections held at once. Further clients wait in the listen backlog.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// After the shutdown signal, how long `/ready` reports 503 while we still accept.
-    pub shutdown_delay: Duration,
+    pub(crate) shutdown_delay: Duration,
     /// After the delay, how long in-flight exchanges may run before they are cut.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// `PROXY_CLIENT_MAX_IN_FLIGHT`, `PROXY_CLIENT_RATE` and `PROXY_CLIENT_TOKEN_BUDGET`: each
     /// client's limits, where its key entry sets none of its own.
-    pub client_limits: LimitSettings,
+    pub(crate) client_limits: LimitSettings,
     /// `PROXY_USAGE` and `PROXY_USAGE_MAX_MODELS`.
-    pub usage: UsageSettings,
+    pub(crate) usage: UsageSettings,
     /// `PROXY_LIMITS_REDIS_*`: the client limits shared by every replica on one Redis; `None`
     /// keeps them per process.
-    pub shared_limits: Option<SharedLimitsSettings>,
+    pub(crate) shared_limits: Option<SharedLimitsSettings>,
     /// Browser origins allowed by CORS; `None` means no CORS headers at all.
-    pub cors_origins: Option<CorsOrigins>,
+    pub(crate) cors_origins: Option<CorsOrigins>,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// The routes forwarded upstream: the two built-in ones plus `PROXY_EXTRA_ROUTES`.
-    pub routes: Routes,
+    pub(crate) routes: Routes,
     /// `PROXY_METRICS_ADDR`: serve `/metrics` on its own listener instead of the proxy's port.
     pub metrics_addr: Option<SocketAddr>,
     /// `PROXY_TLS_CERT` and `PROXY_TLS_KEY`, loaded: serve HTTPS (h2 and http/1.1 by ALPN).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// What start-up should say but not refuse: `PROXY_*` variables that are not settings,
     /// and the example's placeholder key. Logged at start and printed by `--check-config`;
     /// never holds a value.
@@ -219,6 +219,28 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// Whether anyone who reaches the listener spends the server's key: no client keys, on an
+    /// address other than loopback.
+    pub fn is_open_relay(&self) -> bool {
+        self.keys.client_keys.is_empty()
+            && self.keys.client_keys_file.is_none()
+            && !self.listen.ip().is_loopback()
+    }
+
+    /// One of the client keys loaded at start, if there are any: what a scraper of `/metrics`
+    /// on the proxy's port presents.
+    pub fn a_client_key(&self) -> Option<&[u8]> {
+        self.keys.client_keys.secrets().next()
+    }
+
+    /// The upstream's base URL, for the start-up line.
+    pub fn upstream_url(&self) -> String {
+        let u = &self.upstream;
+        format!("{}://{}{}", u.scheme, u.authority, u.base_path)
     }
 }
 

@@ -237,12 +237,12 @@ pub const SETTINGS: &[Setting] = &[
 ];
 
 /// The setting named `name`, if there is one.
-pub fn find(name: &str) -> Option<&'static Setting> {
+pub(crate) fn find(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
 
 /// The setting whose name is closest to `name`, for a hint about a misspelling.
-pub fn closest(name: &str) -> &'static str {
+pub(crate) fn closest(name: &str) -> &'static str {
     SETTINGS
         .iter()
         .map(|s| (strsim::levenshtein(name, s.name), s.name))
@@ -252,7 +252,7 @@ pub fn closest(name: &str) -> &'static str {
 
 /// Whether `name` is one that Kubernetes injects for a Service named `proxy` (service links:
 /// `PROXY_SERVICE_HOST`, `PROXY_SERVICE_PORT_HTTP`, `PROXY_PORT_8000_TCP_ADDR`, ...).
-pub fn is_service_link(name: &str) -> bool {
+pub(crate) fn is_service_link(name: &str) -> bool {
     name == "PROXY_PORT"
         || name.starts_with("PROXY_SERVICE_HOST")
         || name.starts_with("PROXY_SERVICE_PORT")
@@ -263,7 +263,7 @@ pub fn is_service_link(name: &str) -> bool {
 
 /// A warning for every `PROXY_*` variable that is not a setting, naming the closest one. The
 /// value is never shown.
-pub fn unknown_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub(crate) fn unknown_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut unknown: Vec<&str> = names
         .into_iter()
         .filter(|n| n.starts_with("PROXY_") && find(n).is_none() && !is_service_link(n))
@@ -282,7 +282,7 @@ pub fn unknown_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Str
 }
 
 /// The SETTINGS section of `--help`.
-pub fn help_table() -> String {
+pub(crate) fn help_table() -> String {
     let mut out = String::new();
     for s in SETTINGS {
         out.push_str(&format!(

@@ -262,7 +262,7 @@ impl ResponseBody {
         is_sse: bool,
     ) -> ResponseBody {
         if is_sse {
-            exchange.metrics().open_streams.inc();
+            exchange.metrics().exchanges.open_streams.inc();
         }
         ResponseBody {
             inner: Some(inner),
@@ -392,7 +392,7 @@ impl Drop for ResponseBody {
             }
         }
         if self.sse.is_some() {
-            self.exchange.metrics().open_streams.dec();
+            self.exchange.metrics().exchanges.open_streams.dec();
         }
     }
 }

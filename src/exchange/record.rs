@@ -85,7 +85,7 @@ impl Exchange {
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
     ) -> Exchange {
-        metrics.in_flight.inc();
+        metrics.exchanges.in_flight.inc();
         crate::trim::note_activity();
         Exchange {
             id,
@@ -111,7 +111,7 @@ impl Exchange {
 
     /// Counts an upstream failure in the metrics.
     pub fn upstream_failed(&self, kind: UpstreamErrorKind) {
-        self.metrics.upstream_error(kind);
+        self.metrics.upstream.error(kind);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -146,8 +146,8 @@ impl Drop for Exchange {
             .unwrap_or("-");
         let total = self.started.elapsed();
         let request_bytes = self.request.bytes.load(Ordering::Relaxed);
-        self.metrics.in_flight.dec();
-        self.metrics.exchange_ended(Ended {
+        self.metrics.exchanges.in_flight.dec();
+        self.metrics.exchanges.ended(Ended {
             route: &self.route,
             client: &self.client,
             method: self.method.as_str(),
@@ -206,7 +206,7 @@ impl Exchange {
         };
         let cost = match meter.reported() {
             Some(tokens) => {
-                self.metrics.usage(
+                self.metrics.usage.seen(
                     &self.client,
                     &self.route,
                     UsageSeen::Reported {
@@ -227,7 +227,8 @@ impl Exchange {
                     _ => "failed",
                 };
                 self.metrics
-                    .usage(&self.client, &self.route, UsageSeen::Missing(reason));
+                    .usage
+                    .seen(&self.client, &self.route, UsageSeen::Missing(reason));
                 Cost {
                     kind: "estimated",
                     tokens: meter.estimate(request_bytes, self.request_is_json),

@@ -75,7 +75,7 @@ impl Pipe {
             idle,
         } = self;
         let _session = session;
-        let _gauge = exchange.metrics().realtime_session_opened();
+        let _gauge = exchange.metrics().upstream.realtime_session_opened();
         let _open = upstream_connection;
         let client = match client.await {
             Ok(client) => client,

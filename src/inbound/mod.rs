@@ -1,9 +1,9 @@
 //! Client connections: the accept loop and its limits, the HTTP/1 framing guard in front of
 //! hyper, the panic guard around each request, and the graceful close of them all.
 
-pub mod closing;
+pub(crate) mod closing;
 pub mod framing;
 pub mod listener;
 pub mod panics;
 pub mod server;
-pub mod streams;
+pub(crate) mod streams;

@@ -22,7 +22,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> CatchUnwind<F> {
-    pub fn new(inner: F) -> CatchUnwind<F> {
+    pub(crate) fn new(inner: F) -> CatchUnwind<F> {
         CatchUnwind { inner }
     }
 }
@@ -84,7 +84,7 @@ fn secrets_of(config: &Config) -> Vec<Vec<u8>> {
 const BLOT: &str = "[redacted]";
 
 /// `text` with each of `secrets`, and each token after `Bearer ` or starting `sk-`, replaced.
-pub fn redact(text: &str, secrets: &[Vec<u8>]) -> String {
+pub(crate) fn redact(text: &str, secrets: &[Vec<u8>]) -> String {
     let mut out = text.to_owned();
     for secret in secrets {
         if let Ok(secret) = std::str::from_utf8(secret) {

@@ -263,7 +263,7 @@ impl<H: Handler> Acceptor<H> {
     fn spawn_connection(&mut self, stream: TcpStream, slot: OwnedSemaphorePermit) {
         // Each SSE event must leave at once, not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        self.metrics.open_connections.inc();
+        self.metrics.connections.open.inc();
         let serving = Serving {
             builders: self.builders.clone(),
             watcher: self.closing.watcher(),
@@ -388,7 +388,7 @@ where
             async move {
                 let response = match refused {
                     Some(why) => {
-                        metrics.head_refused(why);
+                        metrics.connections.head_refused(why);
                         refused_response(why)
                     }
                     None => CatchUnwind::new(handle(request))
@@ -481,7 +481,7 @@ struct CountedConnection(Arc<Metrics>);
 
 impl Drop for CountedConnection {
     fn drop(&mut self) {
-        self.0.open_connections.dec();
+        self.0.connections.open.dec();
     }
 }
 
@@ -545,7 +545,7 @@ mod tests {
                 }
                 json_response(StatusCode::OK, r#"{"ok":true}"#)
             };
-            let metrics = Arc::new(Metrics::new(&config.routes));
+            let metrics = Arc::new(Metrics::with_models(&config.routes, 100));
             let serving = Serving {
                 builders,
                 watcher: closing.watcher(),

@@ -69,8 +69,8 @@ impl Streams {
 pub async fn until_done(streams: Arc<Streams>, idle: Duration) {
     let started = streams.started;
     tokio::select! {
-        _ = streams.limit_reached.notified() => streams.metrics.connection_closed("max_requests"),
-        () = idle_for(&streams, idle, started) => streams.metrics.connection_closed("idle"),
+        _ = streams.limit_reached.notified() => streams.metrics.connections.closed("max_requests"),
+        () = idle_for(&streams, idle, started) => streams.metrics.connections.closed("idle"),
     }
 }
 
@@ -109,7 +109,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         let streams = &self.streams;
         if !self.ended.load(Ordering::Relaxed) {
-            streams.metrics.client_stream_resets.inc();
+            streams.metrics.connections.stream_resets.inc();
         }
         let ms = streams.started.elapsed().as_millis() as u64;
         streams.idle_since_ms.store(ms, Ordering::Relaxed);

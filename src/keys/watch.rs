@@ -67,7 +67,7 @@ pub async fn watch(keys: Arc<Keys>, settings: KeySettings, metrics: Arc<Metrics>
         return;
     }
     for file in &files {
-        metrics.key_file_watched(file.setting);
+        metrics.keys.file_watched(file.setting);
     }
     let mut first = true;
     loop {
@@ -122,11 +122,11 @@ fn apply(keys: &Keys, file: &Watched, read: &Result<Vec<u8>, String>) -> Result<
 fn report(metrics: &Metrics, setting: &'static str, outcome: Result<String, String>) {
     match outcome {
         Ok(what) => {
-            metrics.key_reloaded(setting, true);
+            metrics.keys.reloaded(setting, true);
             tracing::info!(setting, "key file reloaded: {what}");
         }
         Err(error) => {
-            metrics.key_reloaded(setting, false);
+            metrics.keys.reloaded(setting, false);
             tracing::error!(
                 setting,
                 %error,

@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use super::client_keys::API_KEY;
 
 /// `X-Client-Request-Id`: the header OpenAI records for support, sent both ways.
-pub static CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+pub(crate) static CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
@@ -25,7 +25,7 @@ pub enum UpstreamAuth {
 }
 
 impl UpstreamAuth {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpstreamAuth::Bearer => "bearer",
             UpstreamAuth::ApiKey => "api-key",
@@ -61,7 +61,7 @@ pub struct UpstreamIdentity {
 }
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in Connection are collected first: removing while iterating would borrow
     // the map twice. Values that are not tokens name nothing we could remove.
     let named: Vec<HeaderName> = headers
@@ -139,7 +139,7 @@ pub fn via_entry() -> HeaderValue {
 }
 
 /// Whether the request already went through the proxy whose entry is `via`.
-pub fn passed_through(headers: &HeaderMap, via: &HeaderValue) -> bool {
+pub(crate) fn passed_through(headers: &HeaderMap, via: &HeaderValue) -> bool {
     let ours = via.as_bytes().get(4..).unwrap_or_default();
     headers
         .get_all(header::VIA)
@@ -155,7 +155,7 @@ pub fn rewrite_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
 
 /// The client's own request id, if it sent a sane one: `X-Client-Request-Id`, else
 /// `X-Request-Id`, printable ASCII and at most 512 bytes (OpenAI's own limit).
-pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     [&CLIENT_REQUEST_ID, &REQUEST_ID]
         .into_iter()
         .filter_map(|name| headers.get(name))
@@ -171,7 +171,7 @@ fn is_sane_request_id(id: &[u8]) -> bool {
 /// most 128 letters, digits, `-`, `_`, `.` or `:` (OpenAI's are `req_` and 32 hex digits), and
 /// nothing that starts like a key. The upstream chooses this value and the proxy writes it into
 /// every log line, so anything else is logged as `invalid`.
-pub fn upstream_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upstream_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     static INVALID: HeaderValue = HeaderValue::from_static("invalid");
     let value = headers.get(&REQUEST_ID)?;
     let id = value.as_bytes();

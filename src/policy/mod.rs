@@ -2,9 +2,9 @@
 //! carries, how headers are rewritten, which client keys are admitted and what each client may
 //! still send, and what browsers may call.
 
-pub mod client_keys;
-pub mod client_limits;
-pub mod cors;
+pub(crate) mod client_keys;
+pub(crate) mod client_limits;
+pub(crate) mod cors;
 pub mod headers;
 pub mod routes;
-pub mod websocket;
+pub(crate) mod websocket;

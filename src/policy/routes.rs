@@ -120,13 +120,13 @@ impl Routes {
     }
 
     /// Moves `/metrics` off this table, to its own listener.
-    pub fn without_metrics(mut self) -> Routes {
+    pub(crate) fn without_metrics(mut self) -> Routes {
         self.metrics = false;
         self
     }
 
     /// `PROXY_EXTRA_ROUTES` as it was understood, for `--check-config`.
-    pub fn describe_extra(&self) -> String {
+    pub(crate) fn describe_extra(&self) -> String {
         self.forwarded[BUILT_IN.len()..]
             .iter()
             .map(|(m, p)| format!("{m} {p}"))
@@ -135,7 +135,7 @@ impl Routes {
     }
 
     /// The forwarded patterns, in table order.
-    pub fn forwarded_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn forwarded_names(&self) -> impl Iterator<Item = &str> {
         self.forwarded.iter().map(|(_, p)| p.as_str())
     }
 
@@ -150,13 +150,13 @@ impl Routes {
     }
 
     /// Whether `path` is one of the proxy's own endpoints, on any listener.
-    pub fn is_own(path: &str) -> bool {
+    pub(crate) fn is_own(path: &str) -> bool {
         Self::own(path).is_some()
     }
 
     /// Matches a request to one of the proxy's own endpoints, which take `GET` and `HEAD`:
     /// the whole route table of the admin listener.
-    pub fn own_route(method: &Method, path: &str) -> Result<Route<'static>, RouteError> {
+    pub(crate) fn own_route(method: &Method, path: &str) -> Result<Route<'static>, RouteError> {
         let own = Self::own(path).ok_or(RouteError::NotFound)?;
         if method == Method::GET || method == Method::HEAD {
             Ok(own)
@@ -197,7 +197,7 @@ impl Routes {
     }
 
     /// The methods forwarded on `path`, for CORS preflights.
-    pub fn methods_for(&self, path: &str) -> Vec<&Method> {
+    pub(crate) fn methods_for(&self, path: &str) -> Vec<&Method> {
         self.forwarded
             .iter()
             .filter(|(_, pattern)| matches_pattern(pattern, path))
@@ -219,7 +219,7 @@ fn matches_pattern(pattern: &str, path: &str) -> bool {
 /// The upstream request target for a forwarded request: the base URL's path, then the
 /// client's path after `/v1`, then the client's query unchanged. Every forwarded route starts
 /// with `/v1/`, which [`ExtraRoute::parse`] checks.
-pub fn upstream_target(
+pub(crate) fn upstream_target(
     base_path: &str,
     client_path: &str,
     query: Option<&str>,
@@ -252,7 +252,7 @@ pub fn upstream_target(
 /// upstream URL unless the client's query already has the name. Azure OpenAI's
 /// `api-version=2024-10-21` is the case it exists for.
 #[derive(Clone, Debug, Default)]
-pub struct UpstreamQuery(Vec<QueryParam>);
+pub(crate) struct UpstreamQuery(Vec<QueryParam>);
 
 #[derive(Clone, Debug)]
 struct QueryParam {
@@ -263,7 +263,7 @@ struct QueryParam {
 }
 
 impl UpstreamQuery {
-    pub fn parse(value: &str) -> Result<UpstreamQuery, String> {
+    pub(crate) fn parse(value: &str) -> Result<UpstreamQuery, String> {
         let mut params = Vec::new();
         for pair in value.trim().split('&').filter(|p| !p.is_empty()) {
             let (name, _) = pair
@@ -288,7 +288,7 @@ impl UpstreamQuery {
     }
 
     /// The configured pairs joined, for `--check-config`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let pairs: Vec<&str> = self.0.iter().map(|p| p.pair.as_str()).collect();
         pairs.join("&")
     }

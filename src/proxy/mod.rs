@@ -132,7 +132,7 @@ impl Proxy {
                 Some(_) => metrics_response(&self.0.metrics),
                 None => ProxyError::InvalidClientKey.into_response(),
             },
-            Ok(Route::Forward { index, .. }) => match self.0.metrics.route(index) {
+            Ok(Route::Forward { index, .. }) => match self.0.metrics.exchanges.route(index) {
                 Some(route) => self.forward(request, route, origin_allowed, started).await,
                 None => ProxyError::Internal("route without metrics").into_response(),
             },
@@ -162,7 +162,8 @@ impl Proxy {
             Err(limited) => {
                 self.0
                     .metrics
-                    .client_limited(&client.name, limited.limit.label());
+                    .limits
+                    .rejected(&client.name, limited.limit.label());
                 Err(ProxyError::ClientLimited(limited))
             }
         }

@@ -249,7 +249,7 @@ impl Shared {
         };
         match answer {
             Ok(Ok((0, _))) => {
-                self.metrics.limits_redis_round_trip(started.elapsed());
+                self.metrics.limits.redis_round_trip(started.elapsed());
                 if let Some(slot) = slot {
                     self.held().insert(slot, client.clone());
                 }
@@ -264,7 +264,7 @@ impl Shared {
                 }))
             }
             Ok(Ok((code, retry_after))) => {
-                self.metrics.limits_redis_round_trip(started.elapsed());
+                self.metrics.limits.redis_round_trip(started.elapsed());
                 match code {
                     1 => refused(Limit::Concurrency, 1),
                     2 => {
@@ -310,7 +310,7 @@ impl Shared {
 
     /// Redis failed a call: counted, and, the first time, the change to local limits logged.
     fn failed(&self, kind: &'static str, why: &str) {
-        self.metrics.limits_redis_error(kind);
+        self.metrics.limits.redis_error(kind);
         if self.up.swap(false, Ordering::Relaxed) {
             metrics_backend(self, false);
             tracing::warn!(
@@ -404,7 +404,7 @@ fn why(error: &redis::RedisError) -> String {
 }
 
 fn metrics_backend(shared: &Shared, up: bool) {
-    shared.metrics.limits_backend(up);
+    shared.metrics.limits.backend(up);
 }
 
 /// Writes queued work as it comes, renews leases a third of a lease apart, and while Redis is

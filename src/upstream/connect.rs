@@ -200,7 +200,9 @@ impl Tls {
 
 /// The certificates trusted upstream: the built-in webpki roots, and `PROXY_UPSTREAM_CA`'s
 /// added to them, never instead of them, so that public endpoints keep working.
-pub fn root_store(config: &UpstreamSettings) -> Result<rustls::RootCertStore, rustls::Error> {
+pub(crate) fn root_store(
+    config: &UpstreamSettings,
+) -> Result<rustls::RootCertStore, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &config.extra_roots {
@@ -297,5 +299,31 @@ impl AsyncWrite for Io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_extra_ca_adds_to_the_built_in_roots() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let dir = std::env::temp_dir().join(format!("memoctopus-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, ca.pem()).unwrap();
+        let config = crate::Config::from_vars([
+            ("OPENAI_API_KEY", "sk-test"),
+            ("PROXY_UPSTREAM_CA", path.to_str().unwrap()),
+        ])
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(config.upstream.extra_roots.len(), 1);
+        let roots = root_store(&config.upstream).unwrap();
+        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len() + 1);
     }
 }

@@ -176,7 +176,7 @@ where
             sender,
             driver,
             closed: false,
-            _open: self.metrics.upstream_connection_opened(false),
+            _open: self.metrics.upstream.connection_opened(false),
         })
     }
 
@@ -221,7 +221,7 @@ where
                 Ok(response) => return Ok((response, conn)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if !fresh => {
-                        self.metrics.upstream_retry(RetryReason::StaleConnection);
+                        self.metrics.upstream.retry(RetryReason::StaleConnection);
                         request = unsent;
                     }
                     _ => {

@@ -327,7 +327,7 @@ where
         .handshake(TokioIo::new(Coalesce::new(connected.io.into_inner())))
         .await
         .map_err(|e| UpstreamError::new(FailureKind::Connect, e))?;
-    let open = metrics.upstream_connection_opened(true);
+    let open = metrics.upstream.connection_opened(true);
     tokio::spawn(async move {
         let _open = open;
         let result = std::future::poll_fn(|cx| {

@@ -35,7 +35,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-pub use failure::{describe, BoxError, ConnectTimedOut, FailureKind, UpstreamError};
+pub use failure::{describe, BoxError, FailureKind, UpstreamError};
 
 use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::metrics::Metrics;
@@ -212,7 +212,7 @@ where
             Ok(http2) => (http2, false),
             // The probe's connect failed: nothing was sent; once more.
             Err(error) if error.kind == FailureKind::Connect => {
-                self.metrics.upstream_retry(RetryReason::Connect);
+                self.metrics.upstream.retry(RetryReason::Connect);
                 (self.use_http2().await?, true)
             }
             Err(error) => return Err(error),
@@ -244,7 +244,7 @@ where
             }
             Attempt::Failed(error) => return Err(error),
         };
-        self.metrics.upstream_retry(reason);
+        self.metrics.upstream.retry(reason);
         let http2 = self.use_http2().await?;
         // Boxed, as every path taken only now and then: the future of the common path stays
         // small, and it is moved (copied) at each `.await` above it.

@@ -97,12 +97,6 @@ impl<B> Replayable<B> {
         };
         (body, Recovery(recovery))
     }
-
-    /// The body's unread rest, for a request that never left (hyper gave it back whole).
-    pub fn into_inner(mut self) -> Option<B> {
-        self.recorder = None;
-        self.rest.take()
-    }
 }
 
 impl<B> Recovery<B> {

@@ -39,7 +39,7 @@ impl<B: SendBody> Upstream<B> {
         mut request: Request<Empty<Bytes>>,
     ) -> Result<WebSocketAnswer, UpstreamError> {
         let connected = self.connector.connect(Offer::Http1).await?;
-        let connection = self.metrics.upstream_connection_opened(false);
+        let connection = self.metrics.upstream.connection_opened(false);
         let (mut sender, driver) = hyper::client::conn::http1::Builder::new()
             .handshake(connected.io)
             .await

@@ -184,10 +184,7 @@ pub async fn spawn_proxy_on(
     capture::logs();
     let addr = listener.local_addr().unwrap();
     let metrics_key = config
-        .keys
-        .client_keys
-        .secrets()
-        .next()
+        .a_client_key()
         .map(|key| String::from_utf8_lossy(key).into_owned());
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(memoctopus::run_with_metrics_listener(
