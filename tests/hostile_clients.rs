@@ -51,12 +51,9 @@ async fn assert_refused(proxy: &TestProxy, raw: &[u8], status: u16) -> String {
 
 /// Everything the proxy sends until it closes the connection, which it must within 5 s.
 async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("connection kept open")
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    let (answer, closed) = support::read_until_closed(stream, Duration::from_secs(5)).await;
+    assert!(closed, "connection kept open");
+    answer
 }
 
 async fn assert_still_serves(proxy: &TestProxy) {
@@ -253,21 +250,11 @@ async fn opaque_header_bytes_are_forwarded_unmangled() {
 
 // ---- HTTP/2 abuse, with hand-made frames (a well-behaved client library would not do this).
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn h2_rapid_reset_flood_is_cut_off() {
     let mock = MockUpstream::start().await;
     let proxy = spawn_proxy(&mock, &[]).await;
-    let rss_before = rss_kib();
+    let rss_before = memory_kib(std::process::id(), "VmRSS:");
     let mut stream = raw_connect(proxy.addr).await;
     let mut flood = PREFACE.to_vec();
     flood.extend(frame(4, 0, 0, &[]));
@@ -290,9 +277,9 @@ async fn h2_rapid_reset_flood_is_cut_off() {
         mock.requests().len()
     );
     assert!(
-        rss_kib() < rss_before + 64 * 1024,
+        memory_kib(std::process::id(), "VmRSS:") < rss_before + 64 * 1024,
         "memory grew from {rss_before} KiB to {} KiB",
-        rss_kib()
+        memory_kib(std::process::id(), "VmRSS:")
     );
     assert_still_serves(&proxy).await;
 }

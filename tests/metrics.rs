@@ -21,13 +21,9 @@ async fn scrape(url: &str) -> String {
     body_string(response).await
 }
 
-/// The value of the series whose line starts with `series` (name and labels, exactly).
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+/// The value of a series that must be there.
+fn value(text: &str, name: &str) -> f64 {
+    series(text, name).unwrap_or_else(|| panic!("no series {name} in:\n{text}"))
 }
 
 #[tokio::test]

@@ -403,22 +403,6 @@ async fn over_a_tls_upstream_the_upgrade_goes_over_http1() {
     );
 }
 
-/// VmRSS or VmHWM of a process, in KiB.
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap()
-}
-
 /// 25 MiB of audio frames each way through the real binary: every byte comes back in order,
 /// and the proxy's memory does not grow with what passes through it.
 #[tokio::test]

@@ -12,22 +12,22 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use memoctopus::Config;
+use support::tls::TestCa;
 use support::*;
 
+/// The proxy's certificate for `localhost` and its key, as files, from a test CA of its own.
 struct TestCert {
     dir: PathBuf,
-    cert_der: rustls::pki_types::CertificateDer<'static>,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: TestCa,
 }
 
 fn make_cert(name: &str) -> TestCert {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let ca = TestCa::new(&format!("inbound-{name}"));
     let dir = scratch_dir(&format!("tls-{name}"));
-    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
-    TestCert {
-        dir,
-        cert_der: certified.cert.der().clone(),
-    }
+    let (cert, key) = ca.server_files(&dir);
+    TestCert { dir, cert, key, ca }
 }
 
 fn https_client(
@@ -37,8 +37,7 @@ fn https_client(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 > {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert_der.clone()).unwrap();
+    let roots = cert.ca.roots();
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -61,14 +60,8 @@ async fn tls_proxy(mock: &MockUpstream, cert: &TestCert) -> TestProxy {
     let config = Config::from_vars([
         ("OPENAI_API_KEY", SERVER_KEY.to_string()),
         ("OPENAI_BASE_URL", format!("http://{}/v1", mock.addr)),
-        (
-            "PROXY_TLS_CERT",
-            cert.dir.join("cert.pem").display().to_string(),
-        ),
-        (
-            "PROXY_TLS_KEY",
-            cert.dir.join("key.pem").display().to_string(),
-        ),
+        ("PROXY_TLS_CERT", cert.cert.display().to_string()),
+        ("PROXY_TLS_KEY", cert.key.display().to_string()),
     ])
     .unwrap();
     spawn_proxy_with(config).await
@@ -121,39 +114,33 @@ fn bad_or_missing_certificates_name_their_setting() {
     let other = make_cert("other");
     let path = |p: &PathBuf| p.display().to_string();
     for (vars, setting) in [
-        (
-            vec![("PROXY_TLS_CERT", path(&cert.dir.join("cert.pem")))],
-            "PROXY_TLS_KEY",
-        ),
-        (
-            vec![("PROXY_TLS_KEY", path(&cert.dir.join("key.pem")))],
-            "PROXY_TLS_CERT",
-        ),
+        (vec![("PROXY_TLS_CERT", path(&cert.cert))], "PROXY_TLS_KEY"),
+        (vec![("PROXY_TLS_KEY", path(&cert.key))], "PROXY_TLS_CERT"),
         (
             vec![
                 ("PROXY_TLS_CERT", path(&garbage)),
-                ("PROXY_TLS_KEY", path(&cert.dir.join("key.pem"))),
+                ("PROXY_TLS_KEY", path(&cert.key)),
             ],
             "PROXY_TLS_CERT",
         ),
         (
             vec![
                 ("PROXY_TLS_CERT", "/nonexistent/cert.pem".to_string()),
-                ("PROXY_TLS_KEY", path(&cert.dir.join("key.pem"))),
+                ("PROXY_TLS_KEY", path(&cert.key)),
             ],
             "PROXY_TLS_CERT",
         ),
         (
             vec![
-                ("PROXY_TLS_CERT", path(&cert.dir.join("cert.pem"))),
+                ("PROXY_TLS_CERT", path(&cert.cert)),
                 ("PROXY_TLS_KEY", path(&garbage)),
             ],
             "PROXY_TLS_KEY",
         ),
         (
             vec![
-                ("PROXY_TLS_CERT", path(&cert.dir.join("cert.pem"))),
-                ("PROXY_TLS_KEY", path(&other.dir.join("key.pem"))),
+                ("PROXY_TLS_CERT", path(&cert.cert)),
+                ("PROXY_TLS_KEY", path(&other.key)),
             ],
             "PROXY_TLS_KEY",
         ),

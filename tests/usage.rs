@@ -107,15 +107,7 @@ async fn every_answer_counts_exactly(proxy: &TestProxy, mock: &MockUpstream) {
         assert_eq!(fields["client"], client_name.as_str());
         let model = answer.model;
         let text = metrics_text(proxy).await;
-        let series = |kind: &str| {
-            let name = tokens_series(&client_name, model, kind);
-            text.lines().find_map(|l| {
-                l.strip_prefix(&name)?
-                    .strip_prefix(' ')?
-                    .parse::<f64>()
-                    .ok()
-            })
-        };
+        let series = |kind: &str| series(&text, &tokens_series(&client_name, model, kind));
         match (answer.tokens, answer.audio_seconds) {
             (Some((input, output, cached, reasoning)), _) => {
                 for (kind, want) in [

@@ -485,10 +485,14 @@ impl Drop for CountedConnection {
     }
 }
 
+/// The test suite's log capture, which also copies every line into `target/secret-scan/`.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/support/capture.rs"]
+mod capture;
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use http::StatusCode;
     use http_body_util::{BodyExt, Empty};
 
@@ -498,34 +502,12 @@ mod tests {
     const SERVER_KEY: &str = "sk-unit-server-key-4242";
     const CLIENT_KEY: &str = "client-key-unit-77";
 
-    /// Log lines, as the subscriber writes them.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if let Ok(mut lines) = self.0.lock() {
-                lines.extend_from_slice(buf);
-            }
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// A handler that panics, with both keys in its message, serves a 500 in OpenAI's shape;
     /// the same connection then answers the next request; the panic is logged at error level
     /// with its location and without either key.
     #[tokio::test]
     async fn a_panicking_handler_gets_a_500_and_the_connection_goes_on() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
+        let logs = super::capture::logs();
         let config = Config::from_vars([
             ("OPENAI_API_KEY", SERVER_KEY),
             ("PROXY_CLIENT_KEYS", CLIENT_KEY),
@@ -579,8 +561,8 @@ mod tests {
         assert_eq!(error["error"]["type"], "server_error");
         assert_eq!(answers[1], (StatusCode::OK, r#"{"ok":true}"#.to_owned()));
 
-        let logged = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
-        assert!(logged.contains("ERROR"), "{logged}");
+        let logged = logs.text();
+        assert!(logged.contains(r#""level":"ERROR""#), "{logged}");
         assert!(
             logged.contains("panic: handler failed holding [redacted]"),
             "{logged}"

@@ -129,12 +129,17 @@ pub async fn metrics_text(proxy: &TestProxy) -> String {
     body_string(response).await
 }
 
-/// The value of one series in the proxy's `/metrics`, or 0 if it is absent.
-pub async fn metric(proxy: &TestProxy, series: &str) -> f64 {
-    let text = metrics_text(proxy).await;
+/// The value of one series in the proxy's `/metrics`, or 0 if it is absent: a labelled series
+/// appears with its first count. A test that needs the series to exist uses [`series`].
+pub async fn metric(proxy: &TestProxy, series_name: &str) -> f64 {
+    series(&metrics_text(proxy).await, series_name).unwrap_or(0.0)
+}
+
+/// The value of the series whose line starts with `series` (name and labels, exactly), in a
+/// `/metrics` text.
+pub fn series(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 pub async fn spawn_proxy_with(config: Config) -> TestProxy {
@@ -313,10 +318,34 @@ pub async fn read_all(response: Response<Incoming>) -> (Vec<u8>, bool) {
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
+    read_until_closed(&mut stream, wait).await.0
+}
+
+/// What the server sends on `stream` until it closes the connection (cleanly or by a reset) or
+/// `wait` passes, and whether it closed.
+pub async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> (String, bool) {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    let closed = tokio::time::timeout(wait, stream.read_to_end(&mut out))
+        .await
+        .is_ok();
     capture::received(&out);
-    String::from_utf8_lossy(&out).into_owned()
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// A field of `/proc/PID/status` in KiB, such as `VmRSS:` (memory now) or `VmHWM:` (its peak).
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
 }
 
 /// A chat request's head for a raw connection, with `extra` header lines (each ending in CRLF).

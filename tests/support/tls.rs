@@ -69,6 +69,13 @@ impl TestCa {
         (cert, key)
     }
 
+    /// A root store that trusts this CA alone, for clients of a server that uses its files.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        roots
+    }
+
     pub fn ca_pem_path(&self) -> String {
         self.ca_pem.display().to_string()
     }
