@@ -16,8 +16,9 @@
 //!   the `Via` loop guard, client keys with their names and limits, the per-client limits and
 //!   token budgets, WebSocket upgrades, CORS.
 //! - [`config`]: the environment, `.env` and key files to a validated [`Config`], a file per
-//!   group of settings, and the table of every setting that `--help`, the unknown-variable
-//!   warnings and the documentation test read.
+//!   group of settings, all parsed from one table that declares each setting once (its name,
+//!   default and meaning), which `--help`, the unknown-variable warnings and the documentation
+//!   test also read.
 //! - [`error`]: who is at fault, to an OpenAI-style JSON answer and the exchange's outcome.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.

@@ -3,7 +3,8 @@
 //! need, `PROXY_USAGE` and `PROXY_USAGE_MAX_MODELS`. The client keys, which may carry each
 //! client's own limits, are in `keys.rs`.
 
-use super::values::{invalid, positive_number, present, ConfigError};
+use super::settings::Found;
+use super::values::ConfigError;
 use crate::policy::client_limits::{Budget, LimitSettings, Rate};
 
 /// The usage meter's settings.
@@ -25,22 +26,9 @@ impl Default for UsageSettings {
 }
 
 /// `PROXY_USAGE` and `PROXY_USAGE_MAX_MODELS`.
-pub(super) fn usage(
-    enabled: &Option<String>,
-    max_models: &Option<String>,
-) -> Result<UsageSettings, ConfigError> {
-    let enabled = match present(enabled).unwrap_or("on") {
-        "on" => true,
-        "off" => false,
-        other => {
-            return Err(invalid(
-                "PROXY_USAGE",
-                format!("{other:?} is neither \"on\" nor \"off\""),
-            ))
-        }
-    };
-    let max_models =
-        positive_number("PROXY_USAGE_MAX_MODELS", max_models)?.map_or(100, |n| n as usize);
+pub(super) fn usage(found: &Found<'_>) -> Result<UsageSettings, ConfigError> {
+    let enabled = found.proxy_usage.choice(&[("on", true), ("off", false)])?;
+    let max_models = found.proxy_usage_max_models.at_least_one()?;
     Ok(UsageSettings {
         enabled,
         max_models,
@@ -49,30 +37,26 @@ pub(super) fn usage(
 
 /// `PROXY_CLIENT_MAX_IN_FLIGHT`, `PROXY_CLIENT_RATE` and `PROXY_CLIENT_RATE_BURST`; each off
 /// when unset.
-pub(super) fn client_limits(
-    max_in_flight: &Option<String>,
-    rate: &Option<String>,
-    burst: &Option<String>,
-    token_budget: &Option<String>,
-) -> Result<LimitSettings, ConfigError> {
-    let max_in_flight = positive_number("PROXY_CLIENT_MAX_IN_FLIGHT", max_in_flight)?;
-    let per_minute = positive_number("PROXY_CLIENT_RATE", rate)?;
-    let burst = positive_number("PROXY_CLIENT_RATE_BURST", burst)?;
+pub(super) fn client_limits(found: &Found<'_>) -> Result<LimitSettings, ConfigError> {
+    let max_in_flight = found.proxy_client_max_in_flight.positive()?;
+    let per_minute = found.proxy_client_rate.positive()?;
+    let burst = found.proxy_client_rate_burst.positive()?;
     let rate = match (per_minute, burst) {
         (None, None) => None,
         (None, Some(_)) => {
-            return Err(invalid(
-                "PROXY_CLIENT_RATE_BURST",
-                "needs PROXY_CLIENT_RATE",
-            ))
+            return Err(found
+                .proxy_client_rate_burst
+                .invalid("needs PROXY_CLIENT_RATE"))
         }
         (Some(per_minute), burst) => Some(Rate {
             per_minute,
             burst: burst.unwrap_or_else(|| Rate::default_burst(per_minute)),
         }),
     };
-    let token_budget = present(token_budget)
-        .map(|text| Budget::parse(text).map_err(|m| invalid("PROXY_CLIENT_TOKEN_BUDGET", m)))
+    let budget = found.proxy_client_token_budget;
+    let token_budget = budget
+        .get()
+        .map(|text| Budget::parse(text).map_err(|m| budget.invalid(m)))
         .transpose()?;
     Ok(LimitSettings {
         max_in_flight,

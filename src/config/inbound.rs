@@ -8,15 +8,13 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Uri};
 
-use super::values::{comma_list, invalid, parse_number, present, ConfigError};
+use super::settings::Found;
+use super::values::{invalid, ConfigError, Value};
 use crate::policy::cors::CorsOrigins;
 
 /// `HOST`:`PORT`.
-pub(super) fn listen(
-    host: &Option<String>,
-    port: &Option<String>,
-) -> Result<SocketAddr, ConfigError> {
-    let host = present(host).unwrap_or("0.0.0.0");
+pub(super) fn listen(found: &Found<'_>) -> Result<SocketAddr, ConfigError> {
+    let host = found.host.or_default();
     // `localhost` is what people write for loopback; other names would need a lookup.
     let host: IpAddr = match host {
         "localhost" => IpAddr::from([127, 0, 0, 1]),
@@ -25,38 +23,22 @@ pub(super) fn listen(
             .trim_end_matches(']')
             .parse()
             .map_err(|_| {
-                invalid(
-                    "HOST",
-                    format!("{host:?} is not an IP address or localhost"),
-                )
+                found
+                    .host
+                    .invalid(format!("{host:?} is not an IP address or localhost"))
             })?,
     };
-    let port = parse_number::<u16>("PORT", port, 8000)?;
+    let port = found.port.number::<u16>()?;
     Ok(SocketAddr::new(host, port))
 }
 
-/// A count that must be at least 1, such as `PROXY_MAX_CONNECTIONS`.
-pub(super) fn at_least_one<T: std::str::FromStr + PartialEq + From<u8>>(
-    setting: &'static str,
-    value: &Option<String>,
-    default: T,
-) -> Result<T, ConfigError> {
-    let n = parse_number::<T>(setting, value, default)?;
-    if n == T::from(0) {
-        return Err(invalid(setting, "must be at least 1"));
-    }
-    Ok(n)
-}
-
 /// `PROXY_METRICS_ADDR`.
-pub(super) fn metrics_addr(value: &Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
-    present(value)
+pub(super) fn metrics_addr(value: Value<'_>) -> Result<Option<SocketAddr>, ConfigError> {
+    value
+        .get()
         .map(|v| {
             v.parse::<SocketAddr>().map_err(|_| {
-                invalid(
-                    "PROXY_METRICS_ADDR",
-                    format!("{v:?} is not an address such as 127.0.0.1:9090"),
-                )
+                value.invalid(format!("{v:?} is not an address such as 127.0.0.1:9090"))
             })
         })
         .transpose()
@@ -64,10 +46,10 @@ pub(super) fn metrics_addr(value: &Option<String>) -> Result<Option<SocketAddr>,
 
 /// `PROXY_TLS_CERT` and `PROXY_TLS_KEY`: both or neither.
 pub(super) fn tls(
-    cert: &Option<String>,
-    key: &Option<String>,
+    cert: Value<'_>,
+    key: Value<'_>,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
-    match (present(cert), present(key)) {
+    match (cert.get(), key.get()) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => load_tls(Path::new(cert), Path::new(key)).map(Some),
         (Some(_), None) => Err(invalid(
@@ -123,8 +105,8 @@ fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Config
     Ok(Arc::new(server))
 }
 
-pub(super) fn cors_origins(value: &Option<String>) -> Result<Option<CorsOrigins>, ConfigError> {
-    let origins: Vec<&str> = comma_list(value).collect();
+pub(super) fn cors_origins(value: Value<'_>) -> Result<Option<CorsOrigins>, ConfigError> {
+    let origins: Vec<&str> = value.list().collect();
     if origins.is_empty() {
         return Ok(None);
     }

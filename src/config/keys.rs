@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use http::HeaderValue;
 
-use super::values::{comma_list, invalid, present, ConfigError};
+use super::settings::{declared, Found};
+use super::values::ConfigError;
 use crate::policy::client_keys::{ClientKeys, KeyListError};
 
 /// The keys as loaded at start, and the files they are reloaded from.
@@ -38,68 +39,55 @@ pub fn check_budgets(keys: &ClientKeys, metered: bool) -> Result<(), String> {
 }
 
 /// The settings' names, as the reload metrics and logs give them.
-pub const API_KEY_FILE: &str = "OPENAI_API_KEY_FILE";
-pub const CLIENT_KEYS_FILE: &str = "PROXY_CLIENT_KEYS_FILE";
+pub const API_KEY_FILE: &str = declared::openai_api_key_file.name;
+pub const CLIENT_KEYS_FILE: &str = declared::proxy_client_keys_file.name;
 
-pub(super) struct RawKeys<'a> {
-    pub api_key: &'a Option<String>,
-    pub api_key_file: &'a Option<String>,
-    pub client_keys: &'a Option<String>,
-    pub client_keys_file: &'a Option<String>,
-}
-
-impl RawKeys<'_> {
-    pub(super) fn validate(&self) -> Result<KeySettings, ConfigError> {
-        let (api_key, api_key_file) = match (present(self.api_key), present(self.api_key_file)) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "OPENAI_API_KEY",
-                    "and OPENAI_API_KEY_FILE are both set; set exactly one of them",
-                ))
-            }
-            (Some(key), None) => (
-                parse_api_key(key).map_err(|m| invalid("OPENAI_API_KEY", m))?,
-                None,
-            ),
-            (None, Some(path)) => (
-                read_api_key(Path::new(path)).map_err(|m| invalid(API_KEY_FILE, m))?,
-                Some(PathBuf::from(path)),
-            ),
-            (None, None) => {
-                return Err(invalid(
-                    "OPENAI_API_KEY",
-                    "is required (or OPENAI_API_KEY_FILE); set it in the environment or in .env (see config/example.env)",
-                ))
-            }
-        };
-        let (client_keys, client_keys_file) =
-            match (present(self.client_keys), present(self.client_keys_file)) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        "PROXY_CLIENT_KEYS",
-                        "and PROXY_CLIENT_KEYS_FILE are both set; set at most one of them",
-                    ))
-                }
-                (None, None) => (ClientKeys::default(), None),
-                (Some(_), None) => (
-                    ClientKeys::parse(comma_list(self.client_keys))
-                        .and_then(at_least_one)
-                        .map_err(|e| invalid("PROXY_CLIENT_KEYS", e.0))?,
-                    None,
-                ),
-                (None, Some(path)) => (
-                    read_client_keys(Path::new(path)).map_err(|m| invalid(CLIENT_KEYS_FILE, m))?,
-                    Some(PathBuf::from(path)),
-                ),
-            };
-        Ok(KeySettings {
-            api_key,
-            api_key_file,
-            client_keys,
-            client_keys_file,
-            metered: true,
-        })
-    }
+/// `OPENAI_API_KEY` or its file, and `PROXY_CLIENT_KEYS` or its file.
+pub(super) fn validate(found: &Found<'_>) -> Result<KeySettings, ConfigError> {
+    let (key, key_file) = (found.openai_api_key, found.openai_api_key_file);
+    let (api_key, api_key_file) = match (key.get(), key_file.get()) {
+        (Some(_), Some(_)) => {
+            return Err(key.invalid(
+                "and OPENAI_API_KEY_FILE are both set; set exactly one of them",
+            ))
+        }
+        (Some(text), None) => (parse_api_key(text).map_err(|m| key.invalid(m))?, None),
+        (None, Some(path)) => (
+            read_api_key(Path::new(path)).map_err(|m| key_file.invalid(m))?,
+            Some(PathBuf::from(path)),
+        ),
+        (None, None) => {
+            return Err(key.invalid(
+                "is required (or OPENAI_API_KEY_FILE); set it in the environment or in .env (see config/example.env)",
+            ))
+        }
+    };
+    let (keys, keys_file) = (found.proxy_client_keys, found.proxy_client_keys_file);
+    let (client_keys, client_keys_file) = match (keys.get(), keys_file.get()) {
+        (Some(_), Some(_)) => {
+            return Err(
+                keys.invalid("and PROXY_CLIENT_KEYS_FILE are both set; set at most one of them")
+            )
+        }
+        (None, None) => (ClientKeys::default(), None),
+        (Some(_), None) => (
+            ClientKeys::parse(keys.list())
+                .and_then(at_least_one)
+                .map_err(|e| keys.invalid(e.0))?,
+            None,
+        ),
+        (None, Some(path)) => (
+            read_client_keys(Path::new(path)).map_err(|m| keys_file.invalid(m))?,
+            Some(PathBuf::from(path)),
+        ),
+    };
+    Ok(KeySettings {
+        api_key,
+        api_key_file,
+        client_keys,
+        client_keys_file,
+        metered: true,
+    })
 }
 
 /// A key as written: surrounding whitespace ignored, and then printable ASCII only.

@@ -7,8 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 mod clients;
 mod describe;
 mod egress;
@@ -34,7 +32,7 @@ pub use values::{parse_duration, ConfigError};
 use crate::policy::client_limits::LimitSettings;
 use crate::policy::cors::CorsOrigins;
 use crate::policy::routes::{ExtraRoute, Routes};
-use values::{comma_list, duration, invalid, parse_number, present};
+use values::{invalid, Value};
 
 /// `config/example.env`'s stand-in for the key.
 const PLACEHOLDER_KEY: &str = "sk-replace-me";
@@ -89,57 +87,6 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// The settings exactly as found, before validation. envy fills it from `NAME=value` pairs.
-#[derive(Deserialize, Default)]
-struct RawConfig {
-    openai_api_key: Option<String>,
-    openai_api_key_file: Option<String>,
-    openai_base_url: Option<String>,
-    openai_organization: Option<String>,
-    openai_project: Option<String>,
-    host: Option<String>,
-    port: Option<String>,
-    proxy_connect_timeout: Option<String>,
-    proxy_first_byte_timeout: Option<String>,
-    proxy_idle_timeout: Option<String>,
-    proxy_total_timeout: Option<String>,
-    proxy_header_read_timeout: Option<String>,
-    proxy_max_body_bytes: Option<String>,
-    proxy_max_connections: Option<String>,
-    proxy_listen_backlog: Option<String>,
-    proxy_shutdown_delay: Option<String>,
-    proxy_shutdown_grace: Option<String>,
-    proxy_client_keys: Option<String>,
-    proxy_client_keys_file: Option<String>,
-    proxy_client_max_in_flight: Option<String>,
-    proxy_client_rate: Option<String>,
-    proxy_client_rate_burst: Option<String>,
-    proxy_client_token_budget: Option<String>,
-    proxy_usage: Option<String>,
-    proxy_usage_max_models: Option<String>,
-    proxy_limits_redis_url: Option<String>,
-    proxy_limits_redis_url_file: Option<String>,
-    proxy_limits_redis_prefix: Option<String>,
-    proxy_limits_redis_timeout: Option<String>,
-    proxy_limits_redis_fallback: Option<String>,
-    proxy_limits_redis_lease: Option<String>,
-    proxy_limits_redis_ca: Option<String>,
-    proxy_cors_origins: Option<String>,
-    proxy_log_format: Option<String>,
-    proxy_extra_routes: Option<String>,
-    proxy_metrics_addr: Option<String>,
-    proxy_tls_cert: Option<String>,
-    proxy_tls_key: Option<String>,
-    proxy_upstream_ca: Option<String>,
-    proxy_upstream_protocol: Option<String>,
-    proxy_upstream_max_streams: Option<String>,
-    proxy_upstream_auth: Option<String>,
-    proxy_upstream_query: Option<String>,
-    /// The forward-proxy variables, by their exact names; envy would fold their cases.
-    #[serde(skip)]
-    egress: HashMap<String, String>,
 }
 
 impl Config {
@@ -208,10 +155,9 @@ impl Config {
             }
         }
         let warnings = settings::unknown_warnings(ours.keys().map(String::as_str));
-        let mut raw: RawConfig =
+        let values: settings::Values =
             envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
-        raw.egress = egress;
-        let mut config = raw.validate()?;
+        let mut config = validate(&values.found(), &egress)?;
         config.warnings = warnings;
         if config.keys.api_key.as_bytes() == PLACEHOLDER_KEY.as_bytes() {
             config.warnings.push(format!(
@@ -244,132 +190,70 @@ impl Config {
     }
 }
 
-impl RawConfig {
-    fn validate(&self) -> Result<Config, ConfigError> {
-        let keys = keys::RawKeys {
-            api_key: &self.openai_api_key,
-            api_key_file: &self.openai_api_key_file,
-            client_keys: &self.proxy_client_keys,
-            client_keys_file: &self.proxy_client_keys_file,
-        }
-        .validate()?;
-        let upstream = upstream::RawUpstream {
-            base_url: present(&self.openai_base_url),
-            ca: present(&self.proxy_upstream_ca),
-            protocol: present(&self.proxy_upstream_protocol),
-            max_streams: &self.proxy_upstream_max_streams,
-            egress: &self.egress,
-            auth: present(&self.proxy_upstream_auth),
-            query: present(&self.proxy_upstream_query),
-            organization: &self.openai_organization,
-            project: &self.openai_project,
-        }
-        .validate()?;
-        let timeouts = timeouts::RawTimeouts {
-            connect: &self.proxy_connect_timeout,
-            first_byte: &self.proxy_first_byte_timeout,
-            idle: &self.proxy_idle_timeout,
-            total: &self.proxy_total_timeout,
-            header_read: &self.proxy_header_read_timeout,
-        }
-        .validate()?;
-        let client_limits = clients::client_limits(
-            &self.proxy_client_max_in_flight,
-            &self.proxy_client_rate,
-            &self.proxy_client_rate_burst,
-            &self.proxy_client_token_budget,
-        )?;
-        let usage = clients::usage(&self.proxy_usage, &self.proxy_usage_max_models)?;
-        if !usage.enabled {
-            // A budget counts what the meter reads: without it, a budget would never close.
-            if client_limits.token_budget.is_some() {
-                return Err(invalid(
-                    "PROXY_CLIENT_TOKEN_BUDGET",
-                    "needs the usage meter, and PROXY_USAGE is off",
-                ));
-            }
-        }
-        let mut keys = keys;
-        keys.metered = usage.enabled;
-        keys::check_budgets(&keys.client_keys, keys.metered).map_err(|m| {
-            invalid(
-                if keys.client_keys_file.is_some() {
-                    CLIENT_KEYS_FILE
-                } else {
-                    "PROXY_CLIENT_KEYS"
-                },
-                m,
-            )
-        })?;
-        let shared_limits = shared_limits::RawSharedLimits {
-            url: &self.proxy_limits_redis_url,
-            url_file: &self.proxy_limits_redis_url_file,
-            prefix: &self.proxy_limits_redis_prefix,
-            timeout: &self.proxy_limits_redis_timeout,
-            fallback: &self.proxy_limits_redis_fallback,
-            lease: &self.proxy_limits_redis_lease,
-            ca: &self.proxy_limits_redis_ca,
-        }
-        .validate()?;
-        let listen = inbound::listen(&self.host, &self.port)?;
-        upstream::not_this_proxy(&upstream, listen)?;
-        let metrics_addr = inbound::metrics_addr(&self.proxy_metrics_addr)?;
-        let mut routes = Routes::with_extra(parse_extra_routes(&self.proxy_extra_routes)?);
-        if metrics_addr.is_some() {
-            routes = routes.without_metrics();
-        }
-
-        Ok(Config {
-            keys,
-            upstream,
-            listen,
-            listen_backlog: inbound::at_least_one(
-                "PROXY_LISTEN_BACKLOG",
-                &self.proxy_listen_backlog,
-                4096,
-            )?,
-            timeouts,
-            max_body_bytes: parse_number::<u64>(
-                "PROXY_MAX_BODY_BYTES",
-                &self.proxy_max_body_bytes,
-                32 << 20,
-            )?,
-            max_connections: inbound::at_least_one(
-                "PROXY_MAX_CONNECTIONS",
-                &self.proxy_max_connections,
-                10_000,
-            )?,
-            shutdown_delay: duration("PROXY_SHUTDOWN_DELAY", &self.proxy_shutdown_delay, 0)?,
-            shutdown_grace: duration("PROXY_SHUTDOWN_GRACE", &self.proxy_shutdown_grace, 30)?,
-            client_limits,
-            usage,
-            shared_limits,
-            cors_origins: inbound::cors_origins(&self.proxy_cors_origins)?,
-            log_format: match present(&self.proxy_log_format).unwrap_or("text") {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    return Err(invalid(
-                        "PROXY_LOG_FORMAT",
-                        format!("{other:?} is neither \"text\" nor \"json\""),
-                    ))
-                }
-            },
-            routes,
-            metrics_addr,
-            tls: inbound::tls(&self.proxy_tls_cert, &self.proxy_tls_key)?,
-            warnings: Vec::new(),
-        })
+/// Every setting checked and turned into its typed value, each group by its own file.
+fn validate(
+    found: &settings::Found<'_>,
+    egress: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut keys = keys::validate(found)?;
+    let upstream = upstream::validate(found, egress)?;
+    let timeouts = timeouts::validate(found)?;
+    let client_limits = clients::client_limits(found)?;
+    let usage = clients::usage(found)?;
+    if !usage.enabled && client_limits.token_budget.is_some() {
+        // A budget counts what the meter reads: without it, a budget would never close.
+        return Err(found
+            .proxy_client_token_budget
+            .invalid("needs the usage meter, and PROXY_USAGE is off"));
     }
+    keys.metered = usage.enabled;
+    keys::check_budgets(&keys.client_keys, keys.metered).map_err(|m| {
+        if keys.client_keys_file.is_some() {
+            found.proxy_client_keys_file.invalid(m)
+        } else {
+            found.proxy_client_keys.invalid(m)
+        }
+    })?;
+    let shared_limits = shared_limits::validate(found)?;
+    let listen = inbound::listen(found)?;
+    upstream::not_this_proxy(&upstream, listen)?;
+    let metrics_addr = inbound::metrics_addr(found.proxy_metrics_addr)?;
+    let mut routes = Routes::with_extra(parse_extra_routes(found.proxy_extra_routes)?);
+    if metrics_addr.is_some() {
+        routes = routes.without_metrics();
+    }
+    Ok(Config {
+        keys,
+        upstream,
+        listen,
+        listen_backlog: found.proxy_listen_backlog.at_least_one()?,
+        timeouts,
+        max_body_bytes: found.proxy_max_body_bytes.number()?,
+        max_connections: found.proxy_max_connections.at_least_one()?,
+        shutdown_delay: found.proxy_shutdown_delay.duration()?,
+        shutdown_grace: found.proxy_shutdown_grace.duration()?,
+        client_limits,
+        usage,
+        shared_limits,
+        cors_origins: inbound::cors_origins(found.proxy_cors_origins)?,
+        log_format: found
+            .proxy_log_format
+            .choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)])?,
+        routes,
+        metrics_addr,
+        tls: inbound::tls(found.proxy_tls_cert, found.proxy_tls_key)?,
+        warnings: Vec::new(),
+    })
 }
 
 fn is_our_setting(name: &str) -> bool {
     name.starts_with("OPENAI_") || name.starts_with("PROXY_") || name == "HOST" || name == "PORT"
 }
 
-fn parse_extra_routes(value: &Option<String>) -> Result<Vec<ExtraRoute>, ConfigError> {
-    comma_list(value)
-        .map(|entry| ExtraRoute::parse(entry).map_err(|m| invalid("PROXY_EXTRA_ROUTES", m)))
+fn parse_extra_routes(value: Value<'_>) -> Result<Vec<ExtraRoute>, ConfigError> {
+    value
+        .list()
+        .map(|entry| ExtraRoute::parse(entry).map_err(|m| value.invalid(m)))
         .collect()
 }
 

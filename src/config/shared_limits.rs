@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::keys::read;
-use super::values::{duration, invalid, present, ConfigError};
+use super::settings::Found;
+use super::values::ConfigError;
 
 /// What a request meets while Redis does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,120 +66,89 @@ fn masked(url: &str) -> String {
     }
 }
 
-pub(super) struct RawSharedLimits<'a> {
-    pub url: &'a Option<String>,
-    pub url_file: &'a Option<String>,
-    pub prefix: &'a Option<String>,
-    pub timeout: &'a Option<String>,
-    pub fallback: &'a Option<String>,
-    pub lease: &'a Option<String>,
-    pub ca: &'a Option<String>,
-}
-
-impl RawSharedLimits<'_> {
-    pub(super) fn validate(&self) -> Result<Option<SharedLimitsSettings>, ConfigError> {
-        let url = match (present(self.url), present(self.url_file)) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "PROXY_LIMITS_REDIS_URL",
-                    "and PROXY_LIMITS_REDIS_URL_FILE are both set; set exactly one of them",
-                ))
+/// `PROXY_LIMITS_REDIS_*`: `None` without a URL, and then none of the others may be set.
+pub(super) fn validate(found: &Found<'_>) -> Result<Option<SharedLimitsSettings>, ConfigError> {
+    let (url_value, url_file) = (
+        found.proxy_limits_redis_url,
+        found.proxy_limits_redis_url_file,
+    );
+    let url = match (url_value.get(), url_file.get()) {
+        (Some(_), Some(_)) => {
+            return Err(url_value
+                .invalid("and PROXY_LIMITS_REDIS_URL_FILE are both set; set exactly one of them"))
+        }
+        (Some(url), None) => url.to_owned(),
+        (None, Some(path)) => {
+            let bytes = read(Path::new(path)).map_err(|m| url_file.invalid(m))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| url_file.invalid(format!("{path}: not text")))?;
+            let url = text.trim();
+            if url.is_empty() {
+                return Err(url_file.invalid(format!("{path}: the file is empty")));
             }
-            (Some(url), None) => url.to_owned(),
-            (None, Some(path)) => {
-                let bytes =
-                    read(Path::new(path)).map_err(|m| invalid("PROXY_LIMITS_REDIS_URL_FILE", m))?;
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    invalid("PROXY_LIMITS_REDIS_URL_FILE", format!("{path}: not text"))
-                })?;
-                let url = text.trim();
-                if url.is_empty() {
-                    return Err(invalid(
-                        "PROXY_LIMITS_REDIS_URL_FILE",
-                        format!("{path}: the file is empty"),
-                    ));
+            url.to_owned()
+        }
+        (None, None) => {
+            for value in [
+                found.proxy_limits_redis_prefix,
+                found.proxy_limits_redis_timeout,
+                found.proxy_limits_redis_fallback,
+                found.proxy_limits_redis_lease,
+                found.proxy_limits_redis_ca,
+            ] {
+                if value.get().is_some() {
+                    return Err(value.invalid("needs PROXY_LIMITS_REDIS_URL (or its _FILE)"));
                 }
-                url.to_owned()
             }
-            (None, None) => {
-                for (name, value) in [
-                    ("PROXY_LIMITS_REDIS_PREFIX", self.prefix),
-                    ("PROXY_LIMITS_REDIS_TIMEOUT", self.timeout),
-                    ("PROXY_LIMITS_REDIS_FALLBACK", self.fallback),
-                    ("PROXY_LIMITS_REDIS_LEASE", self.lease),
-                    ("PROXY_LIMITS_REDIS_CA", self.ca),
-                ] {
-                    if present(value).is_some() {
-                        return Err(invalid(name, "needs PROXY_LIMITS_REDIS_URL (or its _FILE)"));
-                    }
-                }
-                return Ok(None);
-            }
-        };
-        let setting = if present(self.url).is_some() {
-            "PROXY_LIMITS_REDIS_URL"
-        } else {
-            "PROXY_LIMITS_REDIS_URL_FILE"
-        };
-        check_url(&url).map_err(|m| invalid(setting, m))?;
-        let prefix = present(self.prefix).unwrap_or("memoctopus:").to_owned();
-        if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(
-                "PROXY_LIMITS_REDIS_PREFIX",
-                "is at most 64 printable characters without spaces",
-            ));
+            return Ok(None);
         }
-        let timeout = match present(self.timeout) {
-            None => Duration::from_millis(50),
-            Some(_) => duration("PROXY_LIMITS_REDIS_TIMEOUT", self.timeout, 0)?,
-        };
-        if timeout.is_zero() || timeout > Duration::from_secs(10) {
-            return Err(invalid(
-                "PROXY_LIMITS_REDIS_TIMEOUT",
-                "must be between 1ms and 10s",
-            ));
-        }
-        let fallback = match present(self.fallback).unwrap_or("local") {
-            "local" => Fallback::Local,
-            "refuse" => Fallback::Refuse,
-            other => {
-                return Err(invalid(
-                    "PROXY_LIMITS_REDIS_FALLBACK",
-                    format!("{other:?} is neither \"local\" nor \"refuse\""),
-                ))
-            }
-        };
-        let lease = duration("PROXY_LIMITS_REDIS_LEASE", self.lease, 30)?;
-        if lease < Duration::from_secs(3) {
-            return Err(invalid(
-                "PROXY_LIMITS_REDIS_LEASE",
-                "must be at least 3s: slots are refreshed a third of it apart",
-            ));
-        }
-        let ca_pem = present(self.ca)
-            .map(|path| {
-                let pem = read(Path::new(path)).map_err(|m| invalid("PROXY_LIMITS_REDIS_CA", m))?;
-                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                    return Err(invalid(
-                        "PROXY_LIMITS_REDIS_CA",
-                        format!("{path}: holds no PEM certificate"),
-                    ));
-                }
-                Ok(pem)
-            })
-            .transpose()?;
-        if ca_pem.is_some() && !url.starts_with("rediss://") {
-            return Err(invalid("PROXY_LIMITS_REDIS_CA", "is for a rediss:// URL"));
-        }
-        Ok(Some(SharedLimitsSettings {
-            url,
-            prefix,
-            timeout,
-            fallback,
-            lease,
-            ca_pem,
-        }))
+    };
+    let source = if url_value.get().is_some() {
+        url_value
+    } else {
+        url_file
+    };
+    check_url(&url).map_err(|m| source.invalid(m))?;
+    let prefix = found.proxy_limits_redis_prefix;
+    if prefix.or_default().len() > 64 || !prefix.or_default().bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(prefix.invalid("is at most 64 printable characters without spaces"));
     }
+    let timeout = found.proxy_limits_redis_timeout;
+    let wait = timeout.duration()?;
+    if wait.is_zero() || wait > Duration::from_secs(10) {
+        return Err(timeout.invalid("must be between 1ms and 10s"));
+    }
+    let fallback = found
+        .proxy_limits_redis_fallback
+        .choice(&[("local", Fallback::Local), ("refuse", Fallback::Refuse)])?;
+    let lease = found.proxy_limits_redis_lease;
+    let lease_time = lease.duration()?;
+    if lease_time < Duration::from_secs(3) {
+        return Err(lease.invalid("must be at least 3s: slots are refreshed a third of it apart"));
+    }
+    let ca = found.proxy_limits_redis_ca;
+    let ca_pem = ca
+        .get()
+        .map(|path| {
+            let pem = read(Path::new(path)).map_err(|m| ca.invalid(m))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(ca.invalid(format!("{path}: holds no PEM certificate")));
+            }
+            Ok(pem)
+        })
+        .transpose()?;
+    if ca_pem.is_some() && !url.starts_with("rediss://") {
+        return Err(ca.invalid("is for a rediss:// URL"));
+    }
+    Ok(Some(SharedLimitsSettings {
+        url,
+        prefix: prefix.or_default().to_owned(),
+        timeout: wait,
+        fallback,
+        lease: lease_time,
+        ca_pem,
+    }))
 }
 
 /// A `redis://` or `rediss://` URL the Redis client can use. The message never repeats it.

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::values::{duration, invalid, parse_duration, present, ConfigError};
+use super::settings::Found;
+use super::values::ConfigError;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -19,40 +20,27 @@ pub struct Timeouts {
     pub header_read: Duration,
 }
 
-pub(super) struct RawTimeouts<'a> {
-    pub connect: &'a Option<String>,
-    pub first_byte: &'a Option<String>,
-    pub idle: &'a Option<String>,
-    pub total: &'a Option<String>,
-    pub header_read: &'a Option<String>,
-}
-
-impl RawTimeouts<'_> {
-    pub(super) fn validate(&self) -> Result<Timeouts, ConfigError> {
-        let timeouts = Timeouts {
-            connect: duration("PROXY_CONNECT_TIMEOUT", self.connect, 10)?,
-            first_byte: duration("PROXY_FIRST_BYTE_TIMEOUT", self.first_byte, 600)?,
-            idle: duration("PROXY_IDLE_TIMEOUT", self.idle, 300)?,
-            total: match present(self.total) {
-                None => None,
-                Some(v) => Some(parse_duration(v).map_err(|m| invalid("PROXY_TOTAL_TIMEOUT", m))?),
-            },
-            header_read: duration("PROXY_HEADER_READ_TIMEOUT", self.header_read, 10)?,
-        };
-        for (setting, value) in [
-            ("PROXY_CONNECT_TIMEOUT", timeouts.connect),
-            ("PROXY_FIRST_BYTE_TIMEOUT", timeouts.first_byte),
-            ("PROXY_IDLE_TIMEOUT", timeouts.idle),
-            (
-                "PROXY_TOTAL_TIMEOUT",
-                timeouts.total.unwrap_or(Duration::MAX),
-            ),
-            ("PROXY_HEADER_READ_TIMEOUT", timeouts.header_read),
-        ] {
-            if value.is_zero() {
-                return Err(invalid(setting, "must be greater than zero"));
-            }
+pub(super) fn validate(found: &Found<'_>) -> Result<Timeouts, ConfigError> {
+    let timeouts = Timeouts {
+        connect: found.proxy_connect_timeout.duration()?,
+        first_byte: found.proxy_first_byte_timeout.duration()?,
+        idle: found.proxy_idle_timeout.duration()?,
+        total: found.proxy_total_timeout.optional_duration()?,
+        header_read: found.proxy_header_read_timeout.duration()?,
+    };
+    for (value, took) in [
+        (found.proxy_connect_timeout, timeouts.connect),
+        (found.proxy_first_byte_timeout, timeouts.first_byte),
+        (found.proxy_idle_timeout, timeouts.idle),
+        (
+            found.proxy_total_timeout,
+            timeouts.total.unwrap_or(Duration::MAX),
+        ),
+        (found.proxy_header_read_timeout, timeouts.header_read),
+    ] {
+        if took.is_zero() {
+            return Err(value.invalid("must be greater than zero"));
         }
-        Ok(timeouts)
     }
+    Ok(timeouts)
 }

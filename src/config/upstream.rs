@@ -14,7 +14,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::egress::{egress_proxy, EgressProxy};
-use super::values::{invalid, optional_header, parse_number, ConfigError};
+use super::settings::{declared, Found};
+use super::values::{invalid, ConfigError};
 use crate::policy::headers::UpstreamAuth;
 use crate::policy::routes::UpstreamQuery;
 
@@ -68,97 +69,61 @@ impl UpstreamProtocol {
     }
 }
 
-/// The raw upstream settings, as found.
-pub struct RawUpstream<'a> {
-    pub base_url: Option<&'a str>,
-    pub ca: Option<&'a str>,
-    pub protocol: Option<&'a str>,
-    pub max_streams: &'a Option<String>,
-    /// The forward-proxy variables present, by exact name.
-    pub egress: &'a HashMap<String, String>,
-    pub auth: Option<&'a str>,
-    pub query: Option<&'a str>,
-    pub organization: &'a Option<String>,
-    pub project: &'a Option<String>,
-}
+pub const DEFAULT_BASE_URL: &str = declared::openai_base_url.default;
 
-pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-
-impl RawUpstream<'_> {
-    pub fn validate(&self) -> Result<UpstreamSettings, ConfigError> {
-        let (scheme, authority, base_path) =
-            parse_base_url(self.base_url.unwrap_or(DEFAULT_BASE_URL))?;
-        // OpenAI serves the API under /v1 only: without it every request would get its 404.
-        if authority.host().eq_ignore_ascii_case("api.openai.com") && !base_path.starts_with("/v1")
-        {
-            return Err(invalid(
-                "OPENAI_BASE_URL",
-                format!(
-                    "{scheme}://{authority}{base_path} lacks /v1, so OpenAI would answer every request with 404; use {DEFAULT_BASE_URL}"
-                ),
-            ));
-        }
-        let protocol = match self.protocol.unwrap_or("auto") {
-            "auto" => UpstreamProtocol::Auto,
-            "http1" => UpstreamProtocol::Http1,
-            "http2" => UpstreamProtocol::Http2,
-            other => {
-                return Err(invalid(
-                    "PROXY_UPSTREAM_PROTOCOL",
-                    format!("{other:?} is none of auto, http1, http2"),
-                ))
-            }
-        };
-        let max_streams = parse_number::<usize>(
-            "PROXY_UPSTREAM_MAX_STREAMS",
-            self.max_streams,
-            DEFAULT_MAX_STREAMS,
-        )?;
-        if max_streams == 0 {
-            return Err(invalid("PROXY_UPSTREAM_MAX_STREAMS", "must be at least 1"));
-        }
-        let extra_roots = match self.ca {
-            None => Vec::new(),
-            Some(path) => load_roots(Path::new(path))?,
-        };
-        let target = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| invalid("OPENAI_BASE_URL", e.to_string()))?;
-        let egress = egress_proxy(self.egress, &target)?;
-        let auth = match self.auth.unwrap_or("bearer") {
-            "bearer" => UpstreamAuth::Bearer,
-            "api-key" => UpstreamAuth::ApiKey,
-            other => {
-                return Err(invalid(
-                    "PROXY_UPSTREAM_AUTH",
-                    format!("{other:?} is neither \"bearer\" nor \"api-key\""),
-                ))
-            }
-        };
-        let query = UpstreamQuery::parse(self.query.unwrap_or(""))
-            .map_err(|m| invalid("PROXY_UPSTREAM_QUERY", m))?;
-        Ok(UpstreamSettings {
-            scheme,
-            authority,
-            base_path,
-            protocol,
-            max_streams,
-            extra_roots,
-            egress,
-            auth,
-            query,
-            organization: optional_header("OPENAI_ORGANIZATION", self.organization)?,
-            project: optional_header("OPENAI_PROJECT", self.project)?,
-        })
+/// Where requests go and how: `OPENAI_BASE_URL` and the `PROXY_UPSTREAM_*` settings, and
+/// `egress`, the forward-proxy variables present, by exact name.
+pub(super) fn validate(
+    found: &Found<'_>,
+    egress: &HashMap<String, String>,
+) -> Result<UpstreamSettings, ConfigError> {
+    let (scheme, authority, base_path) = parse_base_url(found.openai_base_url.or_default())?;
+    // OpenAI serves the API under /v1 only: without it every request would get its 404.
+    if authority.host().eq_ignore_ascii_case("api.openai.com") && !base_path.starts_with("/v1") {
+        return Err(invalid(
+            "OPENAI_BASE_URL",
+            format!(
+                "{scheme}://{authority}{base_path} lacks /v1, so OpenAI would answer every request with 404; use {DEFAULT_BASE_URL}"
+            ),
+        ));
     }
+    let protocol = found.proxy_upstream_protocol.choice(&[
+        ("auto", UpstreamProtocol::Auto),
+        ("http1", UpstreamProtocol::Http1),
+        ("http2", UpstreamProtocol::Http2),
+    ])?;
+    let max_streams = found.proxy_upstream_max_streams.at_least_one::<usize>()?;
+    let extra_roots = match found.proxy_upstream_ca.get() {
+        None => Vec::new(),
+        Some(path) => load_roots(Path::new(path))?,
+    };
+    let target = Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| invalid("OPENAI_BASE_URL", e.to_string()))?;
+    let egress = egress_proxy(egress, &target)?;
+    let auth = found.proxy_upstream_auth.choice(&[
+        ("bearer", UpstreamAuth::Bearer),
+        ("api-key", UpstreamAuth::ApiKey),
+    ])?;
+    let query = found.proxy_upstream_query;
+    let query = UpstreamQuery::parse(query.get().unwrap_or("")).map_err(|m| query.invalid(m))?;
+    Ok(UpstreamSettings {
+        scheme,
+        authority,
+        base_path,
+        protocol,
+        max_streams,
+        extra_roots,
+        egress,
+        auth,
+        query,
+        organization: found.openai_organization.header()?,
+        project: found.openai_project.header()?,
+    })
 }
-
-/// RFC 9113 asks peers to allow at least 100 concurrent streams; OpenAI's edge and nginx
-/// allow about that many.
-const DEFAULT_MAX_STREAMS: usize = 100;
 
 fn parse_base_url(value: &str) -> Result<(Scheme, Authority, String), ConfigError> {
     const NAME: &str = "OPENAI_BASE_URL";

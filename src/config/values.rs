@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use super::settings::Setting;
+
 /// A setting that could not be used, named as the operator wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -27,65 +29,118 @@ pub(crate) fn invalid(setting: &'static str, message: impl Into<String>) -> Conf
     }
 }
 
+/// One setting's value as found, beside its declaration: errors name the setting, and an
+/// absent value falls back to the declared default wherever that is a value.
+#[derive(Clone, Copy)]
+pub(crate) struct Value<'a> {
+    setting: &'static Setting,
+    value: Option<&'a str>,
+}
+
+impl<'a> Value<'a> {
+    pub(crate) fn new(setting: &'static Setting, value: &'a Option<String>) -> Value<'a> {
+        Value {
+            setting,
+            value: present(value),
+        }
+    }
+
+    /// The value, trimmed; `None` when unset or empty.
+    pub(crate) fn get(&self) -> Option<&'a str> {
+        self.value
+    }
+
+    /// The value, or the declared default.
+    pub(crate) fn or_default(&self) -> &'a str {
+        self.value.unwrap_or(self.setting.default)
+    }
+
+    pub(crate) fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        invalid(self.setting.name, message)
+    }
+
+    /// A duration, the default's when unset.
+    pub(crate) fn duration(&self) -> Result<Duration, ConfigError> {
+        parse_duration(self.or_default()).map_err(|m| self.invalid(m))
+    }
+
+    /// A duration, or `None` when unset.
+    pub(crate) fn optional_duration(&self) -> Result<Option<Duration>, ConfigError> {
+        self.value
+            .map(|v| parse_duration(v).map_err(|m| self.invalid(m)))
+            .transpose()
+    }
+
+    /// A number, the default's when unset.
+    pub(crate) fn number<T: std::str::FromStr>(&self) -> Result<T, ConfigError> {
+        let v = self.or_default();
+        v.parse()
+            .map_err(|_| self.invalid(format!("{v:?} is not a valid whole number in range")))
+    }
+
+    /// A number that must be at least 1, the default's when unset.
+    pub(crate) fn at_least_one<T: std::str::FromStr + PartialEq + From<u8>>(
+        &self,
+    ) -> Result<T, ConfigError> {
+        let n = self.number::<T>()?;
+        if n == T::from(0) {
+            return Err(self.invalid("must be at least 1"));
+        }
+        Ok(n)
+    }
+
+    /// An optional whole number that must be at least 1 when set.
+    pub(crate) fn positive(&self) -> Result<Option<u32>, ConfigError> {
+        match self.value {
+            None => Ok(None),
+            Some(_) => match self.number::<u32>()? {
+                0 => Err(self.invalid("must be at least 1 (leave it unset for no limit)")),
+                n => Ok(Some(n)),
+            },
+        }
+    }
+
+    /// An optional header value.
+    pub(crate) fn header(&self) -> Result<Option<HeaderValue>, ConfigError> {
+        self.value
+            .map(|v| {
+                HeaderValue::from_str(v)
+                    .map_err(|_| self.invalid("contains characters not allowed in a header"))
+            })
+            .transpose()
+    }
+
+    /// One of `choices`, by its word (the default's when unset).
+    pub(crate) fn choice<T: Copy>(&self, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let word = self.or_default();
+        choices
+            .iter()
+            .find(|(name, _)| *name == word)
+            .map(|&(_, value)| value)
+            .ok_or_else(|| {
+                let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+                match names[..] {
+                    [one, other] => {
+                        self.invalid(format!("{word:?} is neither {one:?} nor {other:?}"))
+                    }
+                    _ => self.invalid(format!("{word:?} is none of {}", names.join(", "))),
+                }
+            })
+    }
+
+    /// The comma-separated entries, trimmed, empty ones left out.
+    pub(crate) fn list(&self) -> impl Iterator<Item = &'a str> {
+        self.value
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+}
+
 /// Treats an empty value like an absent one, as `.env` templates leave optional ones blank.
-pub(crate) fn present(value: &Option<String>) -> Option<&str> {
+fn present(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
-pub(crate) fn optional_header(
-    setting: &'static str,
-    value: &Option<String>,
-) -> Result<Option<HeaderValue>, ConfigError> {
-    present(value)
-        .map(|v| {
-            HeaderValue::from_str(v)
-                .map_err(|_| invalid(setting, "contains characters not allowed in a header"))
-        })
-        .transpose()
-}
-
-pub(crate) fn parse_number<T: std::str::FromStr>(
-    setting: &'static str,
-    value: &Option<String>,
-    default: T,
-) -> Result<T, ConfigError> {
-    match present(value) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            invalid(
-                setting,
-                format!("{v:?} is not a valid whole number in range"),
-            )
-        }),
-    }
-}
-
-/// An optional whole number that must be at least 1 when set.
-pub(crate) fn positive_number(
-    setting: &'static str,
-    value: &Option<String>,
-) -> Result<Option<u32>, ConfigError> {
-    match present(value) {
-        None => Ok(None),
-        Some(_) => match parse_number::<u32>(setting, value, 0)? {
-            0 => Err(invalid(
-                setting,
-                "must be at least 1 (leave it unset for no limit)",
-            )),
-            n => Ok(Some(n)),
-        },
-    }
-}
-
-pub(crate) fn duration(
-    setting: &'static str,
-    value: &Option<String>,
-    default_secs: u64,
-) -> Result<Duration, ConfigError> {
-    match present(value) {
-        None => Ok(Duration::from_secs(default_secs)),
-        Some(v) => parse_duration(v).map_err(|m| invalid(setting, m)),
-    }
 }
 
 /// Parses `30` (seconds), `30s`, `250ms`, `5m` or `1h`.
@@ -109,14 +164,6 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         .checked_mul(millis_per_unit)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("{value:?} is too large"))
-}
-
-pub(crate) fn comma_list(value: &Option<String>) -> impl Iterator<Item = &str> {
-    present(value)
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
