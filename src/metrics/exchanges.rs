@@ -62,19 +62,22 @@ impl ExchangeMetrics {
             registry.register(name, help, family.clone());
             family
         };
-        let duration =
-            Family::<RouteLabels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
-        registry.register(
+        let timed = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<RouteLabels, Histogram>::new_with_constructor(
+                histogram as fn() -> Histogram,
+            );
+            registry.register(name, help, family.clone());
+            family
+        };
+        let duration = timed(
+            registry,
             "request_duration_seconds",
             "Whole exchange, request head to last byte",
-            duration.clone(),
         );
-        let head =
-            Family::<RouteLabels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
-        registry.register(
+        let head = timed(
+            registry,
             "upstream_head_seconds",
             "Request start to the upstream's response head",
-            head.clone(),
         );
         let request_bytes = per_route(
             registry,
