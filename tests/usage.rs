@@ -107,7 +107,7 @@ async fn every_answer_counts_exactly(proxy: &TestProxy, mock: &MockUpstream) {
         assert_eq!(fields["client"], client_name.as_str());
         let model = answer.model;
         let text = metrics_text(proxy).await;
-        let series = |kind: &str| series(&text, &tokens_series(&client_name, model, kind));
+        let counted = |kind: &str| series(&text, &tokens_series(&client_name, model, kind));
         match (answer.tokens, answer.audio_seconds) {
             (Some((input, output, cached, reasoning)), _) => {
                 for (kind, want) in [
@@ -117,7 +117,7 @@ async fn every_answer_counts_exactly(proxy: &TestProxy, mock: &MockUpstream) {
                     ("reasoning", reasoning),
                 ] {
                     assert_eq!(
-                        series(kind),
+                        counted(kind),
                         Some(want as f64),
                         "{} {kind}\n{text}",
                         answer.name
@@ -140,11 +140,11 @@ async fn every_answer_counts_exactly(proxy: &TestProxy, mock: &MockUpstream) {
                     "{name}\n{text}"
                 );
                 assert_eq!(fields["usage"], "reported");
-                assert_eq!(series("input"), None);
+                assert_eq!(counted("input"), None);
             }
             (None, None) => {
                 assert_eq!(
-                    series("input"),
+                    counted("input"),
                     None,
                     "{}: nothing reported, nothing counted",
                     answer.name

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Uri};
 
 use super::settings::Found;
-use super::values::{invalid, ConfigError, Value};
+use super::values::{ConfigError, Value};
 use crate::policy::cors::CorsOrigins;
 
 /// `HOST`:`PORT`.
@@ -51,55 +51,45 @@ pub(super) fn tls(
 ) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
     match (cert.get(), key.get()) {
         (None, None) => Ok(None),
-        (Some(cert), Some(key)) => load_tls(Path::new(cert), Path::new(key)).map(Some),
-        (Some(_), None) => Err(invalid(
-            "PROXY_TLS_KEY",
-            "is required when PROXY_TLS_CERT is set",
-        )),
-        (None, Some(_)) => Err(invalid(
-            "PROXY_TLS_CERT",
-            "is required when PROXY_TLS_KEY is set",
-        )),
+        (Some(cert_path), Some(key_path)) => {
+            load_tls((cert, Path::new(cert_path)), (key, Path::new(key_path))).map(Some)
+        }
+        (Some(_), None) => Err(key.invalid("is required when PROXY_TLS_CERT is set")),
+        (None, Some(_)) => Err(cert.invalid("is required when PROXY_TLS_KEY is set")),
     }
 }
 
 /// Reads a PEM certificate chain and private key into a server configuration that offers
 /// HTTP/2 and HTTP/1.1 by ALPN.
-fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+fn load_tls(
+    (cert_setting, cert): (Value<'_>, &Path),
+    (key_setting, key): (Value<'_>, &Path),
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            invalid(
-                "PROXY_TLS_CERT",
-                format!("cannot read {}: {e}", cert.display()),
-            )
-        })?;
+        .map_err(|e| cert_setting.invalid(format!("cannot read {}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(invalid(
-            "PROXY_TLS_CERT",
-            format!("{} holds no certificate", cert.display()),
-        ));
+        return Err(cert_setting.invalid(format!("{} holds no certificate", cert.display())));
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        invalid(
-            "PROXY_TLS_KEY",
-            format!("cannot read a private key from {}: {e}", key.display()),
-        )
+        key_setting.invalid(format!(
+            "cannot read a private key from {}: {e}",
+            key.display()
+        ))
     })?;
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| invalid("PROXY_TLS_CERT", e.to_string()))?
+    .map_err(|e| cert_setting.invalid(e.to_string()))?
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(|e| {
-        invalid(
-            "PROXY_TLS_KEY",
-            format!("does not match the certificate or is unusable: {e}"),
-        )
+        key_setting.invalid(format!(
+            "does not match the certificate or is unusable: {e}"
+        ))
     })?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(server))
@@ -117,7 +107,7 @@ pub(super) fn cors_origins(value: Value<'_>) -> Result<Option<CorsOrigins>, Conf
     for origin in origins {
         let uri: Uri = origin
             .parse()
-            .map_err(|_| invalid("PROXY_CORS_ORIGINS", format!("{origin:?} is not an origin")))?;
+            .map_err(|_| value.invalid(format!("{origin:?} is not an origin")))?;
         let is_origin = matches!(uri.scheme_str(), Some("http" | "https"))
             && uri.authority().is_some()
             && !origin
@@ -125,15 +115,11 @@ pub(super) fn cors_origins(value: Value<'_>) -> Result<Option<CorsOrigins>, Conf
                 .trim_start_matches("https://")
                 .contains('/');
         if !is_origin {
-            return Err(invalid(
-                "PROXY_CORS_ORIGINS",
-                format!("{origin:?} is not an origin such as https://app.example.com"),
-            ));
+            return Err(value.invalid(format!(
+                "{origin:?} is not an origin such as https://app.example.com"
+            )));
         }
-        list.push(
-            HeaderValue::from_str(origin)
-                .map_err(|_| invalid("PROXY_CORS_ORIGINS", "bad characters"))?,
-        );
+        list.push(HeaderValue::from_str(origin).map_err(|_| value.invalid("bad characters"))?);
     }
     Ok(Some(CorsOrigins::List(list)))
 }

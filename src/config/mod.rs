@@ -166,9 +166,7 @@ impl Config {
         }
         Ok(config)
     }
-}
 
-impl Config {
     /// Whether anyone who reaches the listener spends the server's key: no client keys, on an
     /// address other than loopback.
     pub fn is_open_relay(&self) -> bool {

@@ -35,6 +35,10 @@ macro_rules! settings {
         /// All of them, in the order `--help` lists them.
         pub const SETTINGS: &[Setting] = &[$(declared::$field),*];
 
+        /// Each setting's field beside its name: envy finds a value by the field's name.
+        #[cfg(test)]
+        const FIELDS: &[(&str, &str)] = &[$((stringify!($field), $name)),*];
+
         settings!(@values [] $($kind $field)*);
     };
     (@values [$($read:ident)*] read $field:ident $($rest:tt)*) => {
@@ -187,6 +191,13 @@ mod tests {
         assert!(is_service_link("PROXY_SERVICE_HOST"));
         assert!(is_service_link("PROXY_PORT_8000_TCP_ADDR"));
         assert!(!is_service_link("PROXY_PORTS"));
+    }
+
+    #[test]
+    fn each_field_is_its_setting_in_lower_case() {
+        for (field, name) in FIELDS {
+            assert_eq!(field.to_ascii_uppercase(), *name);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::egress::{egress_proxy, EgressProxy};
 use super::settings::{declared, Found};
-use super::values::{invalid, ConfigError};
+use super::values::{invalid, ConfigError, Value};
 use crate::policy::headers::UpstreamAuth;
 use crate::policy::routes::UpstreamQuery;
 
@@ -77,15 +77,14 @@ pub(super) fn validate(
     found: &Found<'_>,
     egress: &HashMap<String, String>,
 ) -> Result<UpstreamSettings, ConfigError> {
-    let (scheme, authority, base_path) = parse_base_url(found.openai_base_url.or_default())?;
+    let base_url = found.openai_base_url;
+    let (scheme, authority, base_path) = parse_base_url(base_url)?;
     // OpenAI serves the API under /v1 only: without it every request would get its 404.
     if authority.host().eq_ignore_ascii_case("api.openai.com") && !base_path.starts_with("/v1") {
-        return Err(invalid(
-            "OPENAI_BASE_URL",
+        return Err(base_url.invalid(
             format!(
                 "{scheme}://{authority}{base_path} lacks /v1, so OpenAI would answer every request with 404; use {DEFAULT_BASE_URL}"
-            ),
-        ));
+            )));
     }
     let protocol = found.proxy_upstream_protocol.choice(&[
         ("auto", UpstreamProtocol::Auto),
@@ -93,16 +92,13 @@ pub(super) fn validate(
         ("http2", UpstreamProtocol::Http2),
     ])?;
     let max_streams = found.proxy_upstream_max_streams.at_least_one::<usize>()?;
-    let extra_roots = match found.proxy_upstream_ca.get() {
-        None => Vec::new(),
-        Some(path) => load_roots(Path::new(path))?,
-    };
+    let extra_roots = load_roots(found.proxy_upstream_ca)?;
     let target = Uri::builder()
         .scheme(scheme.clone())
         .authority(authority.clone())
         .path_and_query("/")
         .build()
-        .map_err(|e| invalid("OPENAI_BASE_URL", e.to_string()))?;
+        .map_err(|e| base_url.invalid(e.to_string()))?;
     let egress = egress_proxy(egress, &target)?;
     let auth = found.proxy_upstream_auth.choice(&[
         ("bearer", UpstreamAuth::Bearer),
@@ -125,34 +121,26 @@ pub(super) fn validate(
     })
 }
 
-fn parse_base_url(value: &str) -> Result<(Scheme, Authority, String), ConfigError> {
-    const NAME: &str = "OPENAI_BASE_URL";
+fn parse_base_url(setting: Value<'_>) -> Result<(Scheme, Authority, String), ConfigError> {
+    let value = setting.or_default();
     let uri: Uri = value
         .parse()
-        .map_err(|e| invalid(NAME, format!("{value:?} is not a URL: {e}")))?;
+        .map_err(|e| setting.invalid(format!("{value:?} is not a URL: {e}")))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => Scheme::HTTPS,
-        _ => {
-            return Err(invalid(
-                NAME,
-                format!("{value:?} must start with http:// or https://"),
-            ))
-        }
+        _ => return Err(setting.invalid(format!("{value:?} must start with http:// or https://"))),
     };
     let authority = uri
         .authority()
         .filter(|a| !a.host().is_empty())
         .cloned()
-        .ok_or_else(|| invalid(NAME, format!("{value:?} has no host")))?;
+        .ok_or_else(|| setting.invalid(format!("{value:?} has no host")))?;
     if authority.as_str().contains('@') {
-        return Err(invalid(
-            NAME,
-            "must not carry credentials; the key goes in OPENAI_API_KEY",
-        ));
+        return Err(setting.invalid("must not carry credentials; the key goes in OPENAI_API_KEY"));
     }
     if uri.query().is_some() {
-        return Err(invalid(NAME, "must not have a query string"));
+        return Err(setting.invalid("must not have a query string"));
     }
     Ok((
         scheme,
@@ -161,26 +149,26 @@ fn parse_base_url(value: &str) -> Result<(Scheme, Authority, String), ConfigErro
     ))
 }
 
-/// Reads every certificate in a PEM file; a file without one is a mistake, not an empty set.
-fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    const NAME: &str = "PROXY_UPSTREAM_CA";
+/// Reads every certificate in `PROXY_UPSTREAM_CA`'s PEM file, if it is set; a file without one
+/// is a mistake, not an empty set.
+fn load_roots(setting: Value<'_>) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let Some(path) = setting.get().map(Path::new) else {
+        return Ok(Vec::new());
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| invalid(NAME, format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| setting.invalid(format!("cannot read {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(invalid(
-            NAME,
-            format!("{} holds no PEM certificate", path.display()),
-        ));
+        return Err(setting.invalid(format!("{} holds no PEM certificate", path.display())));
     }
     // Each must parse as a trust anchor, so that a wrong file fails here and not per request.
     let mut roots = rustls::RootCertStore::empty();
     for cert in &certs {
         roots.add(cert.clone()).map_err(|e| {
-            invalid(
-                NAME,
-                format!("{} holds an unusable certificate: {e}", path.display()),
-            )
+            setting.invalid(format!(
+                "{} holds an unusable certificate: {e}",
+                path.display()
+            ))
         })?;
     }
     Ok(certs)
@@ -217,7 +205,7 @@ pub(super) fn not_this_proxy(
     });
     if listen.port() != 0 && port == listen.port() && same_host {
         return Err(invalid(
-            "OPENAI_BASE_URL",
+            declared::openai_base_url.name,
             format!(
                 "{}://{}{} is this proxy's own address (HOST:PORT {listen}); if your shell exports OPENAI_BASE_URL for the app, unset it where the proxy starts, or set the upstream in the proxy's environment",
                 upstream.scheme, upstream.authority, upstream.base_path

@@ -55,10 +55,7 @@ pub async fn run_with_metrics_listener(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<DrainReport> {
     let drain = Arc::new(DrainState::default());
-    let metrics = Arc::new(Metrics::with_models(
-        &config.routes,
-        config.usage.max_models,
-    ));
+    let metrics = Arc::new(Metrics::new(&config.routes, config.usage.max_models));
     let keys = Arc::new(Keys::new(&config.keys, config.upstream.auth));
     let key_watcher = tokio::spawn(crate::keys::watch::watch(
         keys.clone(),
@@ -527,7 +524,7 @@ mod tests {
                 }
                 json_response(StatusCode::OK, r#"{"ok":true}"#)
             };
-            let metrics = Arc::new(Metrics::with_models(&config.routes, 100));
+            let metrics = Arc::new(Metrics::new(&config.routes, config.usage.max_models));
             let serving = Serving {
                 builders,
                 watcher: closing.watcher(),

@@ -42,7 +42,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// With at most `max_models` distinct `model` label values (`PROXY_USAGE_MAX_MODELS`).
-    pub fn with_models(routes: &Routes, max_models: usize) -> Metrics {
+    pub fn new(routes: &Routes, max_models: usize) -> Metrics {
         let mut registry = Registry::with_prefix("memoctopus");
         let usage = UsageMetrics::register(&mut registry, max_models);
         let limits = LimitMetrics::register(&mut registry);

@@ -31,8 +31,7 @@ pub enum UsageSeen<'a> {
     Missing(&'static str),
 }
 
-/// What the usage meter reports: the tokens OpenAI counted, by client, model and type; the
-/// audio seconds; and the answers that reported none.
+/// The usage family.
 pub struct UsageMetrics {
     tokens: Family<TokenLabels, Counter>,
     audio_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
@@ -74,7 +73,6 @@ impl UsageMetrics {
 
     /// An answer's usage, as the meter saw it.
     pub fn seen(&self, client: &Arc<str>, route: &RouteMetrics, seen: UsageSeen<'_>) {
-        let usage = self;
         let client = Label(client.clone());
         match seen {
             UsageSeen::Reported {
@@ -82,18 +80,14 @@ impl UsageMetrics {
                 model,
                 model_too_long,
             } => {
-                let model = usage.models.label(model, model_too_long);
+                let model = self.models.label(model, model_too_long);
                 if let Some(seconds) = tokens.audio_seconds {
-                    usage
-                        .audio_seconds
+                    self.audio_seconds
                         .get_or_create(&ModelLabels { client, model })
                         .inc_by(seconds);
                     return;
                 }
-                let mut counters = usage
-                    .counters
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
                 let of_client = match counters.get_mut(&*client.0) {
                     Some(of_client) => of_client,
                     None => counters.entry(client.0.clone()).or_default(),
@@ -102,7 +96,7 @@ impl UsageMetrics {
                     Some(series) => series,
                     None => of_client.entry(model.0.clone()).or_insert_with(|| {
                         TOKEN_TYPES.map(|r#type| {
-                            usage.tokens.get_or_create_owned(&TokenLabels {
+                            self.tokens.get_or_create_owned(&TokenLabels {
                                 client: client.clone(),
                                 model: model.clone(),
                                 kind: TokenType { r#type },
@@ -120,8 +114,7 @@ impl UsageMetrics {
                 }
             }
             UsageSeen::Missing(reason) => {
-                usage
-                    .missing
+                self.missing
                     .get_or_create(&MissingLabels {
                         client,
                         route: route.label.clone(),
