@@ -379,10 +379,23 @@ enum Kind {
     Audio,
 }
 
+/// The words of a streamed answer, as OpenAI's documentation shows them, over and over.
+const CHAT_WORDS: &[&str] = &[
+    "Hello", "!", " How", " can", " I", " help", " you", " today", "?",
+];
+const TRANSCRIPT_WORDS: &[&str] = &[
+    "I", " see", " skies", " of", " blue", " and", " clouds", " of", " white",
+];
+
+fn word(words: &'static [&'static str], i: u64) -> &'static str {
+    words[(i % words.len() as u64) as usize]
+}
+
 fn event(kind: Kind, i: u64, last: bool) -> Bytes {
     match (kind, last) {
         (Kind::Chat | Kind::ChatWithUsage, false) => Bytes::from(format!(
-            "data: {{\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            "data: {{\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}},\"finish_reason\":null}}]}}\n\n",
+            word(CHAT_WORDS, i)
         )),
         (Kind::Chat, true) => Bytes::from_static(
             b"data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
@@ -391,10 +404,11 @@ fn event(kind: Kind, i: u64, last: bool) -> Bytes {
             b"data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":20,\"total_tokens\":39,\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\ndata: [DONE]\n\n",
         ),
         (Kind::Transcript, false) => Bytes::from(format!(
-            "data: {{\"type\":\"transcript.text.delta\",\"delta\":\" word{i}\",\"logprobs\":[]}}\n\n"
+            "data: {{\"type\":\"transcript.text.delta\",\"delta\":\"{}\",\"logprobs\":[]}}\n\n",
+            word(TRANSCRIPT_WORDS, i)
         )),
         (Kind::Transcript, true) => Bytes::from_static(
-            b"data: {\"type\":\"transcript.text.done\",\"text\":\"I see skies of blue\",\"logprobs\":[],\"usage\":{\"input_tokens\":14,\"output_tokens\":45,\"total_tokens\":59}}\n\n",
+            b"data: {\"type\":\"transcript.text.done\",\"text\":\"I see skies of blue and clouds of white\",\"logprobs\":[],\"usage\":{\"input_tokens\":14,\"output_tokens\":45,\"total_tokens\":59}}\n\n",
         ),
         (Kind::Audio, _) => Bytes::from(vec![(i % 251) as u8; 4096]),
     }

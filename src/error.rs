@@ -136,7 +136,7 @@ impl ProxyError {
     }
 
     /// OpenAI's `code` field: a stable word that clients can match on.
-    fn code(&self) -> Option<&'static str> {
+    pub fn code(&self) -> Option<&'static str> {
         Some(match self {
             ProxyError::NotFound { .. } => return None,
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -195,7 +195,7 @@ impl ProxyError {
                 retry_after.as_secs()
             ),
             ProxyError::ClientLimited(Limited { limit: Limit::TokenBudget, retry_after }) => format!(
-                "This proxy allows each client a budget of tokens a window (PROXY_CLIENT_TOKEN_BUDGET or the client's token_budget), and this client has used it. The window ends in {} s.",
+                "This proxy gives each client a budget of tokens for each window of time (PROXY_CLIENT_TOKEN_BUDGET or the client's token_budget, such as 2000000/day), and this client has spent this window's. The window ends in {} s.",
                 retry_after.as_secs()
             ),
             ProxyError::ClientLimited(Limited { limit: Limit::Unavailable, retry_after }) => format!(

@@ -93,14 +93,11 @@ async fn serve(config: Config) -> ExitCode {
             }
         },
     };
-    if config.is_open_relay() {
-        tracing::warn!(
-            address = %config.listen,
-            "PROXY_CLIENT_KEYS is unset and HOST is not loopback: anyone who can reach this port spends the server's OpenAI key"
-        );
-    }
     let address = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%address, upstream = %config.upstream_url(), "memoctopus listening");
+    if let Some(admin) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(address = %admin, "admin listener (/health, /ready, /metrics) listening");
+    }
     match memoctopus::run_with_metrics_listener(
         listener,
         metrics_listener,

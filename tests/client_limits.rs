@@ -66,14 +66,26 @@ async fn a_client_over_its_in_flight_cap_gets_429_and_the_others_go_on() {
     }
     let seen_before = mock.requests().len();
 
-    let refused = client()
-        .request(as_client(&url, "ck-limits-web-8001"))
-        .await
-        .unwrap();
+    let logs = support::capture::logs();
+    let mut request = as_client(&url, "ck-limits-web-8001");
+    request
+        .headers_mut()
+        .insert("x-request-id", "limited-8001".parse().unwrap());
+    let refused = client().request(request).await.unwrap();
     assert_eq!(
         refusal(refused).await,
         ("proxy_concurrency_limit".into(), 1)
     );
+    // The access log says which limit refused it.
+    let line = eventually(Duration::from_secs(2), || async {
+        logs.text().lines().any(|l| {
+            l.contains("\"request_id\":\"limited-8001\"")
+                && l.contains("\"error_code\":\"proxy_concurrency_limit\"")
+                && l.contains("\"outcome\":\"limited\"")
+        })
+    })
+    .await;
+    assert!(line.is_some(), "{}", logs.text());
     assert_eq!(
         mock.requests().len(),
         seen_before,

@@ -408,41 +408,23 @@ async fn over_a_tls_upstream_the_upgrade_goes_over_http1() {
 #[tokio::test]
 async fn a_25_mib_audio_stream_passes_in_constant_memory() {
     let ws = WsMock::start(None).await;
-    let dir = scratch_dir("realtime-25m");
-    let out = dir.join("stdout");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .env_clear()
-        .env("OPENAI_API_KEY", SERVER_KEY)
-        .env("OPENAI_BASE_URL", format!("http://{}/v1", ws.addr))
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("PROXY_EXTRA_ROUTES", "GET /v1/realtime")
-        .env("PROXY_LOG_FORMAT", "json")
-        .current_dir(&dir)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .spawn()
-        .unwrap();
-    let address = eventually(Duration::from_secs(10), || async {
-        std::fs::read_to_string(&out)
-            .unwrap_or_default()
-            .contains("memoctopus listening")
-    })
-    .await
-    .and_then(|_| {
-        let text = std::fs::read_to_string(&out).unwrap();
-        let line = text.lines().find(|l| l.contains("memoctopus listening"))?;
-        let event: serde_json::Value = serde_json::from_str(line).ok()?;
-        event["address"].as_str()?.parse().ok()
-    });
-    let Some(address) = address else {
-        child.kill().unwrap();
-        panic!("the binary did not start");
-    };
-    let proxy = TestProxy::external(address);
+    let base_url = format!("http://{}/v1", ws.addr);
+    let mut child = Binary::start(
+        &scratch_dir("realtime-25m"),
+        &[
+            ("OPENAI_API_KEY", SERVER_KEY),
+            ("OPENAI_BASE_URL", &base_url),
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("PROXY_EXTRA_ROUTES", "GET /v1/realtime"),
+            ("PROXY_LOG_FORMAT", "json"),
+        ],
+    );
+    let proxy = TestProxy::external(child.addr);
     let (socket, _) = connect(&proxy, "/v1/realtime?intent=transcription", &[CLIENT_AUTH])
         .await
         .expect("upgrade refused");
-    let baseline = memory_kib(child.id(), "VmRSS:");
+    let baseline = memory_kib(child.pid(), "VmRSS:");
 
     const FRAME: usize = 32 * 1024;
     const FRAMES: usize = 800; // 25 MiB
@@ -472,9 +454,8 @@ async fn a_25_mib_audio_stream_passes_in_constant_memory() {
         received += 1;
     }
     let _sink = sending.await.unwrap();
-    let peak = memory_kib(child.id(), "VmHWM:");
-    child.kill().unwrap();
-    let _ = child.wait();
+    let peak = memory_kib(child.pid(), "VmHWM:");
+    child.kill();
     assert!(
         peak < baseline + 8 * 1024,
         "the proxy grew from {baseline} KiB to a peak of {peak} KiB carrying 25 MiB each way"

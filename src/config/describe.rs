@@ -9,7 +9,7 @@ use crate::policy::cors::CorsOrigins;
 /// A duration as the settings take it: `250ms`, `10s`.
 fn show(duration: std::time::Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -78,7 +78,7 @@ pub struct Config {
     /// `PROXY_TLS_CERT` and `PROXY_TLS_KEY`, loaded: serve HTTPS (h2 and http/1.1 by ALPN).
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// What start-up should say but not refuse: `PROXY_*` variables that are not settings,
-    /// and the example's placeholder key. Logged at start and printed by `--check-config`;
+    /// the example's placeholder key, and an open relay. Logged at start and printed by `--check-config`;
     /// never holds a value.
     pub warnings: Vec<String>,
 }
@@ -164,12 +164,18 @@ impl Config {
                 "OPENAI_API_KEY is still {PLACEHOLDER_KEY}, the placeholder from config/example.env: OpenAI refuses it, so every request gets 502 upstream_auth_failed; put your key in .env, or try the proxy against the mock upstream (see the README)"
             ));
         }
+        if config.is_open_relay() {
+            config.warnings.push(format!(
+                "PROXY_CLIENT_KEYS is unset and HOST {} is not loopback: anyone who can reach this port spends the server's OpenAI key; set client keys, or HOST=127.0.0.1 for a sidecar",
+                config.listen.ip()
+            ));
+        }
         Ok(config)
     }
 
     /// Whether anyone who reaches the listener spends the server's key: no client keys, on an
     /// address other than loopback.
-    pub fn is_open_relay(&self) -> bool {
+    fn is_open_relay(&self) -> bool {
         self.keys.client_keys.is_empty()
             && self.keys.client_keys_file.is_none()
             && !self.listen.ip().is_loopback()

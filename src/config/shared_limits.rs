@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::keys::read;
 use super::settings::Found;
-use super::values::ConfigError;
+use super::values::{invalid, ConfigError};
 
 /// What a request meets while Redis does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,18 +89,31 @@ pub(super) fn validate(found: &Found<'_>) -> Result<Option<SharedLimitsSettings>
             url.to_owned()
         }
         (None, None) => {
-            for value in [
+            // Written at its default (as config/example.env lists it), a setting means what
+            // unset means and is accepted alone; any other value would be silently ignored, so
+            // every such line is named at once.
+            let orphans: Vec<&str> = [
                 found.proxy_limits_redis_prefix,
                 found.proxy_limits_redis_timeout,
                 found.proxy_limits_redis_fallback,
                 found.proxy_limits_redis_lease,
                 found.proxy_limits_redis_ca,
-            ] {
-                if value.get().is_some() {
-                    return Err(value.invalid("needs PROXY_LIMITS_REDIS_URL (or its _FILE)"));
-                }
-            }
-            return Ok(None);
+            ]
+            .into_iter()
+            .filter(|value| !value.is_default())
+            .map(|value| value.name())
+            .collect();
+            return match orphans.first() {
+                None => Ok(None),
+                Some(&first) => Err(invalid(
+                    first,
+                    format!(
+                        "means something only with PROXY_LIMITS_REDIS_URL (or its _FILE), which is unset: set the URL, or remove or comment out {}: {}",
+                        if orphans.len() == 1 { "this line" } else { "these lines" },
+                        orphans.join(", ")
+                    ),
+                )),
+            };
         }
     };
     let source = if url_value.get().is_some() {

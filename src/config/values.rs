@@ -55,6 +55,19 @@ impl<'a> Value<'a> {
         self.value.unwrap_or(self.setting.default)
     }
 
+    /// The setting's name, as the operator writes it.
+    pub(crate) fn name(&self) -> &'static str {
+        self.setting.name
+    }
+
+    /// Whether the value means what unset means: absent, or written as the declared default.
+    pub(crate) fn is_default(&self) -> bool {
+        // "unset", "none" and the like describe the absence of a value and are never one.
+        let describes_absence = matches!(self.setting.default, "unset" | "none" | "required");
+        self.value
+            .is_none_or(|v| v == self.setting.default && !describes_absence)
+    }
+
     pub(crate) fn invalid(&self, message: impl Into<String>) -> ConfigError {
         invalid(self.setting.name, message)
     }

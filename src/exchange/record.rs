@@ -72,6 +72,8 @@ pub struct Exchange {
     /// Whether the request body is JSON, for the estimate of its tokens.
     pub request_is_json: bool,
     outcome: Option<Outcome>,
+    /// The `code` of the error the proxy answered with itself, such as which limit refused.
+    error_code: Option<&'static str>,
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
 }
@@ -104,6 +106,7 @@ impl Exchange {
             meter: None,
             request_is_json: false,
             outcome: None,
+            error_code: None,
             drain,
             metrics,
         }
@@ -121,6 +124,13 @@ impl Exchange {
     /// Records how the exchange ended; the first call wins.
     pub fn finish(&mut self, outcome: Outcome) {
         self.outcome.get_or_insert(outcome);
+    }
+
+    /// Records that the proxy answered with an error of its own, by its `code`, and how the
+    /// exchange ended.
+    pub fn refused(&mut self, outcome: Outcome, code: Option<&'static str>) {
+        self.finish(outcome);
+        self.error_code = self.error_code.or(code);
     }
 
     pub fn started(&self) -> Instant {
@@ -178,7 +188,9 @@ impl Drop for Exchange {
             request_id = id,
             upstream_request_id = upstream_id,
             outcome = outcome.as_str(),
-            model = self.meter.as_deref().and_then(Meter::model).unwrap_or("-"),
+            error_code = self.error_code.unwrap_or("-"),
+            // The metrics' label for an answer that names no model.
+            model = self.meter.as_deref().and_then(Meter::model).unwrap_or("unknown"),
             input_tokens = usage.tokens.input,
             output_tokens = usage.tokens.output,
             cached_tokens = usage.tokens.cached,

@@ -308,7 +308,7 @@ pub(super) fn failed(
     mut exchange: Exchange,
     id: HeaderValue,
 ) -> Response<ProxyBody> {
-    exchange.finish(error.outcome());
+    exchange.refused(error.outcome(), error.code());
     let mut response = error.into_response();
     exchange.status = Some(response.status());
     response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);

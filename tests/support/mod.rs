@@ -2,6 +2,7 @@
 //! records what it received, and a few client helpers.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod capture;
 pub mod connect_proxy;
 pub mod faults;
@@ -27,6 +28,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[allow(unused_imports)]
+pub use binary::Binary;
 pub use mock::MockUpstream;
 
 pub const SERVER_KEY: &str = "sk-server-secret-0123456789";

@@ -1,0 +1,112 @@
+//! The real `memoctopus` binary as a user starts it: a working directory of its own (where a
+//! `.env` may lie), exactly the given environment, and its address read from the
+//! "memoctopus listening" line it logs, in either log format.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+/// A running binary; killed when dropped.
+pub struct Binary {
+    child: Child,
+    /// Where it accepts, from its own start-up line.
+    pub addr: SocketAddr,
+    /// Everything it wrote to standard output so far.
+    log: Arc<Mutex<String>>,
+}
+
+impl Binary {
+    /// Starts the binary in `dir` with only `vars` in its environment and waits (at most 20 s)
+    /// for its start-up line; panics with what it printed if it exits or never says it listens.
+    pub fn start(dir: &Path, vars: &[(&str, &str)]) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+            .env_clear()
+            .envs(vars.iter().copied())
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, address) = mpsc::channel();
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let shared = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = listening_address(&line) {
+                    let _ = found.send(addr);
+                }
+                let mut log = shared.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let errors = Arc::new(Mutex::new(String::new()));
+        let shared = errors.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut errors = shared.lock().unwrap();
+                errors.push_str(&line);
+                errors.push('\n');
+            }
+        });
+        match address.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Binary { child, addr, log },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "the binary did not start ({status:?}):\n{}{}",
+                    log.lock().unwrap(),
+                    errors.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kills it at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The address in a start-up line: `... memoctopus listening address=127.0.0.1:8000 ...` as
+/// text, or `{"message":"memoctopus listening","address":"..."}` as JSON.
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    if !line.contains("memoctopus listening") {
+        return None;
+    }
+    if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+        return event["address"].as_str()?.parse().ok();
+    }
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))?;
+    value.parse().ok()
+}
