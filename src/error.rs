@@ -47,6 +47,9 @@ pub enum ProxyError {
     FirstByteTimeout(Duration),
     TotalTimeout(Duration),
     UpstreamFailed(String),
+    /// The request may have reached the upstream before its connection or stream failed, so
+    /// it was not sent again; the client must decide whether to retry.
+    UpstreamMayHaveProcessed(String),
     UpstreamRejectedKey,
     // Ours.
     Internal(&'static str),
@@ -78,6 +81,7 @@ impl ProxyError {
             FailureKind::Certificate => ProxyError::UpstreamCertificate(description),
             FailureKind::ForwardProxy => ProxyError::ForwardProxyFailed(description),
             FailureKind::Reset => ProxyError::UpstreamFailed(description),
+            FailureKind::AfterSend => ProxyError::UpstreamMayHaveProcessed(description),
         }
     }
 
@@ -127,6 +131,7 @@ impl ProxyError {
             | ProxyError::UpstreamCertificate(_)
             | ProxyError::ForwardProxyFailed(_)
             | ProxyError::UpstreamFailed(_)
+            | ProxyError::UpstreamMayHaveProcessed(_)
             | ProxyError::UpstreamRejectedKey => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout(_)
             | ProxyError::FirstByteTimeout(_)
@@ -171,6 +176,7 @@ impl ProxyError {
             ProxyError::FirstByteTimeout(_) => "upstream_first_byte_timeout",
             ProxyError::TotalTimeout(_) => "total_timeout",
             ProxyError::UpstreamFailed(_) => "upstream_error",
+            ProxyError::UpstreamMayHaveProcessed(_) => "upstream_request_may_have_been_processed",
             ProxyError::UpstreamRejectedKey => "upstream_auth_failed",
             ProxyError::Internal(_) => "internal_error",
         })
@@ -234,6 +240,9 @@ impl ProxyError {
                 format!("The exchange took longer than {t:?} (PROXY_TOTAL_TIMEOUT)")
             }
             ProxyError::UpstreamFailed(why) => format!("The upstream API failed: {why}"),
+            ProxyError::UpstreamMayHaveProcessed(why) => format!(
+                "The upstream API failed after the request was sent, before its answer began ({why}). It may have processed the request, so this proxy did not send it again: a retry may be billed twice."
+            ),
             ProxyError::UpstreamRejectedKey => {
                 "The upstream rejected the proxy's API key. This is a server configuration problem; contact the operator of this proxy.".to_owned()
             }

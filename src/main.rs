@@ -72,7 +72,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    runtime.block_on(serve(config))
+    let status = runtime.block_on(serve(config));
+    // A blocking read still stuck in the kernel (a hung volume) must not keep a drained
+    // process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    status
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -105,8 +105,12 @@ pub enum FailureKind {
     Certificate,
     /// The forward proxy could not be reached or refused the `CONNECT`.
     ForwardProxy,
-    /// The connection broke or the upstream spoke nonsense after we connected.
+    /// The connection broke or the upstream spoke nonsense after we connected, before the
+    /// request could have reached it.
     Reset,
+    /// The connection or the stream failed once the request may have reached the upstream,
+    /// before the answer's head: it may have been processed.
+    AfterSend,
 }
 
 /// How the upstream failed, as the `kind` label says it.
@@ -116,6 +120,7 @@ pub enum UpstreamErrorKind {
     Tls,
     Timeout,
     Reset,
+    MayHaveBeenProcessed,
 }
 
 impl UpstreamErrorKind {
@@ -125,6 +130,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Tls => "tls",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::MayHaveBeenProcessed => "may_have_been_processed",
         }
     }
 }
@@ -137,6 +143,7 @@ impl FailureKind {
             FailureKind::ConnectTimeout => UpstreamErrorKind::Timeout,
             FailureKind::Tls | FailureKind::Certificate => UpstreamErrorKind::Tls,
             FailureKind::Reset => UpstreamErrorKind::Reset,
+            FailureKind::AfterSend => UpstreamErrorKind::MayHaveBeenProcessed,
         }
     }
 }

@@ -265,3 +265,61 @@ fn the_readme_and_example_env_document_every_setting_and_exit_status() {
         );
     }
 }
+
+/// With client keys, a request that came back through the proxy but carries no key gets 401,
+/// as any keyless request does, and the proxy's `Via` entry is known in any case.
+#[tokio::test]
+async fn the_key_check_comes_before_the_loop_guard_and_via_is_matched_in_any_case() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[("PROXY_CLIENT_KEYS", "web:ck-loop-web-1")]).await;
+    let url = proxy.url("/v1/chat/completions");
+    let keyed = |via: Option<String>, key: Option<&str>| {
+        let mut request = chat_request(&url, "{}");
+        request.headers_mut().remove("authorization");
+        if let Some(key) = key {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        }
+        if let Some(via) = via {
+            request.headers_mut().insert("via", via.parse().unwrap());
+        }
+        request
+    };
+    // The proxy's own entry, as the upstream saw it.
+    let response = client()
+        .request(keyed(None, Some("ck-loop-web-1")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    body_bytes(response).await;
+    let ours = mock.last_request().headers["via"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let shouted = ours.to_ascii_uppercase();
+    assert_ne!(shouted, ours);
+
+    let response = client()
+        .request(keyed(Some(ours.clone()), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        401,
+        "a keyless client learned of the loop"
+    );
+    body_bytes(response).await;
+    let response = client()
+        .request(keyed(Some(shouted), Some("ck-loop-web-1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        508,
+        "the entry in upper case was not known"
+    );
+    let (code, _) = error_fields(&body_string(response).await);
+    assert_eq!(code, "proxy_loop_detected");
+    assert_eq!(mock.requests().len(), 1);
+}

@@ -323,3 +323,119 @@ async fn over_tls_and_http2_the_new_key_goes_out_on_the_open_connection() {
         "the rotation opened a connection"
     );
 }
+
+/// A FIFO put where a key file was (`mkfifo` after removing it) would block whoever opens it
+/// until a writer comes. It is refused like a malformed file: at start with exit 64 (and
+/// `--check-config` too), and while serving with the keys in force kept, the later reloads
+/// still applied, and SIGTERM still ending the process.
+#[test]
+fn a_fifo_where_a_key_file_was_is_refused_and_blocks_nothing() {
+    use std::process::Command;
+    use std::time::Instant;
+    let dir = scratch_dir("fifo-keys");
+    let clients = dir.join("client-keys");
+    let mkfifo = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+        let status = Command::new("mkfifo").arg(path).status().unwrap();
+        assert!(status.success(), "mkfifo");
+    };
+    let mock = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mock = runtime.block_on(MockUpstream::start());
+        let addr = mock.addr;
+        (runtime, mock, addr)
+    })
+    .join()
+    .unwrap();
+    let base_url = format!("http://{}/v1", mock.2);
+    let clients_path = clients.to_str().unwrap().to_owned();
+    let vars = [
+        ("OPENAI_API_KEY", SERVER_KEY),
+        ("OPENAI_BASE_URL", base_url.as_str()),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("PROXY_CLIENT_KEYS_FILE", clients_path.as_str()),
+    ];
+
+    // At start, for both the proxy and --check-config: exit 64 at once, naming the file.
+    mkfifo(&clients);
+    for args in [&[][..], &["--check-config"][..]] {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+            .args(args)
+            .env_clear()
+            .envs(vars)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                child.kill().unwrap();
+                panic!("{args:?}: start-up hung on the FIFO");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+        assert_eq!(status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("PROXY_CLIENT_KEYS_FILE") && stderr.contains("not a regular file"),
+            "{stderr}"
+        );
+    }
+
+    // While serving: the FIFO is refused, the keys in force stay, and a later file applies.
+    let _ = std::fs::remove_file(&clients);
+    std::fs::write(&clients, "web:ck-fifo-web-1\nold:ck-fifo-old-2\n").unwrap();
+    let mut binary = Binary::start(&dir, &vars);
+    let status_with = |key: &str| {
+        let url = format!("http://{}/v1/chat/completions", binary.addr);
+        let key = key.to_owned();
+        mock.0.block_on(async move {
+            let request = Request::post(url)
+                .header("authorization", format!("Bearer {key}"))
+                .body(Full::from("{}"))
+                .unwrap();
+            let response = client().request(request).await.unwrap();
+            let status = response.status().as_u16();
+            body_bytes(response).await;
+            status
+        })
+    };
+    assert_eq!(status_with("ck-fifo-old-2"), 200);
+    mkfifo(&clients);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        status_with("ck-fifo-old-2"),
+        200,
+        "the FIFO dropped the keys"
+    );
+    assert!(
+        binary.log().contains("not a regular file"),
+        "{}",
+        binary.log()
+    );
+    let _ = std::fs::remove_file(&clients);
+    std::fs::write(&clients, "web:ck-fifo-web-1\n").unwrap();
+    let started = Instant::now();
+    while status_with("ck-fifo-old-2") != 401 {
+        assert!(
+            started.elapsed() < RELOAD_LIMIT,
+            "a removed key stayed valid after the FIFO: reloads stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status_with("ck-fifo-web-1"), 200);
+
+    // SIGTERM still ends it, with a FIFO in place again.
+    mkfifo(&clients);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        binary.terminate(Duration::from_secs(10)),
+        "SIGTERM did not end the process"
+    );
+}

@@ -67,13 +67,15 @@ fn load_tls(
 ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let chain_pem = super::keys::read(cert).map_err(|m| cert_setting.invalid(m))?;
+    let chain = CertificateDer::pem_slice_iter(&chain_pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| cert_setting.invalid(format!("cannot read {}: {e}", cert.display())))?;
     if chain.is_empty() {
         return Err(cert_setting.invalid(format!("{} holds no certificate", cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+    let key_pem = super::keys::read(key).map_err(|m| key_setting.invalid(m))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         key_setting.invalid(format!(
             "cannot read a private key from {}: {e}",
             key.display()

@@ -159,9 +159,45 @@ fn at_least_one(keys: ClientKeys) -> Result<ClientKeys, KeyListError> {
     Ok(keys)
 }
 
-/// A key file's bytes; the error names the file and the cause, never the contents.
+/// The largest file a setting names: a key, a Redis URL, a PEM bundle (all of webpki's roots
+/// as PEM are about 250 KiB).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// `O_NONBLOCK`, so that opening a FIFO put where a file was expected returns at once instead
+/// of waiting for a writer; for a regular file it changes nothing.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const OPEN_FLAGS: i32 = libc::O_NONBLOCK;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const OPEN_FLAGS: i32 = 0;
+
+/// A file a setting names, read whole: only a regular file of at most 1 MiB. A FIFO, a
+/// device or a directory is refused like a malformed file, since reading one could block
+/// start-up or every later reload for good. The error names the file and the cause, never the
+/// contents.
 pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |why: String| format!("cannot read {}: {why}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OPEN_FLAGS)
+        .open(path)
+        .map_err(|e| cannot(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| cannot(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(cannot("not a regular file".to_owned()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(cannot("larger than 1 MiB".to_owned()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cannot(e.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(cannot("larger than 1 MiB".to_owned()));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -155,8 +155,9 @@ fn load_roots(setting: Value<'_>) -> Result<Vec<CertificateDer<'static>>, Config
     let Some(path) = setting.get().map(Path::new) else {
         return Ok(Vec::new());
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = super::keys::read(path).map_err(|m| setting.invalid(m))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| setting.invalid(format!("cannot read {}: {e}", path.display())))?;
     if certs.is_empty() {
         return Err(setting.invalid(format!("{} holds no PEM certificate", path.display())));

@@ -31,12 +31,26 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// How long a changed file must stay the same before it is applied.
 const SETTLE: Duration = Duration::from_millis(50);
 
+/// How long one read of a key file may take before it counts as failed (the keys in force
+/// stay), so that a volume that hangs never stops the watcher.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A file read on the blocking pool, so that a slow volume never stalls the runtime.
 async fn read_off_thread(path: &Path) -> Result<Vec<u8>, String> {
+    let shown = path.display().to_string();
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || read_key_file(&path))
-        .await
-        .unwrap_or_else(|e| Err(format!("the read failed: {e}")))
+    match tokio::time::timeout(
+        READ_TIMEOUT,
+        tokio::task::spawn_blocking(move || read_key_file(&path)),
+    )
+    .await
+    {
+        Ok(read) => read.unwrap_or_else(|e| Err(format!("the read failed: {e}"))),
+        Err(_) => Err(format!(
+            "cannot read {shown}: no answer within {} s",
+            READ_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// One watched file: which setting it is, and what was last read from it.

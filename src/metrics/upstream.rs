@@ -34,7 +34,7 @@ impl UpstreamMetrics {
         let errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Upstream failures by kind: connect, tls, timeout, reset",
+            "Upstream failures by kind: connect, tls, timeout, reset, may_have_been_processed",
             errors.clone(),
         );
         // Known kinds start at zero, so that rates work before the first failure.
@@ -43,6 +43,7 @@ impl UpstreamMetrics {
             UpstreamErrorKind::Tls,
             UpstreamErrorKind::Timeout,
             UpstreamErrorKind::Reset,
+            UpstreamErrorKind::MayHaveBeenProcessed,
         ] {
             drop(errors.get_or_create(&KindLabels { kind: kind.label() }));
         }

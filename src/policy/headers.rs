@@ -138,13 +138,15 @@ pub fn via_entry() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("1.1 memoctopus"))
 }
 
-/// Whether the request already went through the proxy whose entry is `via`.
+/// Whether the request already went through the proxy whose entry is `via`, in any case: a
+/// hop in between may have rewritten it (header values are case-insensitive to many proxies).
 pub(crate) fn passed_through(headers: &HeaderMap, via: &HeaderValue) -> bool {
     let ours = via.as_bytes().get(4..).unwrap_or_default();
-    headers
-        .get_all(header::VIA)
-        .iter()
-        .any(|v| v.as_bytes().windows(ours.len()).any(|w| w == ours))
+    headers.get_all(header::VIA).iter().any(|v| {
+        v.as_bytes()
+            .windows(ours.len())
+            .any(|w| w.eq_ignore_ascii_case(ours))
+    })
 }
 
 /// Makes an upstream's response headers fit to send to the client.

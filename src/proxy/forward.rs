@@ -41,9 +41,6 @@ impl Proxy {
             self.0.metrics.clone(),
         );
 
-        if headers::passed_through(request.headers(), &self.0.identity.via) {
-            return failed(ProxyError::LoopDetected, exchange, id);
-        }
         // A key in a subprotocol never goes upstream, upgrade or not.
         let key = websocket::take_key_subprotocol(request.headers_mut());
         if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {

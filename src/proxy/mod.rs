@@ -154,6 +154,11 @@ impl Proxy {
             .admit_with(headers, subprotocol_key)
             .ok_or(ProxyError::InvalidClientKey)?;
         exchange.client = client.name.clone();
+        // After the key check, so that a client without a key learns nothing but 401; before
+        // the limits, so that a loop spends none of them.
+        if headers::passed_through(headers, &self.0.identity.via) {
+            return Err(ProxyError::LoopDetected);
+        }
         match self.0.limits.admit(&client.name, client.limits).await {
             Ok(permit) => {
                 exchange.permit = permit;

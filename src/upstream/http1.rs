@@ -224,9 +224,16 @@ where
                         self.metrics.upstream.retry(RetryReason::StaleConnection);
                         request = unsent;
                     }
-                    _ => {
+                    // hyper gives a request back only if it never wrote it.
+                    Some(_) => {
                         return Err(Http1Failure::Failed(UpstreamError::new(
                             FailureKind::Reset,
+                            error.into_error(),
+                        )))
+                    }
+                    None => {
+                        return Err(Http1Failure::Failed(UpstreamError::new(
+                            FailureKind::AfterSend,
                             error.into_error(),
                         )))
                     }

@@ -303,8 +303,13 @@ where
                 if unprocessed == Some(RetryReason::GoAway) || error.is_closed() {
                     stream.0.closing.store(true, Ordering::Release);
                 }
+                // A stream the upstream did not provably refuse may have been processed.
+                let kind = match unprocessed {
+                    Some(_) => FailureKind::Reset,
+                    None => FailureKind::AfterSend,
+                };
                 Err(Http2Failure::Failed {
-                    error: UpstreamError::new(FailureKind::Reset, error),
+                    error: UpstreamError::new(kind, error),
                     unprocessed,
                 })
             }

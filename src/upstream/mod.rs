@@ -61,6 +61,10 @@ impl<B> SendBody for B where
 {
 }
 
+/// Attempts at most for one request: each retry is of a request the upstream provably did not
+/// process, and a burst caught by several connections' GOAWAYs in a row still gets through.
+const MAX_ATTEMPTS: u32 = 3;
+
 /// How long a complete HTTP/2 answer's END_STREAM is waited for before the stream is reset.
 const END_STREAM_WAIT: Duration = Duration::from_secs(5);
 
@@ -201,8 +205,8 @@ where
     /// Sends `request` and waits for the response head. The lease comes back with the
     /// response: the body must hold it while it flows.
     ///
-    /// A request the upstream provably did not process is sent once more, on another
-    /// connection; nothing else is.
+    /// A request the upstream provably did not process is sent again, on another connection,
+    /// up to [`MAX_ATTEMPTS`] in all; nothing else is.
     pub async fn send(
         &self,
         request: Request<B>,
@@ -220,37 +224,50 @@ where
         // hyper gives back an HTTP/2 request only if it never left, so a copy of the head and
         // the frames sent are kept (unless the one retry went to the probe); an HTTP/1.1
         // request that was written is never retried.
-        let (body, recovery, head_copy) = if http2 && !probe_retried {
+        let (body, mut recovery, head_copy) = if http2 && !probe_retried {
             let (body, recovery) = Replayable::recorded(body);
             (body, Some(recovery), Some(copy_head(&head)))
         } else {
             (Replayable::once(body), None, None)
         };
-        let request = Request::from_parts(head, Box::new(body));
-        let failure = match self.attempt(http2, request).await {
-            Ok(answer) => return Ok(answer),
-            Err(failure) if probe_retried => return Err(failure.into_error()),
-            Err(failure) => failure,
-        };
-        let (reason, again) = match failure {
-            Attempt::Unsent {
-                request, reason, ..
-            } => (reason, request),
-            Attempt::Unprocessed { reason, error } => {
-                match Box::pin(recover(recovery, head_copy)).await {
-                    Some(request) => (reason, request),
-                    None => return Err(error),
+        let mut request = Request::from_parts(head, Box::new(body));
+        let (mut http2, mut attempts) = (http2, 1);
+        loop {
+            // Boxed after the first: a retry is taken only now and then, and the future of the
+            // common path stays small (it is moved, copied, at each `.await` above it).
+            let result = if attempts == 1 {
+                self.attempt(http2, request).await
+            } else {
+                Box::pin(self.attempt(http2, request)).await
+            };
+            let failure = match result {
+                Ok(answer) => return Ok(answer),
+                Err(failure) if probe_retried || attempts >= MAX_ATTEMPTS => {
+                    return Err(failure.into_error())
                 }
-            }
-            Attempt::Failed(error) => return Err(error),
-        };
-        self.metrics.upstream.retry(reason);
-        let http2 = self.use_http2().await?;
-        // Boxed, as every path taken only now and then: the future of the common path stays
-        // small, and it is moved (copied) at each `.await` above it.
-        Box::pin(self.attempt(http2, again))
-            .await
-            .map_err(Attempt::into_error)
+                Err(failure) => failure,
+            };
+            let reason;
+            (request, reason) = match failure {
+                Attempt::Unsent {
+                    request, reason, ..
+                } => (request, reason),
+                Attempt::Unprocessed { reason, error } => {
+                    let head = head_copy.as_ref().map(copy_head);
+                    match Box::pin(recover(recovery.take(), head)).await {
+                        Some((again, next)) => {
+                            recovery = Some(next);
+                            (again, reason)
+                        }
+                        None => return Err(error),
+                    }
+                }
+                Attempt::Failed(error) => return Err(error),
+            };
+            attempts += 1;
+            self.metrics.upstream.retry(reason);
+            http2 = self.use_http2().await?;
+        }
     }
 
     /// Whether this request goes over HTTP/2. Under `auto`, the first request probes: one
@@ -383,13 +400,14 @@ fn unsent_failure<B: SendBody>(
     }
 }
 
-/// The request again, from the head's copy and the body hyper dropped.
+/// The request again, from the head's copy and the body hyper dropped, with the recovery
+/// that gets it back once more.
 async fn recover<B: SendBody>(
     recovery: Option<Recovery<B>>,
     head: Option<Parts>,
-) -> Option<Request<Outgoing<B>>> {
-    let body = recovery?.recover().await?;
-    Some(Request::from_parts(head?, Box::new(body)))
+) -> Option<(Request<Outgoing<B>>, Recovery<B>)> {
+    let (body, recovery) = recovery?.recover().await?;
+    Some((Request::from_parts(head?, Box::new(body)), recovery))
 }
 
 /// The parts of a request head that are sent; extensions are not.

@@ -100,18 +100,26 @@ impl<B> Replayable<B> {
 }
 
 impl<B> Recovery<B> {
-    /// The body again, frames already sent first, or `None` if it cannot be replayed (it
-    /// outgrew the retry buffer, carried trailers, or did not come back).
-    pub async fn recover(self) -> Option<Replayable<B>> {
+    /// The body again, frames already sent first, recorded as it is sent again (with its own
+    /// recovery), or `None` if it cannot be replayed (it outgrew the retry buffer, carried
+    /// trailers, or did not come back).
+    pub async fn recover(self) -> Option<(Replayable<B>, Recovery<B>)> {
         let recovered = tokio::time::timeout(RECOVERY_WAIT, self.0)
             .await
             .ok()?
             .ok()?;
-        Some(Replayable {
+        let (give_back, recovery) = oneshot::channel();
+        let body = Replayable {
             rest: recovered.rest,
             replay: recovered.sent.into(),
-            recorder: None,
-        })
+            recorder: Some(Recorder {
+                sent: Vec::new(),
+                bytes: 0,
+                ended: false,
+                give_back,
+            }),
+        };
+        Some((body, Recovery(recovery)))
     }
 }
 
@@ -123,10 +131,10 @@ impl<B> Drop for Replayable<B> {
             } else {
                 self.rest.take()
             };
-            let _ = recorder.give_back.send(Recovered {
-                sent: recorder.sent,
-                rest,
-            });
+            // Frames of an earlier attempt not handed out yet come after those that were.
+            let mut sent = recorder.sent;
+            sent.extend(self.replay.drain(..));
+            let _ = recorder.give_back.send(Recovered { sent, rest });
         }
     }
 }
@@ -144,6 +152,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         if let Some(bytes) = this.replay.pop_front() {
+            if let Some(recorder) = &mut this.recorder {
+                // Within the retry buffer already: it was recorded the first time.
+                recorder.bytes += bytes.len();
+                recorder.sent.push(bytes.clone());
+            }
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
         let Some(rest) = this.rest.as_mut() else {
@@ -218,7 +231,12 @@ mod tests {
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "ab");
         drop(body);
-        let again = recovery.recover().await.expect("replayable");
+        let (mut again, recovery) = recovery.recover().await.expect("replayable");
+        // Sent again in part, and dropped once more: it comes back whole a second time.
+        let first = again.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "ab");
+        drop(again);
+        let (again, _) = recovery.recover().await.expect("replayable twice");
         let all = again.collect().await.unwrap().to_bytes();
         assert_eq!(all, "abcdef");
     }
@@ -237,7 +255,7 @@ mod tests {
         let (mut body, recovery) = Replayable::recorded(Full::new(Bytes::from_static(b"{}")));
         while body.frame().await.is_some() {}
         drop(body);
-        let again = recovery.recover().await.expect("replayable");
+        let (again, _) = recovery.recover().await.expect("replayable");
         assert_eq!(again.collect().await.unwrap().to_bytes(), "{}");
     }
 }

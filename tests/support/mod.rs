@@ -6,6 +6,7 @@ pub mod binary;
 pub mod capture;
 pub mod connect_proxy;
 pub mod faults;
+pub mod goaway_upstream;
 pub mod h2_frames;
 pub mod mock;
 pub mod redis;

@@ -1,0 +1,343 @@
+//! Sent once: an HTTP/2 upstream that shuts its connections down gracefully (GOAWAY(2^31-1),
+//! a window, PING, GOAWAY(last-stream-id)) while bursts of requests race it never processes
+//! a request twice, and no request fails except with the 502 that says it may have been
+//! processed. The race is made by the upstream itself, on every connection: its first GOAWAY
+//! goes out at the connection's first HEADERS, while the rest of a burst of 32 is being sent.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::goaway_upstream::GoawayUpstream;
+use support::tls::{Alpn, TestCa};
+use support::*;
+
+const ROUNDS: usize = 200;
+const BURST: usize = 32;
+/// The code of a request whose fate the proxy cannot know.
+const MAY_HAVE_BEEN_PROCESSED: &str = "upstream_request_may_have_been_processed";
+
+/// Two threads that keep both cores busy until dropped, so that the proxy's tasks are
+/// scheduled late and often interleaved, as on a loaded machine.
+struct Burners(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl Burners {
+    fn start() -> Burners {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect();
+        Burners(stop, threads)
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        for thread in self.1.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn request(url: &str, id: &str) -> http::Request<Full<Bytes>> {
+    http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-request-id", id)
+        .body(Full::new(Bytes::from(id.to_owned())))
+        .unwrap()
+}
+
+async fn race(tls: bool) {
+    if std::env::var_os("MEMO_TRACE").is_some() {
+        capture::logs();
+    } else {
+        capture::logs_with_quiet_dependencies();
+    }
+    let ca = TestCa::new("goaway");
+    let upstream = GoawayUpstream::start(
+        tls.then(|| ca.server_config(Alpn::Http2Only)),
+        Duration::from_millis(100),
+    )
+    .await;
+    let port = upstream.addr.port();
+    let base_url = if tls {
+        format!("https://localhost:{port}/v1")
+    } else {
+        format!("http://127.0.0.1:{port}/v1")
+    };
+    let ca_path = ca.ca_pem_path();
+    let mut vars = vec![("PROXY_UPSTREAM_PROTOCOL", "http2")];
+    if tls {
+        vars.push(("PROXY_UPSTREAM_CA", &ca_path));
+    }
+    let proxy = spawn_proxy_at(&base_url, &vars).await;
+    let url = Arc::new(proxy.url("/v1/chat/completions"));
+    let client = client();
+    let _burners = Burners::start();
+
+    let mut answered = HashSet::new();
+    let mut unknown = Vec::new();
+    for round in 0..ROUNDS {
+        let mut burst = tokio::task::JoinSet::new();
+        for i in 0..BURST {
+            let (client, url) = (client.clone(), url.clone());
+            let id = format!("r{round}-{i}");
+            let (proxy_addr, upstream_addr) = (proxy.addr, upstream.addr);
+            burst.spawn(async move {
+                let phase = std::sync::Mutex::new("sending");
+                let exchange = async {
+                    let response = client.request(request(&url, &id)).await.unwrap();
+                    *phase.lock().unwrap() = "head received";
+                    let status = response.status();
+                    (status, body_string(response).await)
+                };
+                let done = tokio::time::timeout(Duration::from_secs(20), exchange).await;
+                let phase = *phase.lock().unwrap();
+                match done {
+                    Ok((status, body)) => (id, status, body),
+                    Err(_) => {
+                        let ss = std::process::Command::new("ss").args(["-tnp"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                        std::fs::write(format!("/tmp/ss-{id}.txt"), ss).ok();
+                        std::fs::write(format!("/tmp/log-{id}.txt"), capture::logs().text()).ok();
+                        let logs = capture::logs().text();
+                        let lines: Vec<&str> = logs.lines().filter(|l| l.contains(&id)).collect();
+                        panic!("{id} had no answer within 20 s ({phase}; proxy {proxy_addr}, upstream {upstream_addr}): {lines:#?}")
+                    }
+                }
+            });
+        }
+        while let Some(result) = burst.join_next().await {
+            let (id, status, body) = result.unwrap();
+            match status.as_u16() {
+                200 => {
+                    assert_eq!(body, id, "the answer of another request");
+                    answered.insert(id);
+                }
+                502 => {
+                    let (code, message) = error_fields(&body);
+                    assert_eq!(code, MAY_HAVE_BEEN_PROCESSED, "{id}: {message}");
+                    unknown.push(id);
+                }
+                other => panic!("{id}: {other} {body}"),
+            }
+        }
+    }
+    let log = upstream.log();
+    let mut processed = HashSet::new();
+    for id in &log.answered {
+        assert!(processed.insert(id.clone()), "{id} was processed twice");
+    }
+    for id in &answered {
+        assert!(processed.contains(id), "{id} answered 200, never processed");
+    }
+    // A stream the upstream accepted and then lost belongs to a request answered 502.
+    assert!(
+        log.abandoned <= unknown.len(),
+        "{} streams were accepted and abandoned, {} requests answered 502 ({} accepted, {} answered)",
+        log.abandoned,
+        unknown.len(),
+        log.accepted,
+        log.answered.len()
+    );
+    assert_eq!(answered.len() + unknown.len(), ROUNDS * BURST);
+    let retried = metric(
+        &proxy,
+        r#"memoctopus_upstream_retries_total{reason="goaway"}"#,
+    )
+    .await
+        + metric(
+            &proxy,
+            r#"memoctopus_upstream_retries_total{reason="stale_connection"}"#,
+        )
+        .await;
+    eprintln!(
+        "{}: {} requests, {} answered, {} answered 502 {MAY_HAVE_BEEN_PROCESSED}, {} connections, {} streams refused by a last-stream-id, {} retries",
+        if tls { "TLS" } else { "h2c" },
+        ROUNDS * BURST,
+        answered.len(),
+        unknown.len(),
+        log.connections,
+        log.refused,
+        retried
+    );
+    assert!(
+        log.connections >= ROUNDS,
+        "the upstream's shutdowns were not raced: {} connections",
+        log.connections
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_goaway_raced_by_bursts_processes_no_request_twice_over_h2c() {
+    race(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_goaway_raced_by_bursts_processes_no_request_twice_over_tls() {
+    race(true).await;
+}
+
+/// What [`h2_upstream`] does with each stream, once it has the request's head.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// `RST_STREAM` with this code before any answer.
+    Reset(h2::Reason),
+    /// Closes the whole connection, without a word.
+    Drop,
+    /// Answers 200 with five chunks 100 ms apart, and starts a graceful shutdown (GOAWAY,
+    /// PING, GOAWAY with this stream as the last) after the first.
+    SlowWhileGoingAway,
+}
+
+/// An HTTP/2 upstream over TLS on the h2 crate (hyper's server can neither reset a stream
+/// with a chosen code nor drop a connection at a chosen point). Returns its port and how many
+/// requests reached it.
+async fn h2_upstream(
+    ca: &TestCa,
+    behaviour: Behaviour,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(Alpn::Http2Only));
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut connection) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                let (going_away, mut go_away) = tokio::sync::mpsc::unbounded_channel::<()>();
+                loop {
+                    let accepted = tokio::select! {
+                        accepted = connection.accept() => accepted,
+                        Some(()) = go_away.recv() => {
+                            connection.graceful_shutdown();
+                            continue;
+                        }
+                    };
+                    let Some(Ok((_request, mut respond))) = accepted else {
+                        break;
+                    };
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    match behaviour {
+                        Behaviour::Reset(reason) => respond.send_reset(reason),
+                        Behaviour::Drop => return,
+                        Behaviour::SlowWhileGoingAway => {
+                            let going_away = going_away.clone();
+                            tokio::spawn(async move {
+                                let head = http::Response::builder().body(()).unwrap();
+                                let mut send = respond.send_response(head, false).unwrap();
+                                for i in 0..5 {
+                                    let chunk = Bytes::from(format!("chunk {i}\n"));
+                                    let _ = send.send_data(chunk, i == 4);
+                                    if i == 0 {
+                                        let _ = going_away.send(());
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            });
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+async fn proxy_to_h2(ca: &TestCa, port: u16) -> TestProxy {
+    let base_url = format!("https://localhost:{port}/v1");
+    let ca_path = ca.ca_pem_path();
+    spawn_proxy_at(
+        &base_url,
+        &[
+            ("PROXY_UPSTREAM_PROTOCOL", "http2"),
+            ("PROXY_UPSTREAM_CA", &ca_path),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_reset_of_any_code_but_refused_stream_or_a_dropped_connection_is_never_retried() {
+    for behaviour in [
+        Behaviour::Reset(h2::Reason::INTERNAL_ERROR),
+        Behaviour::Reset(h2::Reason::CANCEL),
+        Behaviour::Reset(h2::Reason::NO_ERROR),
+        Behaviour::Drop,
+    ] {
+        let ca = TestCa::new("h2-faults");
+        let (port, seen) = h2_upstream(&ca, behaviour).await;
+        let proxy = proxy_to_h2(&ca, port).await;
+        let response = client()
+            .request(request(&proxy.url("/v1/chat/completions"), "once"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502);
+        let (code, message) = error_fields(&body_string(response).await);
+        assert_eq!(code, MAY_HAVE_BEEN_PROCESSED, "{message}");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "{message}: sent more than once"
+        );
+        assert_eq!(
+            metric(
+                &proxy,
+                r#"memoctopus_upstream_errors_total{kind="may_have_been_processed"}"#
+            )
+            .await,
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stream_below_the_last_stream_id_finishes_after_goaway_and_the_next_request_gets_a_new_connection(
+) {
+    let ca = TestCa::new("h2-slow-goaway");
+    let (port, seen) = h2_upstream(&ca, Behaviour::SlowWhileGoingAway).await;
+    let proxy = proxy_to_h2(&ca, port).await;
+    let url = proxy.url("/v1/chat/completions");
+    let response = client().request(request(&url, "slow")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (body, clean) = read_all(response).await;
+    assert!(clean, "the stream was cut by the GOAWAY");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        (0..5).map(|i| format!("chunk {i}\n")).collect::<String>()
+    );
+    // The connection is going away: the next request opens another, and is answered there.
+    let response = client().request(request(&url, "next")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = read_all(response).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        metric(
+            &proxy,
+            "memoctopus_upstream_connections_opened_total{protocol=\"http2\"}"
+        )
+        .await,
+        2.0
+    );
+}
