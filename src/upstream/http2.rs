@@ -184,14 +184,15 @@ where
         }
     }
 
-    /// Claims a stream on the oldest connection with room, or on a new one.
-    fn checkout(&self) -> (Arc<Conn<B>>, Stream) {
+    /// Claims a stream on the oldest connection with room, or on a new one; on a new one
+    /// always when `fresh`.
+    fn checkout(&self, fresh: bool) -> (Arc<Conn<B>>, Stream) {
         let mut conns = match self.conns.lock() {
             Ok(conns) => conns,
             Err(poisoned) => poisoned.into_inner(),
         };
         conns.retain(|conn| !conn.is_done());
-        for conn in conns.iter() {
+        for conn in conns.iter().filter(|_| !fresh) {
             let limit = conn
                 .shared
                 .peer_limit
@@ -252,12 +253,15 @@ where
     }
 
     /// Sends `request` on a stream of a connection with room, and waits for the response head.
-    /// The stream's claim comes back with the response and ends when it is dropped.
+    /// The stream's claim comes back with the response and ends when it is dropped. A retry
+    /// goes on a `fresh` connection: the others may be going away as the one that refused it
+    /// was, and only a new one is sure to take a stream.
     pub async fn send(
         &self,
         request: Request<B>,
+        fresh: bool,
     ) -> Result<(Response<Incoming>, Stream), Http2Failure<B>> {
-        let (conn, stream) = self.checkout();
+        let (conn, stream) = self.checkout(fresh);
         let mut state = conn.state.clone();
         drop(conn);
         let ready = state
@@ -286,7 +290,13 @@ where
             }
         };
         drop(state);
-        match sender.try_send_request(request).await {
+        let responding = sender.try_send_request(request);
+        // hyper answers a request it never took only by dropping it, and a request that was
+        // queued while the connection's dispatch ended is dropped only with the queue, when the
+        // last handle to the connection goes: a handle held here while waiting would wait on
+        // itself for ever. The pool lets go of its own once the connection is done.
+        drop(sender);
+        match responding.await {
             Ok(response) => Ok((response, stream)),
             Err(mut error) => {
                 if let Some(request) = error.take_message() {

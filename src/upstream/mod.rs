@@ -231,14 +231,14 @@ where
             (Replayable::once(body), None, None)
         };
         let mut request = Request::from_parts(head, Box::new(body));
-        let (mut http2, mut attempts) = (http2, 1);
+        let (mut http2, mut attempts, mut connect_retried) = (http2, 1, false);
         loop {
             // Boxed after the first: a retry is taken only now and then, and the future of the
             // common path stays small (it is moved, copied, at each `.await` above it).
             let result = if attempts == 1 {
-                self.attempt(http2, request).await
+                self.attempt(http2, request, false).await
             } else {
-                Box::pin(self.attempt(http2, request)).await
+                Box::pin(self.attempt(http2, request, true)).await
             };
             let failure = match result {
                 Ok(answer) => return Ok(answer),
@@ -249,6 +249,12 @@ where
             };
             let reason;
             (request, reason) = match failure {
+                // A connection that could not be made once is likely down: tried once more.
+                Attempt::Unsent {
+                    reason: RetryReason::Connect,
+                    error,
+                    ..
+                } if connect_retried => return Err(error),
                 Attempt::Unsent {
                     request, reason, ..
                 } => (request, reason),
@@ -265,6 +271,7 @@ where
                 Attempt::Failed(error) => return Err(error),
             };
             attempts += 1;
+            connect_retried |= reason == RetryReason::Connect;
             self.metrics.upstream.retry(reason);
             http2 = self.use_http2().await?;
         }
@@ -316,10 +323,12 @@ where
         }
     }
 
+    /// One attempt; a `retry` goes on a new HTTP/2 connection.
     async fn attempt(
         &self,
         http2: bool,
         mut request: Request<Outgoing<B>>,
+        retry: bool,
     ) -> Result<(Response<Incoming>, Lease<B>), Attempt<B>> {
         let path = request
             .uri()
@@ -337,7 +346,7 @@ where
             })
             .unwrap_or_default();
             request.headers_mut().remove(header::HOST);
-            return match self.http2.send(request).await {
+            return match self.http2.send(request, retry).await {
                 Ok((response, stream)) => Ok((response, Lease::Http2(stream))),
                 Err(Http2Failure::Unsent {
                     request,

@@ -15,10 +15,16 @@ if [ ! -x "$here/.venv/bin/python" ]; then
 fi
 "$here/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/python/requirements.txt"
 (cd "$here/python" && "$here/.venv/bin/python" -m pytest -q -p no:cacheprovider)
-echo "== Python: openai SDK, through a TLS upstream (h2 by ALPN)"
-(cd "$here/python" && COMPAT_UPSTREAM=tls "$here/.venv/bin/python" -m pytest -q -p no:cacheprovider)
+# Through a TLS upstream, as users reach api.openai.com: h2 by ALPN (auto), and each protocol
+# alone (PROXY_UPSTREAM_PROTOCOL).
+for protocol in auto http1 http2; do
+  echo "== Python: openai SDK, through a TLS upstream, PROXY_UPSTREAM_PROTOCOL=$protocol"
+  (cd "$here/python" && COMPAT_UPSTREAM=tls COMPAT_PROTOCOL=$protocol "$here/.venv/bin/python" -m pytest -q -p no:cacheprovider)
+done
 
 echo "== Node: openai npm package"
 (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error && node --test)
-echo "== Node: openai npm package, through a TLS upstream (h2 by ALPN)"
-(cd "$here/node" && COMPAT_UPSTREAM=tls node --test)
+for protocol in auto http1 http2; do
+  echo "== Node: openai npm package, through a TLS upstream, PROXY_UPSTREAM_PROTOCOL=$protocol"
+  (cd "$here/node" && COMPAT_UPSTREAM=tls COMPAT_PROTOCOL=$protocol node --test)
+done

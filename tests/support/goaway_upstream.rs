@@ -50,6 +50,9 @@ pub struct GoawayLog {
     pub abandoned: usize,
     /// Streams above the final GOAWAY's last-stream-id: never processed.
     pub refused: usize,
+    /// Connections being served now, and the streams they accepted and have not answered.
+    pub live_connections: usize,
+    pub waiting_streams: usize,
 }
 
 pub struct GoawayUpstream {
@@ -71,19 +74,29 @@ impl GoawayUpstream {
                 let log = shared.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    log.lock().unwrap().connections += 1;
+                    {
+                        let mut log = log.lock().unwrap();
+                        log.connections += 1;
+                        log.live_connections += 1;
+                    }
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
-                                serve(tls, log, window).await;
+                                serve(tls, log.clone(), window).await;
                             }
                         }
-                        None => serve(stream, log, window).await,
+                        None => serve(stream, log.clone(), window).await,
                     }
+                    log.lock().unwrap().live_connections -= 1;
                 });
             }
         });
         GoawayUpstream { addr, log }
+    }
+
+    /// The log itself, for a look while the upstream serves.
+    pub fn shared_log(&self) -> Arc<Mutex<GoawayLog>> {
+        self.log.clone()
     }
 
     pub fn log(&self) -> GoawayLog {
@@ -187,7 +200,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 if last.is_some_and(|last| f.stream > last) {
                     log.lock().unwrap().refused += 1;
                 } else {
-                    log.lock().unwrap().accepted += 1;
+                    {
+                        let mut log = log.lock().unwrap();
+                        log.accepted += 1;
+                        log.waiting_streams += 1;
+                    }
                     highest = highest.max(f.stream);
                     open.insert(f.stream, Vec::new());
                     if ping_at.is_none() {
@@ -215,7 +232,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 }
             }
             RST_STREAM if open.remove(&f.stream).is_some() => {
-                log.lock().unwrap().abandoned += 1;
+                let mut log = log.lock().unwrap();
+                log.abandoned += 1;
+                log.waiting_streams -= 1;
             }
             _ => {}
         }
@@ -223,7 +242,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             break;
         }
     }
-    log.lock().unwrap().abandoned += open.len();
+    {
+        let mut log = log.lock().unwrap();
+        log.abandoned += open.len();
+        log.waiting_streams -= open.len();
+    }
     let _ = writer.shutdown().await;
 }
 
@@ -234,9 +257,9 @@ fn answer(
     log: &Mutex<GoawayLog>,
 ) {
     let body = open.remove(&stream).unwrap_or_default();
-    log.lock()
-        .unwrap()
-        .answered
+    let mut log = log.lock().unwrap();
+    log.waiting_streams -= 1;
+    log.answered
         .push(String::from_utf8_lossy(&body).into_owned());
     out.extend(frame(HEADERS, END_HEADERS, stream, &[0x88]));
     out.extend(frame(DATA, END_STREAM, stream, &body));

@@ -46,6 +46,7 @@ export function startProxy(mockAddr, extra = {}) {
     HOST: "127.0.0.1",
     PORT: "0",
     PROXY_LOG_FORMAT: "json",
+    PROXY_UPSTREAM_PROTOCOL: process.env.COMPAT_PROTOCOL || "auto",
     ...extra,
   };
   return start(path.join(release, "memoctopus"), [], env, (line) => {

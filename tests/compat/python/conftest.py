@@ -65,6 +65,7 @@ def _proxy(mock_addr, extra=None, base_path="/v1"):
         "HOST": "127.0.0.1",
         "PORT": "0",
         "PROXY_LOG_FORMAT": "json",
+        "PROXY_UPSTREAM_PROTOCOL": os.environ.get("COMPAT_PROTOCOL", "auto"),
         **(extra or {}),
     }
 
