@@ -22,6 +22,18 @@ fn replace(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// The status a chat request with client key `key` gets at `url`.
+async fn status_with_key(url: &str, key: &str) -> u16 {
+    let request = Request::post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::from("{}"))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let status = response.status().as_u16();
+    body_bytes(response).await;
+    status
+}
+
 /// Starts the proxy with `OPENAI_API_KEY_FILE` at `key_file` (and no `OPENAI_API_KEY`).
 async fn spawn_with_key_file(
     mock: &MockUpstream,
@@ -228,19 +240,8 @@ async fn client_keys_file_changes_admit_new_clients_and_refuse_removed_ones() {
         &[("PROXY_CLIENT_KEYS_FILE", clients.to_str().unwrap())],
     )
     .await;
-    let status_with = |key: &'static str| {
-        let url = proxy.url("/v1/chat/completions");
-        async move {
-            let request = Request::post(url)
-                .header("authorization", format!("Bearer {key}"))
-                .body(Full::from("{}"))
-                .unwrap();
-            let response = client().request(request).await.unwrap();
-            let status = response.status().as_u16();
-            body_bytes(response).await;
-            status
-        }
-    };
+    let url = proxy.url("/v1/chat/completions");
+    let status_with = |key: &'static str| status_with_key(&url, key);
     assert_eq!(status_with("ck-file-web-7001").await, 200);
     assert_eq!(status_with("ck-file-batch-7002").await, 200);
     assert_eq!(status_with("ck-file-mobile-7003").await, 401);
@@ -392,20 +393,8 @@ fn a_fifo_where_a_key_file_was_is_refused_and_blocks_nothing() {
     let _ = std::fs::remove_file(&clients);
     std::fs::write(&clients, "web:ck-fifo-web-1\nold:ck-fifo-old-2\n").unwrap();
     let mut binary = Binary::start(&dir, &vars);
-    let status_with = |key: &str| {
-        let url = format!("http://{}/v1/chat/completions", binary.addr);
-        let key = key.to_owned();
-        mock.0.block_on(async move {
-            let request = Request::post(url)
-                .header("authorization", format!("Bearer {key}"))
-                .body(Full::from("{}"))
-                .unwrap();
-            let response = client().request(request).await.unwrap();
-            let status = response.status().as_u16();
-            body_bytes(response).await;
-            status
-        })
-    };
+    let url = format!("http://{}/v1/chat/completions", binary.addr);
+    let status_with = |key: &str| mock.0.block_on(status_with_key(&url, key));
     assert_eq!(status_with("ck-fifo-old-2"), 200);
     mkfifo(&clients);
     std::thread::sleep(Duration::from_millis(2500));
