@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,26 +15,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 const CLIENT_KEY: &str = "ck-fail-closed-4411";
-
-/// Runs the binary with exactly `vars` in `dir`, with `args`.
-fn run_in(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .args(args)
-        .env_clear()
-        .envs(vars.iter().copied())
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn check_config(dir: &Path, vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = run_in(dir, vars, &["--check-config"]);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn with_key(request: http::request::Builder, key: Option<&str>) -> Request<Full<bytes::Bytes>> {
     let request = match key {
@@ -64,7 +43,7 @@ async fn chat_status(proxy: &TestProxy, key: Option<&str>) -> u16 {
 fn client_key_lists_that_hold_no_key_stop_start_up() {
     let dir = scratch_dir("no-key-lists");
     for value in [",", " , ", ",,", "\t", " "] {
-        let (code, stdout, stderr) = check_config(
+        let (code, stdout, stderr) = check_config_in(
             &dir,
             &[("OPENAI_API_KEY", "sk-test"), ("PROXY_CLIENT_KEYS", value)],
         );
@@ -81,7 +60,7 @@ fn client_key_lists_that_hold_no_key_stop_start_up() {
     ] {
         let file = dir.join("clients");
         std::fs::write(&file, contents).unwrap();
-        let (code, _, stderr) = check_config(
+        let (code, _, stderr) = check_config_in(
             &dir,
             &[
                 ("OPENAI_API_KEY", "sk-test"),
@@ -141,7 +120,7 @@ fn an_empty_environment_value_lets_dotenv_apply() {
     )
     .unwrap();
     // What docker compose passes for `NAME: ${NAME}` when the host has no such variable.
-    let (code, stdout, stderr) = check_config(
+    let (code, stdout, stderr) = check_config_in(
         &dir,
         &[
             ("PROXY_CLIENT_KEYS", ""),
@@ -164,7 +143,7 @@ fn an_empty_environment_value_lets_dotenv_apply() {
     assert!(!stdout.contains(CLIENT_KEY), "{stdout}");
 
     // Only whitespace is neither a value nor unset: refused, naming the setting.
-    let (code, _, stderr) = check_config(&dir, &[("PROXY_CLIENT_KEYS", "  ")]);
+    let (code, _, stderr) = check_config_in(&dir, &[("PROXY_CLIENT_KEYS", "  ")]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("PROXY_CLIENT_KEYS"), "{stderr}");
 }
@@ -180,7 +159,7 @@ fn a_misspelled_setting_is_named_with_the_one_meant_and_never_its_value() {
         ("PROXY_SERVICE_HOST", "10.0.0.7"),
         ("PROXY_PORT", "tcp://10.0.0.7:8000"),
     ];
-    let (code, stdout, stderr) = check_config(&dir, &vars);
+    let (code, stdout, stderr) = check_config_in(&dir, &vars);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("PROXY_CLIENT_KEY is not a setting")

@@ -14,19 +14,7 @@ fn check_config(vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
     // A directory per call: the tests run at once, and each empties its own.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = scratch_dir(&format!("first-hour-{call}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--check-config")
-        .env_clear()
-        .envs(vars.iter().copied())
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    check_config_in(&scratch_dir(&format!("first-hour-{call}")), vars)
 }
 
 #[test]

@@ -43,21 +43,6 @@ fn example_env(replacements: &[(&str, &str)]) -> String {
     out
 }
 
-fn check_config(dir: &Path, vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--check-config")
-        .env_clear()
-        .envs(vars.iter().copied())
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_env_as_it_is_starts_the_proxy_and_serves_the_seed_examples() {
     let mock = MockUpstream::start().await;
@@ -70,7 +55,7 @@ async fn the_example_env_as_it_is_starts_the_proxy_and_serves_the_seed_examples(
     .unwrap();
 
     // Nothing but the file: the environment is empty.
-    let (code, stdout, stderr) = check_config(&dir, &[]);
+    let (code, stdout, stderr) = check_config_in(&dir, &[]);
     assert_eq!(
         code,
         Some(0),
@@ -143,7 +128,7 @@ async fn the_example_env_as_it_is_starts_the_proxy_and_serves_the_seed_examples(
 fn check_config_prints_every_warning_the_running_proxy_logs_the_open_relay_included() {
     let dir = scratch_dir("quick-start-relay");
     let (code, stdout, stderr) =
-        check_config(&dir, &[("OPENAI_API_KEY", "sk-test"), ("HOST", "0.0.0.0")]);
+        check_config_in(&dir, &[("OPENAI_API_KEY", "sk-test"), ("HOST", "0.0.0.0")]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("warning: PROXY_CLIENT_KEYS is unset and HOST 0.0.0.0 is not loopback"),
@@ -159,7 +144,7 @@ fn check_config_prints_every_warning_the_running_proxy_logs_the_open_relay_inclu
             ("PROXY_CLIENT_KEYS", "web:ck-1"),
         ][..],
     ] {
-        let (code, stdout, stderr) = check_config(&dir, vars);
+        let (code, stdout, stderr) = check_config_in(&dir, vars);
         assert_eq!(code, Some(0), "{stderr}");
         assert!(!stdout.contains("warning:"), "{vars:?}: {stdout}");
     }
@@ -168,7 +153,7 @@ fn check_config_prints_every_warning_the_running_proxy_logs_the_open_relay_inclu
 #[test]
 fn redis_settings_without_a_url_are_accepted_at_their_defaults_and_otherwise_all_named_at_once() {
     let dir = scratch_dir("quick-start-redis");
-    let (code, _, stderr) = check_config(
+    let (code, _, stderr) = check_config_in(
         &dir,
         &[
             ("OPENAI_API_KEY", "sk-test"),
@@ -180,7 +165,7 @@ fn redis_settings_without_a_url_are_accepted_at_their_defaults_and_otherwise_all
     );
     assert_eq!(code, Some(0), "{stderr}");
 
-    let (code, _, stderr) = check_config(
+    let (code, _, stderr) = check_config_in(
         &dir,
         &[
             ("OPENAI_API_KEY", "sk-test"),

@@ -111,6 +111,23 @@ impl Drop for Binary {
     }
 }
 
+/// `memoctopus --check-config` in `dir` with only `vars` in its environment: the exit status,
+/// standard output and standard error.
+pub fn check_config_in(dir: &Path, vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
+        .arg("--check-config")
+        .env_clear()
+        .envs(vars.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The address in a start-up line: `... memoctopus listening address=127.0.0.1:8000 ...` as
 /// text, or `{"message":"memoctopus listening","address":"..."}` as JSON.
 fn listening_address(line: &str) -> Option<SocketAddr> {

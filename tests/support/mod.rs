@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
-pub use binary::Binary;
+pub use binary::{check_config_in, Binary};
 pub use mock::MockUpstream;
 
 pub const SERVER_KEY: &str = "sk-server-secret-0123456789";
