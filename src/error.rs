@@ -85,6 +85,18 @@ impl ProxyError {
         }
     }
 
+    /// Whether, failing so before the answer's head, the request may have reached the
+    /// upstream, which then had its prompt: a timeout waiting for the head, or a failure after
+    /// the request left. Every other error comes before the request could get there.
+    pub fn upstream_may_have_it(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::FirstByteTimeout(_)
+                | ProxyError::TotalTimeout(_)
+                | ProxyError::UpstreamMayHaveProcessed(_)
+        )
+    }
+
     pub fn fault(&self) -> Fault {
         match self.status().as_u16() {
             400..=499 => Fault::Client,

@@ -339,7 +339,16 @@ async fn nothing_in_redis_holds_a_client_key_and_everything_expires() {
     assert_eq!(held.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dump = redis.dump();
-    assert_eq!(dump.len(), 3, "{dump:?}");
+    // The rate, the budget's count, the held slot, and for each of the three clients whose
+    // exchanges were settled the number of the last batch this replica applied.
+    assert_eq!(dump.len(), 6, "{dump:?}");
+    assert_eq!(
+        dump.iter()
+            .filter(|(k, _)| k.contains("}:applied:"))
+            .count(),
+        3,
+        "{dump:?}"
+    );
     assert!(
         dump.iter()
             .any(|(k, _)| k == "memoctopus:{holder}:in_flight"),

@@ -141,6 +141,10 @@ impl Config {
                 ),
             ),
             (
+                "PROXY_CLIENT_OUTPUT_RESERVE",
+                format!("{} tokens", self.output_reserve),
+            ),
+            (
                 "PROXY_LIMITS_REDIS_URL",
                 match &self.shared_limits {
                     None => "(unset: limits per process)".to_owned(),

@@ -22,18 +22,36 @@ pub struct KeySettings {
     pub client_keys: ClientKeys,
     /// `PROXY_CLIENT_KEYS_FILE`: watched, and re-read when it changes.
     pub client_keys_file: Option<PathBuf>,
-    /// Whether the usage meter runs, which a client's `token_budget` needs.
-    pub metered: bool,
+    /// What every list of client keys must hold, loaded at start or reloaded.
+    pub rules: EntryRules,
 }
 
-/// A client's `token_budget` counts what the usage meter reads: with the meter off it would
-/// never close, so a list that sets one is refused, at start and on a reload.
-pub fn check_budgets(keys: &ClientKeys, metered: bool) -> Result<(), String> {
-    if !metered && keys.any_token_budget() {
+/// What the rest of the configuration asks of a list of client keys.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EntryRules {
+    /// Whether the usage meter runs, which a client's `token_budget` needs.
+    pub metered: bool,
+    /// Whether `PROXY_CLIENT_*` sets a default limit, which every key then carries.
+    pub limited_by_default: bool,
+}
+
+/// What a list of client keys must hold beside its own form, at start and on a reload: a
+/// client's `token_budget` counts what the usage meter reads, so with the meter off it would
+/// never close; and a key that carries limits, its own or the defaults, needs a name, since
+/// its count is kept under it.
+pub fn check_entries(keys: &ClientKeys, rules: EntryRules) -> Result<(), String> {
+    if !rules.metered && keys.any_token_budget() {
         return Err(
             "a client key sets a token_budget, which needs the usage meter, and PROXY_USAGE is off"
                 .to_owned(),
         );
+    }
+    if rules.limited_by_default {
+        if let Some(entry) = keys.bare_entries().next() {
+            return Err(format!(
+                "entry {entry}: a key carries the PROXY_CLIENT_* limits and needs a name (name:key), so that its count stays its own when the list changes"
+            ));
+        }
     }
     Ok(())
 }
@@ -86,7 +104,10 @@ pub(super) fn validate(found: &Found<'_>) -> Result<KeySettings, ConfigError> {
         api_key_file,
         client_keys,
         client_keys_file,
-        metered: true,
+        rules: EntryRules {
+            metered: true,
+            limited_by_default: false,
+        },
     })
 }
 

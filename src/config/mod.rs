@@ -21,7 +21,7 @@ mod values;
 pub(crate) use clients::UsageSettings;
 pub(crate) use egress::EGRESS_VARIABLES;
 pub(crate) use keys::{
-    api_key_file, check_budgets, client_keys_file, read as read_key_file, KeySettings,
+    api_key_file, check_entries, client_keys_file, read as read_key_file, EntryRules, KeySettings,
     API_KEY_FILE, CLIENT_KEYS_FILE,
 };
 pub(crate) use shared_limits::{Fallback, SharedLimitsSettings};
@@ -62,6 +62,9 @@ pub struct Config {
     /// `PROXY_CLIENT_MAX_IN_FLIGHT`, `PROXY_CLIENT_RATE` and `PROXY_CLIENT_TOKEN_BUDGET`: each
     /// client's limits, where its key entry sets none of its own.
     pub(crate) client_limits: LimitSettings,
+    /// `PROXY_CLIENT_OUTPUT_RESERVE`: the tokens a request under a budget reserves for its
+    /// answer, beside its input's estimate, until the exchange's count is known.
+    pub(crate) output_reserve: u64,
     /// `PROXY_USAGE` and `PROXY_USAGE_MAX_MODELS`.
     pub(crate) usage: UsageSettings,
     /// `PROXY_LIMITS_REDIS_*`: the client limits shared by every replica on one Redis; `None`
@@ -164,6 +167,18 @@ impl Config {
                 "OPENAI_API_KEY is still {PLACEHOLDER_KEY}, the placeholder from config/example.env: OpenAI refuses it, so every request gets 502 upstream_auth_failed; put your key in .env, or try the proxy against the mock upstream (see the README)"
             ));
         }
+        let bare: Vec<String> = config
+            .keys
+            .client_keys
+            .bare_entries()
+            .map(|n| n.to_string())
+            .collect();
+        if !bare.is_empty() {
+            config.warnings.push(format!(
+                "client key entries {} give a bare key, named by its place in the list (key-N): removing an entry above one renames it in the metrics and logs; write name:key to keep a name",
+                bare.join(", ")
+            ));
+        }
         if config.is_open_relay() {
             config.warnings.push(format!(
                 "PROXY_CLIENT_KEYS is unset and HOST {} is not loopback: anyone who can reach this port spends the server's OpenAI key; set client keys, or HOST=127.0.0.1 for a sidecar",
@@ -210,8 +225,11 @@ fn validate(
             .proxy_client_token_budget
             .invalid("needs the usage meter, and PROXY_USAGE is off"));
     }
-    keys.metered = usage.enabled;
-    keys::check_budgets(&keys.client_keys, keys.metered).map_err(|m| {
+    keys.rules = EntryRules {
+        metered: usage.enabled,
+        limited_by_default: client_limits != LimitSettings::default(),
+    };
+    keys::check_entries(&keys.client_keys, keys.rules).map_err(|m| {
         if keys.client_keys_file.is_some() {
             found.proxy_client_keys_file.invalid(m)
         } else {
@@ -237,6 +255,7 @@ fn validate(
         shutdown_delay: found.proxy_shutdown_delay.duration()?,
         shutdown_grace: found.proxy_shutdown_grace.duration()?,
         client_limits,
+        output_reserve: found.proxy_client_output_reserve.number()?,
         usage,
         shared_limits,
         cors_origins: inbound::cors_origins(found.proxy_cors_origins)?,

@@ -105,6 +105,7 @@ settings! {
     read proxy_client_rate: "PROXY_CLIENT_RATE" = "unset", "requests a minute per client, a token bucket (else 429)";
     read proxy_client_rate_burst: "PROXY_CLIENT_RATE_BURST" = "rate/6", "requests a quiet client may send at once";
     read proxy_client_token_budget: "PROXY_CLIENT_TOKEN_BUDGET" = "unset", "N/minute, N/hour or N/day: input plus output tokens per client in a UTC window";
+    read proxy_client_output_reserve: "PROXY_CLIENT_OUTPUT_RESERVE" = "1024", "tokens a request under a budget reserves for its answer until its count is known";
     read proxy_limits_redis_url: "PROXY_LIMITS_REDIS_URL" = "unset", "redis:// or rediss://: share the client limits with every replica on this Redis";
     read proxy_limits_redis_url_file: "PROXY_LIMITS_REDIS_URL_FILE" = "unset", "a file holding that URL instead (a mounted Secret)";
     read proxy_limits_redis_prefix: "PROXY_LIMITS_REDIS_PREFIX" = "memoctopus:", "prefix of every key in Redis";

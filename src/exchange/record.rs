@@ -71,6 +71,14 @@ pub struct Exchange {
     pub meter: Option<Box<Meter>>,
     /// Whether the request body is JSON, for the estimate of its tokens.
     pub request_is_json: bool,
+    /// Whether the route's answers can cost tokens, with the meter on: every such exchange
+    /// that may have reached the upstream is charged, its reported usage or an estimate.
+    pub metered: bool,
+    /// Whether the request may have reached the upstream: set when it is handed to the
+    /// upstream, cleared when it provably did not get there.
+    pub sent: bool,
+    /// A successful answer the meter cannot read, by what its bytes are.
+    pub unread: Option<Unread>,
     outcome: Option<Outcome>,
     /// The `code` of the error the proxy answered with itself, such as which limit refused.
     error_code: Option<&'static str>,
@@ -105,6 +113,9 @@ impl Exchange {
             sse_events: 0,
             meter: None,
             request_is_json: false,
+            metered: false,
+            sent: false,
+            unread: None,
             outcome: None,
             error_code: None,
             drain,
@@ -196,28 +207,75 @@ impl Drop for Exchange {
             cached_tokens = usage.tokens.cached,
             reasoning_tokens = usage.tokens.reasoning,
             usage = usage.kind,
+            usage_reason = usage.reason.unwrap_or("-"),
         );
     }
 }
 
-/// What an exchange cost, for its log line.
+/// What an exchange cost, for its log line: reported, estimated (and why), or none.
 struct Cost {
     kind: &'static str,
+    reason: Option<&'static str>,
     tokens: Tokens,
 }
 
+/// A successful answer the meter cannot read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unread {
+    /// Neither JSON nor SSE, such as a transcription as `text`, `srt` or `vtt`: one token for
+    /// every four bytes.
+    Text,
+    /// Audio or other binary bytes (`/v1/audio/speech`): one token for every KiB.
+    Binary,
+    /// Compressed though the proxy asked for `identity`: one token for every byte, as text
+    /// compresses about four to one and a token is about four bytes.
+    Compressed,
+}
+
+impl Unread {
+    fn reason(self) -> &'static str {
+        match self {
+            Unread::Text | Unread::Binary => "not_json",
+            Unread::Compressed => "compressed",
+        }
+    }
+
+    fn output_estimate(self, bytes: u64) -> u64 {
+        match self {
+            Unread::Text => bytes.div_ceil(4),
+            Unread::Binary => bytes.div_ceil(1024),
+            Unread::Compressed => bytes,
+        }
+    }
+}
+
 impl Exchange {
-    /// Reads the meter once the answer is over: the tokens the upstream reported, counted in
-    /// the metrics, or else an estimate; either is charged to the client's budget.
+    /// What the exchange cost, once it is over, counted in the metrics and charged to the
+    /// client's budget: the tokens the upstream reported, or else an estimate, whenever the
+    /// route is metered and the upstream may have had the request; nothing when it provably
+    /// did not, or when it answered with an error.
     fn usage(&self, outcome: Outcome, request_bytes: u64) -> Cost {
-        let Some(meter) = &self.meter else {
-            return Cost {
-                kind: "none",
-                tokens: Tokens::default(),
-            };
+        let cost = self.cost(outcome, request_bytes);
+        if let Some(reason) = cost.reason {
+            self.metrics
+                .usage
+                .seen(&self.client, &self.route, UsageSeen::Missing(reason));
+        }
+        if let Some(permit) = &self.permit {
+            permit.charge(cost.tokens.billed());
+        }
+        cost
+    }
+
+    fn cost(&self, outcome: Outcome, request_bytes: u64) -> Cost {
+        let estimated = |reason, tokens| Cost {
+            kind: "estimated",
+            reason: Some(reason),
+            tokens,
         };
-        let cost = match meter.reported() {
-            Some(tokens) => {
+        let input = || crate::usage::input_estimate(request_bytes, self.request_is_json);
+        if let Some(meter) = &self.meter {
+            if let Some(tokens) = meter.reported() {
                 self.metrics.usage.seen(
                     &self.client,
                     &self.route,
@@ -227,29 +285,46 @@ impl Exchange {
                         model_too_long: meter.model_too_long(),
                     },
                 );
-                Cost {
+                return Cost {
                     kind: "reported",
+                    reason: None,
                     tokens,
-                }
-            }
-            None => {
-                let reason = match outcome {
-                    Outcome::Completed => "not_reported",
-                    Outcome::ClientCancelled => "cancelled",
-                    _ => "failed",
                 };
-                self.metrics
-                    .usage
-                    .seen(&self.client, &self.route, UsageSeen::Missing(reason));
-                Cost {
-                    kind: "estimated",
-                    tokens: meter.estimate(request_bytes, self.request_is_json),
-                }
             }
-        };
-        if let Some(permit) = &self.permit {
-            permit.charge(cost.tokens.billed());
+            let reason = match outcome {
+                Outcome::Completed => "not_reported",
+                Outcome::ClientCancelled => "cancelled",
+                _ => "failed",
+            };
+            return estimated(reason, meter.estimate(request_bytes, self.request_is_json));
         }
-        cost
+        let none = Cost {
+            kind: "none",
+            reason: None,
+            tokens: Tokens::default(),
+        };
+        if !self.metered || !self.sent {
+            return none;
+        }
+        match (self.upstream_status, self.unread) {
+            (Some(status), Some(unread)) if status.is_success() => estimated(
+                unread.reason(),
+                Tokens {
+                    input: input(),
+                    output: unread.output_estimate(self.response_bytes),
+                    ..Tokens::default()
+                },
+            ),
+            // The upstream had the prompt, and no answer said what it cost: cancelled, timed
+            // out, or broken off before the head.
+            (None, _) => estimated(
+                "no_answer",
+                Tokens {
+                    input: input(),
+                    ..Tokens::default()
+                },
+            ),
+            _ => none,
+        }
     }
 }

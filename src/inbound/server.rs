@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
@@ -87,7 +88,7 @@ pub async fn run_with_metrics_listener(
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut acceptor = Acceptor::new(
         listener,
-        proxy,
+        proxy.clone(),
         config.max_connections,
         tls,
         &metrics,
@@ -115,12 +116,19 @@ pub async fn run_with_metrics_listener(
         "listener closed; waiting for exchanges in flight"
     );
     // WebSocket sessions outlive the connections they were upgraded from: the grace is for
-    // both.
+    // both. With shared limits, its last part is kept for writing the finished exchanges'
+    // slots and tokens to Redis.
+    let grace_ends = Instant::now() + config.shutdown_grace;
+    let settle_part = if proxy.shares_limits() {
+        (config.shutdown_grace / 4).min(MAX_SETTLE_PART)
+    } else {
+        Duration::ZERO
+    };
     let drained = async {
         closing.close_all().await;
         drain.sessions_closed().await;
     };
-    if tokio::time::timeout(config.shutdown_grace, drained)
+    if tokio::time::timeout(config.shutdown_grace - settle_part, drained)
         .await
         .is_err()
     {
@@ -128,6 +136,9 @@ pub async fn run_with_metrics_listener(
         connections.abort_all();
     }
     while connections.join_next().await.is_some() {}
+    proxy
+        .settle_limits(grace_ends.max(Instant::now() + settle_part))
+        .await;
     if let Some(admin_server) = admin_server {
         admin_server.abort();
     }
@@ -137,6 +148,10 @@ pub async fn run_with_metrics_listener(
     tracing::info!(finished = report.finished, cut = report.cut, "drained");
     Ok(report)
 }
+
+/// The most of `PROXY_SHUTDOWN_GRACE` kept for writing to the shared limits' Redis at the end
+/// of a drain (a quarter of it, up to this).
+const MAX_SETTLE_PART: Duration = Duration::from_secs(5);
 
 /// hyper's settings for each protocol a client may speak.
 struct Builders {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::KeySettings;
+use crate::config::{EntryRules, KeySettings};
 use crate::policy::client_keys::{Client, ClientKeys};
 use crate::policy::headers::UpstreamAuth;
 
@@ -20,8 +20,8 @@ pub struct Keys {
     credential: ArcSwap<HeaderValue>,
     clients: ArcSwap<ClientKeys>,
     auth: UpstreamAuth,
-    /// Whether the usage meter runs: a reloaded list may set a `token_budget` only then.
-    pub(crate) metered: bool,
+    /// What a reloaded list must hold.
+    pub(crate) rules: EntryRules,
 }
 
 impl Keys {
@@ -30,7 +30,7 @@ impl Keys {
             credential: ArcSwap::from_pointee(auth.credential(&settings.api_key)),
             clients: ArcSwap::from_pointee(settings.client_keys.clone()),
             auth,
-            metered: settings.metered,
+            rules: settings.rules,
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use super::Keys;
 use crate::config::{
-    api_key_file, check_budgets, client_keys_file, read_key_file, KeySettings, API_KEY_FILE,
+    api_key_file, check_entries, client_keys_file, read_key_file, KeySettings, API_KEY_FILE,
     CLIENT_KEYS_FILE,
 };
 use crate::metrics::Metrics;
@@ -120,7 +120,7 @@ fn apply(keys: &Keys, file: &Watched, read: &Result<Vec<u8>, String>) -> Result<
         } else {
             client_keys_file(&file.path, contents)
                 .and_then(|clients| {
-                    check_budgets(&clients, keys.metered)
+                    check_entries(&clients, keys.rules)
                         .map(|()| clients)
                         .map_err(|m| format!("{}: {m}", file.path.display()))
                 })

@@ -27,7 +27,8 @@ pub enum UsageSeen<'a> {
         model: Option<&'a str>,
         model_too_long: bool,
     },
-    /// No figures, and why: `cancelled`, `failed` or `not_reported`.
+    /// No figures, and why: `cancelled`, `failed`, `not_reported`, `not_json`, `compressed`
+    /// or `no_answer`.
     Missing(&'static str),
 }
 
@@ -59,7 +60,7 @@ impl UsageMetrics {
         let missing = Family::<MissingLabels, Counter>::default();
         registry.register(
             "usage_missing",
-            "Answers whose usage the upstream did not report, by client, route and reason: cancelled (the client left), failed (the answer broke or timed out), not_reported (complete, but without usage)",
+            "Exchanges charged an estimate because the upstream reported no usage, by client, route and reason: cancelled (the client left), failed (the answer broke or timed out), not_reported (complete, but without usage), not_json (an answer the meter cannot read, such as text or audio), compressed (compressed though asked not to be), no_answer (cancelled, timed out or broken off before the answer's head, after the request left)",
             missing.clone(),
         );
         UsageMetrics {

@@ -29,6 +29,8 @@ pub struct ClientKeys {
 struct ClientKey {
     client: Client,
     key: Box<[u8]>,
+    /// Whether the entry names its client; a bare key's name is its place in the list.
+    named: bool,
 }
 
 /// A client a key admitted: its name, and the limits its entry sets (the rest are the
@@ -68,6 +70,7 @@ impl ClientKeys {
             let mut words = rest.split_whitespace();
             let key = words.next().unwrap_or("");
             let which = line + 1;
+            let name_given = name.is_some();
             let limits =
                 parse_limits(words).map_err(|m| KeyListError(format!("entry {which}: {m}")))?;
             if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -80,6 +83,13 @@ impl ClientKeys {
                 Some(_) => {
                     return Err(KeyListError(format!(
                         "entry {which}: a name is 1 to 64 letters, digits, '.', '_' or '-', and not {ANONYMOUS:?} or {UNAUTHENTICATED:?}"
+                    )))
+                }
+                // A limit's count is kept under the client's name: a name that moved with the
+                // list would hand one client's spent budget to another.
+                None if limits != LimitSettings::default() => {
+                    return Err(KeyListError(format!(
+                        "entry {which}: a key with limits needs a name (name:key ...), so that its count stays its own when the list changes"
                     )))
                 }
                 None => Arc::from(derived_name(which)),
@@ -97,9 +107,19 @@ impl ClientKeys {
             parsed.push(ClientKey {
                 client: Client { name, limits },
                 key: Box::from(key.as_bytes()),
+                named: name_given,
             });
         }
         Ok(ClientKeys { entries: parsed })
+    }
+
+    /// The places (from 1) of the entries that give a bare key, whose name is its place.
+    pub fn bare_entries(&self) -> impl Iterator<Item = usize> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.named)
+            .map(|(i, _)| i + 1)
     }
 
     /// Whether some entry sets its own token budget.
@@ -297,7 +317,7 @@ mod tests {
     fn an_entry_carries_its_own_limits() {
         let k = keys(&[
             "web:ck-web rate=600 in_flight=20 token_budget=2000000/day",
-            "ck-bare  burst=3 rate=6",
+            "slow:ck-slow  burst=3 rate=6",
             "plain:ck-plain",
         ]);
         let web = k.admit(&with_auth("Bearer ck-web")).unwrap();
@@ -310,9 +330,9 @@ mod tests {
             })
         );
         assert_eq!(web.limits.token_budget.unwrap().to_string(), "2000000/day");
-        let bare = k.admit(&with_auth("Bearer ck-bare")).unwrap();
+        let slow = k.admit(&with_auth("Bearer ck-slow")).unwrap();
         assert_eq!(
-            bare.limits.rate,
+            slow.limits.rate,
             Some(Rate {
                 per_minute: 6,
                 burst: 3
@@ -329,6 +349,8 @@ mod tests {
             "web:ck-1 token_budget=5/week",
             "web:ck-1 in_flight=x",
             "web:ck-1 ck-2",
+            // A limit is counted under a name, which a bare key's place would not keep.
+            "ck-1 rate=5",
         ] {
             let err = ClientKeys::parse([bad]).unwrap_err();
             assert!(!err.0.contains("ck-"), "{err:?}");

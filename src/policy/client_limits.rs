@@ -178,6 +178,8 @@ struct ClientState {
     /// charged in it.
     window: (u64, u64),
     spent: u64,
+    /// The tokens that exchanges in flight reserved.
+    reserved: u64,
 }
 
 impl ClientState {
@@ -192,13 +194,15 @@ impl ClientState {
     }
 }
 
-/// A client's admission: its in-flight slot among its `PROXY_CLIENT_MAX_IN_FLIGHT`, given back
-/// when dropped, and its token budget, charged when the exchange's cost is known.
+/// A client's admission: its in-flight slot among its `PROXY_CLIENT_MAX_IN_FLIGHT`, and the
+/// tokens it reserved of its budget, given back when dropped; and its token budget, charged
+/// when the exchange's cost is known.
 #[derive(Debug)]
 pub struct Permit {
     client: Arc<str>,
     clients: Clients,
     holds_slot: bool,
+    reserved: u64,
     budget: Option<Budget>,
 }
 
@@ -222,12 +226,13 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.holds_slot {
+        if !self.holds_slot && self.reserved == 0 {
             return;
         }
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(state) = clients.get_mut(&self.client) {
-            state.in_flight = state.in_flight.saturating_sub(1);
+            state.in_flight = state.in_flight.saturating_sub(u32::from(self.holds_slot));
+            state.reserved = state.reserved.saturating_sub(self.reserved);
         }
     }
 }
@@ -245,6 +250,7 @@ fn charge(clients: &Clients, client: &Arc<str>, budget: Budget, tokens: u64) {
             refilled: Instant::now(),
             window: (0, 0),
             spent: 0,
+            reserved: 0,
         });
     state.spent_in(&budget, unix_now());
     state.spent = state.spent.saturating_add(tokens);
@@ -271,13 +277,16 @@ impl ClientLimits {
 
     /// Takes a slot and a token for `client`, whose key entry sets `own` limits, or says which
     /// limit refused it. A refused request takes neither, so that waiting on one limit never
-    /// spends another. `unix_secs` places the request in its budget's window.
+    /// spends another. `unix_secs` places the request in its budget's window. Under a budget,
+    /// the request is admitted only while the tokens spent and those reserved by exchanges in
+    /// flight are below it, and reserves `reserve` tokens until its permit is dropped.
     pub fn admit(
         &self,
         client: &Arc<str>,
         own: LimitSettings,
         now: Instant,
         unix_secs: u64,
+        reserve: u64,
     ) -> Result<Option<Permit>, Limited> {
         let limits = own.or(self.defaults);
         if limits.is_none() {
@@ -297,6 +306,7 @@ impl ClientLimits {
                 refilled: now,
                 window: (0, 0),
                 spent: 0,
+                reserved: 0,
             });
         if max_in_flight.is_some_and(|max| state.in_flight >= max) {
             // A slot frees when some exchange of this client ends, which cannot be known.
@@ -306,7 +316,8 @@ impl ClientLimits {
             });
         }
         if let Some(budget) = &token_budget {
-            if state.spent_in(budget, unix_secs) >= budget.tokens {
+            let spent = state.spent_in(budget, unix_secs);
+            if spent.saturating_add(state.reserved) >= budget.tokens {
                 return Err(Limited {
                     limit: Limit::TokenBudget,
                     retry_after: Duration::from_secs(budget.window_at(unix_secs).1),
@@ -334,10 +345,13 @@ impl ClientLimits {
         if holds_slot {
             state.in_flight += 1;
         }
+        let reserved = if token_budget.is_some() { reserve } else { 0 };
+        state.reserved = state.reserved.saturating_add(reserved);
         Ok(Some(Permit {
             client: client.clone(),
             clients: self.clients.clone(),
             holds_slot,
+            reserved,
             budget: token_budget,
         }))
     }
@@ -359,7 +373,7 @@ mod tests {
 
     impl Limits {
         fn admit(&self, client: &Arc<str>, now: Instant) -> Result<Option<Permit>, Limited> {
-            self.0.admit(client, LimitSettings::default(), now, 0)
+            self.0.admit(client, LimitSettings::default(), now, 0, 0)
         }
     }
 
@@ -375,7 +389,7 @@ mod tests {
         // 10 s into a minute.
         let at = 60 * 1000 + 10;
         let permit = l
-            .admit(&a, LimitSettings::default(), now, at)
+            .admit(&a, LimitSettings::default(), now, at, 0)
             .unwrap()
             .unwrap();
         // The answer that crosses the budget finishes; the state is charged by the clock now,
@@ -383,21 +397,23 @@ mod tests {
         l.clients.lock().unwrap().get_mut(&a).unwrap().spent = 150;
         drop(permit);
         let refused = l
-            .admit(&a, LimitSettings::default(), now, at + 5)
+            .admit(&a, LimitSettings::default(), now, at + 5, 0)
             .unwrap_err();
         assert_eq!(refused.limit, Limit::TokenBudget);
         assert_eq!(refused.retry_after, Duration::from_secs(45));
         // The next window starts from nothing.
-        assert!(l.admit(&a, LimitSettings::default(), now, at + 50).is_ok());
+        assert!(l
+            .admit(&a, LimitSettings::default(), now, at + 50, 0)
+            .is_ok());
         // A client's own budget wins over the default.
         let own = LimitSettings {
             token_budget: Some(Budget::parse("10/day").unwrap()),
             ..LimitSettings::default()
         };
         let b: Arc<str> = Arc::from("b");
-        l.admit(&b, own, now, at).unwrap();
+        l.admit(&b, own, now, at, 0).unwrap();
         l.clients.lock().unwrap().get_mut(&b).unwrap().spent = 10;
-        let refused = l.admit(&b, own, now, at).unwrap_err();
+        let refused = l.admit(&b, own, now, at, 0).unwrap_err();
         assert_eq!(refused.retry_after, Duration::from_secs(86_400 - at));
     }
 
@@ -416,7 +432,7 @@ mod tests {
         // Admitted elsewhere (the shared store): the charge still lands here.
         l.charge(&a, budget, 150);
         let refused = l
-            .admit(&a, LimitSettings::default(), Instant::now(), unix_now())
+            .admit(&a, LimitSettings::default(), Instant::now(), unix_now(), 0)
             .unwrap_err();
         assert_eq!(refused.limit, Limit::TokenBudget);
         let b: Arc<str> = Arc::from("b");
@@ -424,15 +440,42 @@ mod tests {
         let now = Instant::now();
         for _ in 0..2 {
             assert!(l
-                .admit(&b, LimitSettings::default(), now, unix_now())
+                .admit(&b, LimitSettings::default(), now, unix_now(), 0)
                 .is_ok());
         }
         assert_eq!(
-            l.admit(&b, LimitSettings::default(), now, unix_now())
+            l.admit(&b, LimitSettings::default(), now, unix_now(), 0)
                 .unwrap_err()
                 .limit,
             Limit::Rate
         );
+    }
+
+    #[test]
+    fn requests_in_flight_reserve_their_part_of_the_budget_until_charged() {
+        let l = ClientLimits::new(LimitSettings {
+            token_budget: Some(Budget::parse("100/day").unwrap()),
+            ..LimitSettings::default()
+        });
+        let a: Arc<str> = Arc::from("a");
+        let now = Instant::now();
+        let admit = || l.admit(&a, LimitSettings::default(), now, 1000, 40);
+        // 0, 40 and 80 reserved leave room; 120 does not.
+        let permits: Vec<Permit> = (0..3).map(|_| admit().unwrap().unwrap()).collect();
+        assert_eq!(admit().unwrap_err().limit, Limit::TokenBudget);
+        // One ends having cost 29: 29 spent and 80 reserved are over the budget still.
+        let mut permits = permits.into_iter();
+        let first = permits.next().unwrap();
+        l.clients.lock().unwrap().get_mut(&a).unwrap().spent = 29;
+        drop(first);
+        assert!(admit().is_err());
+        // Another ends: 29 spent and 40 reserved leave room again.
+        drop(permits.next());
+        let again = admit().unwrap().unwrap();
+        assert_eq!(l.clients.lock().unwrap()[&a].reserved, 80);
+        drop(again);
+        drop(permits);
+        assert_eq!(l.clients.lock().unwrap()[&a].reserved, 0);
     }
 
     #[test]

@@ -12,6 +12,30 @@ const BUILT_IN: [(Method, &str); 2] = [
     (Method::POST, "/v1/audio/transcriptions"),
 ];
 
+/// The forwarded routes whose answers never cost tokens, or whose cost a budget cannot see:
+/// files and uploads (stored, not generated), batches (billed when they run, outside the
+/// exchange), vector stores, fine-tuning jobs, and moderations (free).
+const NOT_METERED: [&str; 7] = [
+    "/v1/files",
+    "/v1/uploads",
+    "/v1/batches",
+    "/v1/vector_stores",
+    "/v1/fine_tuning",
+    "/v1/moderations",
+    "/v1/containers",
+];
+
+/// Whether an answer on a forwarded route can cost tokens, and so is charged to a budget:
+/// every `POST` but those of [`NOT_METERED`]. A `GET` or `DELETE` reads or removes what exists.
+pub(crate) fn carries_usage(method: &Method, route: &str) -> bool {
+    method == Method::POST
+        && !NOT_METERED.iter().any(|free| {
+            route
+                .strip_prefix(free)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+}
+
 /// What the proxy does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -321,6 +345,26 @@ mod tests {
             ExtraRoute::parse("GET /v1/models/*").unwrap(),
             ExtraRoute::parse("POST /v1/embeddings").unwrap(),
         ])
+    }
+
+    #[test]
+    fn posts_are_metered_but_those_that_cost_no_tokens() {
+        for metered in [
+            "/v1/chat/completions",
+            "/v1/audio/transcriptions",
+            "/v1/audio/speech",
+            "/v1/responses",
+            "/v1/embeddings",
+            "/v1/images/generations",
+            "/v1/filesystem",
+        ] {
+            assert!(carries_usage(&Method::POST, metered), "{metered}");
+        }
+        for free in ["/v1/files", "/v1/files/*", "/v1/batches", "/v1/moderations"] {
+            assert!(!carries_usage(&Method::POST, free), "{free}");
+        }
+        assert!(!carries_usage(&Method::GET, "/v1/models"));
+        assert!(!carries_usage(&Method::DELETE, "/v1/responses/*"));
     }
 
     #[test]

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::exchange::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
-use crate::exchange::record::{new_request_id, Exchange};
+use crate::exchange::record::{new_request_id, Exchange, Unread};
 use crate::metrics::{self, UpstreamErrorKind};
 use crate::policy::headers::{self, CLIENT_REQUEST_ID};
-use crate::policy::routes::upstream_target;
+use crate::policy::routes::{carries_usage, upstream_target};
 use crate::policy::websocket;
 use crate::upstream::{self, Lease, UpstreamError};
 use crate::usage::Meter;
@@ -32,6 +32,7 @@ impl Proxy {
         started: Instant,
     ) -> Response<ProxyBody> {
         let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
+        let metered = self.0.config.usage.enabled && carries_usage(request.method(), &route.name);
         let mut exchange = Exchange::start(
             id.clone(),
             request.method().clone(),
@@ -40,6 +41,7 @@ impl Proxy {
             self.0.drain.clone(),
             self.0.metrics.clone(),
         );
+        exchange.metered = metered;
 
         // A key in a subprotocol never goes upstream, upgrade or not.
         let key = websocket::take_key_subprotocol(request.headers_mut());
@@ -89,8 +91,11 @@ impl Proxy {
         pass_head(&mut parts, &mut exchange, id);
         let content_type = parts.headers.get(header::CONTENT_TYPE);
         let is_sse = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if self.0.config.usage.enabled && parts.status.is_success() {
-            exchange.meter = usage_meter(&parts.headers, is_sse);
+        if exchange.metered && parts.status.is_success() {
+            match usage_meter(&parts.headers, is_sse) {
+                Ok(meter) => exchange.meter = Some(meter),
+                Err(unread) => exchange.unread = Some(unread),
+            }
         }
         let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
         let body = ResponseBody::new(body, lease, clock, exchange, is_sse);
@@ -132,8 +137,12 @@ impl Proxy {
         // above copies the whole of it when it starts (rust-lang/rust#62958). Unboxed, the
         // upstream call's ~6 KB became ~27 KB by `forward`, copied on every request.
         let sending = Box::pin(self.0.upstream.send(Request::from_parts(parts, body)));
+        exchange.sent = true;
 
-        let response = self.wait_for_head(sending, exchange).await?;
+        let response = self
+            .wait_for_head(sending, exchange)
+            .await
+            .inspect_err(|error| exchange.sent = error.upstream_may_have_it())?;
         self.check_key_accepted(response.0.status(), exchange)?;
         Ok(response)
     }
@@ -260,28 +269,33 @@ impl Proxy {
     }
 }
 
-fn is_json(content_type: Option<&HeaderValue>) -> bool {
+pub(super) fn is_json(content_type: Option<&HeaderValue>) -> bool {
     content_type.is_some_and(|v| {
         let v = v.as_bytes();
         v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/json")
     })
 }
 
-/// A meter for an answer it can read: JSON or SSE, not compressed. Boxed: the exchange's
-/// record travels with every future that holds it, and the meter would double its size.
-fn usage_meter(headers: &http::HeaderMap, is_sse: bool) -> Option<Box<Meter>> {
+/// A meter for an answer it can read: JSON or SSE, not compressed; or else what the answer
+/// is, for its estimate. Boxed: the exchange's record travels with every future that holds
+/// it, and the meter would double its size.
+fn usage_meter(headers: &http::HeaderMap, is_sse: bool) -> Result<Box<Meter>, Unread> {
     let encoded = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
-        return None;
+        return Err(Unread::Compressed);
     }
     if is_sse {
-        Some(Box::new(Meter::sse()))
+        Ok(Box::new(Meter::sse()))
     } else if is_json(headers.get(header::CONTENT_TYPE)) {
-        Some(Box::new(Meter::json()))
+        Ok(Box::new(Meter::json()))
     } else {
-        None
+        let text = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
+            let v = v.as_bytes();
+            v.starts_with(b"text/") || v.starts_with(b"application/x-subrip")
+        });
+        Err(if text { Unread::Text } else { Unread::Binary })
     }
 }
 

@@ -57,6 +57,7 @@ impl Proxy {
             .map_err(|e| format!("the upstream's TLS settings: {e}"))?;
         let limits = Limiter::new(
             config.client_limits,
+            config.output_reserve,
             config.shared_limits.as_ref(),
             metrics.clone(),
         )?;
@@ -159,7 +160,24 @@ impl Proxy {
         if headers::passed_through(headers, &self.0.identity.via) {
             return Err(ProxyError::LoopDetected);
         }
-        match self.0.limits.admit(&client.name, client.limits).await {
+        // What the request may cost, reserved of a budget: its input's estimate by its
+        // declared length (none without one), and the output reserve.
+        let input = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |bytes| {
+                crate::usage::input_estimate(
+                    bytes,
+                    forward::is_json(headers.get(header::CONTENT_TYPE)),
+                )
+            });
+        match self
+            .0
+            .limits
+            .admit(&client.name, client.limits, input)
+            .await
+        {
             Ok(permit) => {
                 exchange.permit = permit;
                 Ok(())
@@ -172,6 +190,17 @@ impl Proxy {
                 Err(ProxyError::ClientLimited(limited))
             }
         }
+    }
+
+    /// Writes every finished exchange's slot and tokens to the shared limits' store before the
+    /// process ends, trying until `deadline`.
+    pub async fn settle_limits(&self, deadline: Instant) {
+        self.0.limits.settle_all(deadline).await;
+    }
+
+    /// Whether finished exchanges leave work for a shared store at the end of a drain.
+    pub fn shares_limits(&self) -> bool {
+        self.0.config.shared_limits.is_some()
     }
 
     fn total_deadline(&self, started: Instant) -> Option<Instant> {

@@ -2,9 +2,15 @@
 //! `PROXY_LIMITS_REDIS_URL`, in a Redis that every replica shares ([`shared`]). The service
 //! asks the [`Limiter`] once per request and gets a [`Permit`] or the limit that refused it.
 //!
-//! With Redis, admission is one script that checks and takes every limit at once; what happens
-//! after the answer (giving back a slot, charging tokens) is queued and written in the
-//! background, so nothing else on the request path waits for Redis. When Redis does not answer
+//! A request under a token budget reserves what it may cost at admission (its input's estimate
+//! and `PROXY_CLIENT_OUTPUT_RESERVE`), and is admitted only while the tokens spent and reserved
+//! leave room; the reservation becomes the real count when the exchange ends.
+//!
+//! With Redis, admission is one script that checks and takes every limit at once, the
+//! reservation included; what happens after the answer (giving back the slot and its
+//! reservation, charging the tokens) is queued and written in the background, each exchange
+//! once, so nothing else on the request path waits for Redis. A drain writes what is queued
+//! before the process ends. When Redis does not answer
 //! within `PROXY_LIMITS_REDIS_TIMEOUT`, the process's own limits decide (or, with
 //! `PROXY_LIMITS_REDIS_FALLBACK=refuse`, the request is refused) until a probe finds it again.
 
@@ -20,9 +26,15 @@ use crate::policy::client_limits::{self, unix_now, ClientLimits, Limit, LimitSet
 
 use shared::SharedPermit;
 
+/// The most a request reserves: far above any answer, and exact in Redis's Lua numbers.
+const MAX_RESERVE: u64 = 1 << 40;
+
 /// The limits of every client, wherever they are kept.
 pub struct Limiter {
     local: ClientLimits,
+    /// `PROXY_CLIENT_OUTPUT_RESERVE`: the tokens a request under a budget reserves for its
+    /// answer.
+    output_reserve: u64,
     shared: Option<Arc<shared::Shared>>,
 }
 
@@ -58,6 +70,7 @@ impl Limiter {
     /// limiter.
     pub fn new(
         defaults: LimitSettings,
+        output_reserve: u64,
         shared: Option<&SharedLimitsSettings>,
         metrics: Arc<Metrics>,
     ) -> Result<Limiter, String> {
@@ -65,20 +78,27 @@ impl Limiter {
         let shared = shared
             .map(|settings| shared::Shared::start(settings, local.clone(), metrics))
             .transpose()?;
-        Ok(Limiter { local, shared })
+        Ok(Limiter {
+            local,
+            output_reserve,
+            shared,
+        })
     }
 
     /// Takes what `client`, with its `own` limits over the defaults, needs to go on, or says
-    /// which limit refused it.
+    /// which limit refused it. Under a budget, the request reserves `input` tokens, its
+    /// input's estimate, and the output reserve.
     pub async fn admit(
         &self,
         client: &Arc<str>,
         own: LimitSettings,
+        input: u64,
     ) -> Result<Option<Permit>, Limited> {
         let limits = self.local.limits_of(own);
+        let reserve = input.saturating_add(self.output_reserve).min(MAX_RESERVE);
         if let Some(shared) = &self.shared {
             if limits != LimitSettings::default() {
-                match shared.admit(client, limits).await {
+                match shared.admit(client, limits, reserve).await {
                     Ok(permit) => return Ok(permit.map(|p| Permit(Held::Shared(p)))),
                     Err(Some(limited)) => return Err(limited),
                     // Redis did not answer.
@@ -93,8 +113,18 @@ impl Limiter {
             }
         }
         self.local
-            .admit(client, own, Instant::now(), unix_now())
+            .admit(client, own, Instant::now(), unix_now(), reserve)
             .map(|permit| permit.map(|permit| Permit(Held::Local(permit, self.shared.clone()))))
+    }
+}
+
+impl Limiter {
+    /// Writes every finished exchange's slot and tokens to the shared store, if there is one,
+    /// trying until `deadline`.
+    pub async fn settle_all(&self, deadline: Instant) {
+        if let Some(shared) = &self.shared {
+            shared.settle_all(deadline).await;
+        }
     }
 }
 

@@ -84,6 +84,16 @@ pub fn parse_usage(bytes: &[u8]) -> Option<Tokens> {
     })
 }
 
+/// The estimate of a request's input tokens: one for every four bytes of a JSON body, and for
+/// every KiB of any other (an audio upload).
+pub fn input_estimate(request_bytes: u64, request_is_json: bool) -> u64 {
+    if request_is_json {
+        request_bytes.div_ceil(4)
+    } else {
+        request_bytes.div_ceil(1024)
+    }
+}
+
 /// What the meter found so far.
 #[derive(Debug)]
 struct Found {
@@ -215,8 +225,10 @@ pub struct Meter {
     /// `None` for a JSON answer.
     sse: Option<Line>,
     event: Event,
-    /// SSE events with data other than `[DONE]`, for the estimate.
-    data_events: u64,
+    /// The bytes of the stream's data lines, for the estimate, and whether the line being
+    /// read is one.
+    data_bytes: u64,
+    in_data: bool,
 }
 
 impl Meter {
@@ -226,7 +238,8 @@ impl Meter {
             found: Found::default(),
             sse: None,
             event: Event::Undecided,
-            data_events: 0,
+            data_bytes: 0,
+            in_data: false,
         }
     }
 
@@ -271,6 +284,7 @@ impl Meter {
                         b'\r' if matched == 0 => Line::Start { matched, blank },
                         _ if b == DATA[usize::from(matched)] => {
                             if matched + 1 == DATA.len() as u8 {
+                                self.in_data = true;
                                 Line::Value
                             } else {
                                 Line::Start {
@@ -286,8 +300,6 @@ impl Meter {
                     let end = memchr(b'\n', data);
                     if self.event == Event::Undecided {
                         let value = &data[..end.unwrap_or(data.len())];
-                        let done = value.trim_ascii().starts_with(b"[DONE]");
-                        self.data_events += u64::from(!done);
                         self.event = match end {
                             // A cut line, the first event, or one that may hold usage.
                             None => Event::Scan,
@@ -305,12 +317,16 @@ impl Meter {
                 Line::Data | Line::Skip => {
                     let end = memchr(b'\n', data);
                     let (this, rest) = data.split_at(end.unwrap_or(data.len()));
+                    if self.in_data {
+                        self.data_bytes += this.len() as u64;
+                    }
                     if line == Line::Data {
                         self.scan.feed(this, &mut self.found);
                     }
                     data = rest;
                     if end.is_some() {
                         data = &data[1..];
+                        self.in_data = false;
                         // A data line's end is the `\n` that joins it to the next one.
                         if line == Line::Data {
                             self.scan.feed(b"\n", &mut self.found);
@@ -358,22 +374,18 @@ impl Meter {
     }
 
     /// The estimate for an answer that reported nothing. Output: for a stream, one token for
-    /// every SSE event forwarded, since a stream sends about one token an event; for a JSON
-    /// answer, one for every four bytes of the strings in its nested values (its text, and
-    /// the few names around it). Input: one token for every four bytes of a JSON request
-    /// body, and for every KiB of any other (an audio upload).
+    /// every four bytes of its data lines, whole events and not only their text, which
+    /// overcounts the visible text many times over and so stands in for the reasoning tokens
+    /// a stream never shows; for a JSON answer, one for every four bytes of the strings in its
+    /// nested values (its text, and the few names around it). Input: [`input_estimate`].
     pub fn estimate(&self, request_bytes: u64, request_is_json: bool) -> Tokens {
         let found = &self.found;
         let output = if self.sse.is_some() {
-            self.data_events
+            self.data_bytes.div_ceil(4)
         } else {
             found.text_bytes.div_ceil(4)
         };
-        let input = if request_is_json {
-            request_bytes.div_ceil(4)
-        } else {
-            request_bytes.div_ceil(1024)
-        };
+        let input = input_estimate(request_bytes, request_is_json);
         Tokens {
             input,
             output,
@@ -526,8 +538,9 @@ mod tests {
         meter.feed(b"data: [DONE]\n\n");
         let estimate = meter.estimate(400, true);
         assert_eq!(estimate.input, 100);
-        // A token an event, [DONE] aside.
-        assert_eq!(estimate.output, 3);
+        // A token for every four bytes of the data lines' values: 3 events of 42, 41 and 61
+        // bytes, and [DONE]'s 7, not the lines' `data:` or their ends.
+        assert_eq!(estimate.output, (42 + 41 + 61 + 7_u64).div_ceil(4));
         assert_eq!(Meter::json().estimate(4096, false).input, 4);
         let mut json = Meter::json();
         json.feed(br#"{"choices":[{"message":{"content":"twenty-seven bytes of text!"}}]}"#);

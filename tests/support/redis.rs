@@ -83,6 +83,9 @@ impl RedisServer {
             "no".into(),
             "--dir".into(),
             dir.display().to_string(),
+            // DEBUG SLEEP, for the tests of a Redis that answers late.
+            "--enable-debug-command".into(),
+            "local".into(),
         ];
         match ca {
             Some(ca) => {
@@ -157,20 +160,23 @@ impl RedisServer {
         }
     }
 
+    /// Runs one `redis-cli` command against the server and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
+        if let Some(password) = &self.password {
+            command.args(["-a", password]);
+        }
+        if self.tls {
+            command.args(["--tls", "--insecure"]);
+        }
+        let out = command.args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Every key in the server and its value, as text, for a test to search.
     pub fn dump(&self) -> Vec<(String, String)> {
-        let cli = |args: &[&str]| -> String {
-            let mut command = Command::new("redis-cli");
-            command.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
-            if let Some(password) = &self.password {
-                command.args(["-a", password]);
-            }
-            if self.tls {
-                command.args(["--tls", "--insecure"]);
-            }
-            let out = command.args(args).output().expect("redis-cli");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+        let cli = |args: &[&str]| self.cli(args);
         let keys = cli(&["--scan"]);
         keys.lines()
             .filter(|k| !k.is_empty())

@@ -128,6 +128,29 @@ pub const ANSWERS: &[UsageAnswer] = &[
     },
 ];
 
+/// Answers outside the meter's happy path: a count no store can hold, and a transcription as
+/// plain text, which carries no usage at all.
+pub const OTHERS: &[UsageAnswer] = &[
+    UsageAnswer {
+        name: "chat-json-poisoned",
+        content_type: "application/json",
+        writes: &[
+            r#"{"id":"chatcmpl-p","object":"chat.completion","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":0}}"#,
+        ],
+        tokens: Some((u64::MAX, 0, 0, 0)),
+        audio_seconds: None,
+        model: "gpt-4o-mini",
+    },
+    UsageAnswer {
+        name: "transcription-text",
+        content_type: "text/plain; charset=utf-8",
+        writes: &["Imagine the wildest idea that you've ever had, and you're curious about how it might scale.\n"],
+        tokens: None,
+        audio_seconds: None,
+        model: "",
+    },
+];
+
 pub fn answer(name: &str) -> Option<&'static UsageAnswer> {
-    ANSWERS.iter().find(|a| a.name == name)
+    ANSWERS.iter().chain(OTHERS).find(|a| a.name == name)
 }
