@@ -31,14 +31,14 @@ pub struct KeySettings {
 pub struct EntryRules {
     /// Whether the usage meter runs, which a client's `token_budget` needs.
     pub metered: bool,
-    /// Whether `PROXY_CLIENT_*` sets a default limit, which every key then carries.
-    pub limited_by_default: bool,
+    /// Whether `PROXY_CLIENT_TOKEN_BUDGET` sets a default budget, which every key then carries.
+    pub budget_by_default: bool,
 }
 
 /// What a list of client keys must hold beside its own form, at start and on a reload: a
 /// client's `token_budget` counts what the usage meter reads, so with the meter off it would
-/// never close; and a key that carries limits, its own or the defaults, needs a name, since
-/// its count is kept under it.
+/// never close; and a key that carries a budget, its own or the default, needs a name, since
+/// its count is kept under it (a key with limits of its own is refused by the list's parser).
 pub fn check_entries(keys: &ClientKeys, rules: EntryRules) -> Result<(), String> {
     if !rules.metered && keys.any_token_budget() {
         return Err(
@@ -46,10 +46,10 @@ pub fn check_entries(keys: &ClientKeys, rules: EntryRules) -> Result<(), String>
                 .to_owned(),
         );
     }
-    if rules.limited_by_default {
+    if rules.budget_by_default {
         if let Some(entry) = keys.bare_entries().next() {
             return Err(format!(
-                "entry {entry}: a key carries the PROXY_CLIENT_* limits and needs a name (name:key), so that its count stays its own when the list changes"
+                "entry {entry}: a key carries PROXY_CLIENT_TOKEN_BUDGET and needs a name (name:key), so that its spent budget stays its own when the list changes"
             ));
         }
     }
@@ -106,7 +106,7 @@ pub(super) fn validate(found: &Found<'_>) -> Result<KeySettings, ConfigError> {
         client_keys_file,
         rules: EntryRules {
             metered: true,
-            limited_by_default: false,
+            budget_by_default: false,
         },
     })
 }

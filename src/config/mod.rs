@@ -227,7 +227,7 @@ fn validate(
     }
     keys.rules = EntryRules {
         metered: usage.enabled,
-        limited_by_default: client_limits != LimitSettings::default(),
+        budget_by_default: client_limits.token_budget.is_some(),
     };
     keys::check_entries(&keys.client_keys, keys.rules).map_err(|m| {
         if keys.client_keys_file.is_some() {
