@@ -18,6 +18,8 @@ const SPENDER: &str = "ck-once-spend-0001";
 /// The chat JSON answer's usage: 31 input and 17 output tokens.
 const CHAT_COST: u64 = 48;
 
+/// How long a backend switch may take to show in `/metrics`.
+const WAIT: Duration = Duration::from_secs(15);
 const SHARED: &str = "memoctopus_limits_backend{state=\"shared\"}";
 const LOCAL: &str = "memoctopus_limits_backend{state=\"local\"}";
 
@@ -66,20 +68,8 @@ async fn shared_proxy(
     }
     vars.extend_from_slice(extra);
     let proxy = spawn_proxy(mock, &vars).await;
-    wait_for(&proxy, SHARED, 1.0).await;
+    wait_for_metric(&proxy, SHARED, 1.0, WAIT).await;
     proxy
-}
-
-async fn wait_for(proxy: &TestProxy, series: &str, value: f64) {
-    let reached = eventually(Duration::from_secs(15), || async {
-        metric(proxy, series).await == value
-    })
-    .await;
-    assert!(
-        reached.is_some(),
-        "{series} never became {value}:\n{}",
-        metrics_text(proxy).await
-    );
 }
 
 /// Waits until Redis holds `expected` for `key`, then checks that it still does a while later:
@@ -109,6 +99,24 @@ fn nothing_held(redis: &RedisServer, prefix: &str) {
             "{key} is left: {dump:?}"
         );
     }
+}
+
+/// The end of a test whose charge timed out once: `tokens` counted once, the timeout counted,
+/// Redis in force again, and nothing left held.
+async fn counted_once_after_a_timeout(proxy: &TestProxy, redis: &RedisServer, tokens: u64) {
+    settles_at(redis, &count_key("memoctopus:"), tokens).await;
+    assert!(
+        metric(
+            proxy,
+            "memoctopus_limits_redis_errors_total{kind=\"timeout\"}"
+        )
+        .await
+            >= 1.0,
+        "{}",
+        metrics_text(proxy).await
+    );
+    wait_for_metric(proxy, SHARED, 1.0, WAIT).await;
+    nothing_held(redis, "memoctopus:");
 }
 
 /// A TCP relay in front of Redis that passes requests at once and, while `hold` is set, keeps
@@ -178,20 +186,8 @@ async fn a_charge_whose_answer_comes_late_is_sent_again_and_counted_once() {
     );
     hold.store(false, Ordering::Relaxed);
     // Once Redis answers again, the proxy has sent the charge again.
-    wait_for(&proxy, SHARED, 1.0).await;
-    settles_at(&redis, &count_key("memoctopus:"), CHAT_COST).await;
-    assert!(
-        metric(
-            &proxy,
-            "memoctopus_limits_redis_errors_total{kind=\"timeout\"}"
-        )
-        .await
-            >= 1.0,
-        "{}",
-        metrics_text(&proxy).await
-    );
-    wait_for(&proxy, SHARED, 1.0).await;
-    nothing_held(&redis, "memoctopus:");
+    wait_for_metric(&proxy, SHARED, 1.0, WAIT).await;
+    counted_once_after_a_timeout(&proxy, &redis, CHAT_COST).await;
 }
 
 #[tokio::test]
@@ -215,19 +211,7 @@ async fn a_charge_while_redis_sleeps_is_counted_once() {
     assert_eq!(exchange.await.unwrap(), 200);
     let slept = sleeper.await.unwrap();
     assert_eq!(String::from_utf8_lossy(&slept.stdout).trim(), "OK");
-    settles_at(&redis, &count_key("memoctopus:"), CHAT_COST).await;
-    assert!(
-        metric(
-            &proxy,
-            "memoctopus_limits_redis_errors_total{kind=\"timeout\"}"
-        )
-        .await
-            >= 1.0,
-        "{}",
-        metrics_text(&proxy).await
-    );
-    wait_for(&proxy, SHARED, 1.0).await;
-    nothing_held(&redis, "memoctopus:");
+    counted_once_after_a_timeout(&proxy, &redis, CHAT_COST).await;
 }
 
 #[tokio::test]
@@ -288,7 +272,7 @@ async fn a_charge_redis_has_no_memory_for_waits_and_is_counted_once_when_it_has(
     // Out of memory, with Redis's default policy (noeviction): every write is refused.
     assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]).trim(), "OK");
     assert_eq!(exchange.await.unwrap(), 200);
-    wait_for(&proxy, LOCAL, 1.0).await;
+    wait_for_metric(&proxy, LOCAL, 1.0, WAIT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         redis.get(&count_key("memoctopus:")),
@@ -297,7 +281,7 @@ async fn a_charge_redis_has_no_memory_for_waits_and_is_counted_once_when_it_has(
     );
     assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]).trim(), "OK");
     settles_at(&redis, &count_key("memoctopus:"), CHAT_COST).await;
-    wait_for(&proxy, SHARED, 1.0).await;
+    wait_for_metric(&proxy, SHARED, 1.0, WAIT).await;
     nothing_held(&redis, "memoctopus:");
 }
 
@@ -315,7 +299,7 @@ async fn a_charge_after_redis_restarted_empty_lands_once_in_the_new_one() {
     redis.restart();
     assert_eq!(exchange.await.unwrap(), 200);
     settles_at(&redis, &count_key("memoctopus:"), CHAT_COST).await;
-    wait_for(&proxy, SHARED, 1.0).await;
+    wait_for_metric(&proxy, SHARED, 1.0, WAIT).await;
     nothing_held(&redis, "memoctopus:");
 }
 
@@ -441,7 +425,7 @@ async fn fifty_concurrent_requests_cannot_overrun_a_budget_of_100() {
     let mut replicas = Vec::new();
     for _ in 0..3 {
         let proxy = spawn_proxy(&mock, &[keys, reserve, shared]).await;
-        wait_for(&proxy, SHARED, 1.0).await;
+        wait_for_metric(&proxy, SHARED, 1.0, WAIT).await;
         replicas.push(proxy);
     }
     let admitted = fifty_at_once(&replicas, &client()).await;

@@ -36,6 +36,8 @@ fn stream(url: &str, key: &str, events: u32, interval_ms: u32) -> Request<Full<b
     request
 }
 
+/// How long a backend switch may take to show in `/metrics`.
+const WAIT: Duration = Duration::from_secs(10);
 const SHARED: &str = "memoctopus_limits_backend{state=\"shared\"}";
 const LOCAL: &str = "memoctopus_limits_backend{state=\"local\"}";
 
@@ -49,23 +51,11 @@ async fn proxies(mock: &MockUpstream, redis: Option<&RedisServer>, n: usize) -> 
     for _ in 0..n {
         let proxy = spawn_proxy(mock, &vars).await;
         if redis.is_some() {
-            wait_for(&proxy, SHARED, 1.0).await;
+            wait_for_metric(&proxy, SHARED, 1.0, WAIT).await;
         }
         all.push(proxy);
     }
     all
-}
-
-async fn wait_for(proxy: &TestProxy, series: &str, value: f64) {
-    let reached = eventually(Duration::from_secs(10), || async {
-        metric(proxy, series).await == value
-    })
-    .await;
-    assert!(
-        reached.is_some(),
-        "{series} never became {value}:\n{}",
-        metrics_text(proxy).await
-    );
 }
 
 /// Sends `per_proxy` requests of `key` to each proxy at once; returns the statuses.
@@ -204,7 +194,7 @@ async fn redis_going_away_degrades_the_limits_never_the_service() {
         "{statuses:?}"
     );
     for proxy in &p {
-        wait_for(proxy, LOCAL, 1.0).await;
+        wait_for_metric(proxy, LOCAL, 1.0, WAIT).await;
         assert_eq!(metric(proxy, SHARED).await, 0.0);
         let ready = client()
             .request(
@@ -224,7 +214,7 @@ async fn redis_going_away_degrades_the_limits_never_the_service() {
     // Back, and empty: shared again, without a restart.
     redis.restart();
     for proxy in &p {
-        wait_for(proxy, SHARED, 1.0).await;
+        wait_for_metric(proxy, SHARED, 1.0, WAIT).await;
     }
     let statuses = burst(&p, "ck-shared-app-0001", 5).await;
     assert_eq!(
@@ -268,7 +258,7 @@ async fn a_killed_replica_gives_its_slots_back_within_the_lease() {
         ],
     )
     .await;
-    wait_for(&other, SHARED, 1.0).await;
+    wait_for_metric(&other, SHARED, 1.0, WAIT).await;
     let key = "ck-shared-hold-0004";
     let url = format!("http://{addr}/v1/chat/completions");
     // The replica admits through Redis once it reaches it.
@@ -392,7 +382,7 @@ async fn rediss_with_a_test_ca_and_a_password_from_a_file() {
         ],
     )
     .await;
-    wait_for(&proxy, SHARED, 1.0).await;
+    wait_for_metric(&proxy, SHARED, 1.0, WAIT).await;
     let statuses = burst(std::slice::from_ref(&proxy), "ck-shared-app-0001", 7).await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),

@@ -111,12 +111,7 @@ impl Proxy {
         let config = &self.0.config;
         let (mut parts, body) = request.into_parts();
 
-        let declared_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_length.is_some_and(|len| len > config.max_body_bytes) {
+        if declared_length(&parts.headers).is_some_and(|len| len > config.max_body_bytes) {
             return Err(ProxyError::BodyTooLarge {
                 limit: config.max_body_bytes,
             });
@@ -267,6 +262,14 @@ impl Proxy {
         exchange.upstream_failed(error.kind.counted_as());
         ProxyError::from_upstream(error.kind, description, config.timeouts.connect)
     }
+}
+
+/// The request body's length as its `Content-Length` declares it, if it does.
+pub(super) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 pub(super) fn is_json(content_type: Option<&HeaderValue>) -> bool {

@@ -162,16 +162,9 @@ impl Proxy {
         }
         // What the request may cost, reserved of a budget: its input's estimate by its
         // declared length (none without one), and the output reserve.
-        let input = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(0, |bytes| {
-                crate::usage::input_estimate(
-                    bytes,
-                    forward::is_json(headers.get(header::CONTENT_TYPE)),
-                )
-            });
+        let input = forward::declared_length(headers).map_or(0, |bytes| {
+            crate::usage::input_estimate(bytes, forward::is_json(headers.get(header::CONTENT_TYPE)))
+        });
         match self
             .0
             .limits

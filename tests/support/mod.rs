@@ -135,6 +135,17 @@ pub async fn metrics_text(proxy: &TestProxy) -> String {
 
 /// The value of one series in the proxy's `/metrics`, or 0 if it is absent: a labelled series
 /// appears with its first count. A test that needs the series to exist uses [`series`].
+/// Waits up to `limit` for `series` to read `value`, and fails showing `/metrics` if it never
+/// does.
+pub async fn wait_for_metric(proxy: &TestProxy, series: &str, value: f64, limit: Duration) {
+    let reached = eventually(limit, || async { metric(proxy, series).await == value }).await;
+    assert!(
+        reached.is_some(),
+        "{series} never became {value}:\n{}",
+        metrics_text(proxy).await
+    );
+}
+
 pub async fn metric(proxy: &TestProxy, series_name: &str) -> f64 {
     series(&metrics_text(proxy).await, series_name).unwrap_or(0.0)
 }
