@@ -36,6 +36,16 @@ impl LimitSettings {
         }
     }
 
+    /// What a request that would reserve `reserve` tokens reserves under these limits: all of
+    /// it under a budget, nothing without one.
+    pub fn reservation(&self, reserve: u64) -> u64 {
+        if self.token_budget.is_some() {
+            reserve
+        } else {
+            0
+        }
+    }
+
     fn is_none(&self) -> bool {
         self.max_in_flight.is_none() && self.rate.is_none() && self.token_budget.is_none()
     }
@@ -345,7 +355,7 @@ impl ClientLimits {
         if holds_slot {
             state.in_flight += 1;
         }
-        let reserved = if token_budget.is_some() { reserve } else { 0 };
+        let reserved = limits.reservation(reserve);
         state.reserved = state.reserved.saturating_add(reserved);
         Ok(Some(Permit {
             client: client.clone(),

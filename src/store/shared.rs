@@ -274,11 +274,7 @@ impl Shared {
             return Err(None);
         }
         let at = unix_now();
-        let reserve = if limits.token_budget.is_some() {
-            reserve
-        } else {
-            0
-        };
+        let reserve = limits.reservation(reserve);
         let slot = (limits.max_in_flight.is_some() || limits.token_budget.is_some()).then(|| {
             let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
             (slot, format!("{}-{slot:x}/{reserve}", self.replica))
