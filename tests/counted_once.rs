@@ -434,16 +434,6 @@ async fn fifty_concurrent_requests_cannot_overrun_a_budget_of_100() {
     nothing_held(&redis, "memoctopus:");
 }
 
-/// The access log line of the exchange with this request id.
-fn access_line(logs: &support::capture::Captured, id: &str) -> serde_json::Value {
-    let found = logs
-        .text()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| line["target"] == "memoctopus::access" && line["fields"]["request_id"] == id);
-    found.unwrap_or_else(|| panic!("no access line for {id}"))["fields"].clone()
-}
-
 async fn missing(proxy: &TestProxy, route: &str, reason: &str) -> f64 {
     metric(
         proxy,
@@ -584,14 +574,14 @@ async fn answers_the_meter_cannot_read_are_charged_an_estimate_that_says_why() {
         ),
         ("free-cancelled", "no_answer", chat_input, 0),
     ] {
-        let line = access_line(&logs, id);
+        let line = logs.access_line(id);
         assert_eq!(line["usage"], "estimated", "{id}: {line}");
         assert_eq!(line["usage_reason"], reason, "{id}: {line}");
         assert_eq!(line["input_tokens"], input, "{id}: {line}");
         assert_eq!(line["output_tokens"], output, "{id}: {line}");
     }
     for id in ["free-models", "free-429"] {
-        let line = access_line(&logs, id);
+        let line = logs.access_line(id);
         assert_eq!(line["usage"], "none", "{id}: {line}");
         assert_eq!(line["input_tokens"], 0, "{id}: {line}");
     }

@@ -603,3 +603,142 @@ async fn an_http10_upgrade_or_an_upgrade_with_a_body_is_refused() {
         "a refused upgrade reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn a_sessions_usage_is_read_from_its_response_done_events_and_charged() {
+    let logs = capture::logs();
+    let ws = WsMock::start(None).await;
+    // A budget of 150 with nothing reserved: the session is admitted, costs 180, and spends it.
+    let proxy = spawn(
+        &ws,
+        &[
+            (
+                "PROXY_CLIENT_KEYS",
+                "talker:ck-realtime-talker-7001 token_budget=150/day",
+            ),
+            ("PROXY_CLIENT_OUTPUT_RESERVE", "0"),
+        ],
+    )
+    .await;
+    let headers = [
+        ("authorization", "Bearer ck-realtime-talker-7001"),
+        ("x-client-request-id", "rt-usage"),
+        (
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        ),
+    ];
+    let (mut socket, response) = connect(&proxy, "/v1/realtime?model=gpt-realtime", &headers)
+        .await
+        .expect("upgrade refused");
+    assert!(!response.headers().contains_key("sec-websocket-extensions"));
+    // No compression is offered upstream, so the frames stay readable.
+    assert!(!ws.handshakes()[0]
+        .headers
+        .contains_key("sec-websocket-extensions"));
+
+    socket.send(Message::text("mock:responses")).await.unwrap();
+    let mut texts = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("the mock's events stopped")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = &next {
+            texts.push(text.to_string());
+            if text.contains("mock.done") {
+                break;
+            }
+        }
+    }
+    // Every event reached the client whole, the fragmented ones joined by its own library.
+    assert_eq!(texts.len(), 5);
+    assert!(texts[2].ends_with(r#""output_token_details":{"text_tokens":10,"audio_tokens":40}}}}"#));
+    socket.close(None).await.unwrap();
+    ws.wait_for_end(Duration::from_secs(2)).await.unwrap();
+
+    let (input, output, cached) = support::ws_mock::RESPONSES_USAGE;
+    let series = |kind: &str| {
+        format!(
+            "memoctopus_tokens_total{{client=\"talker\",model=\"gpt-realtime\",type=\"{kind}\"}}"
+        )
+    };
+    wait_for_metric(
+        &proxy,
+        &series("input"),
+        input as f64,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(metric(&proxy, &series("output")).await, output as f64);
+    assert_eq!(metric(&proxy, &series("cached")).await, cached as f64);
+    let line = logs.access_line("rt-usage");
+    assert_eq!(line["route"], "/v1/realtime");
+    assert_eq!(line["usage"], "reported", "{line}");
+    assert_eq!(line["model"], "gpt-realtime");
+    assert_eq!(line["input_tokens"], input);
+    assert_eq!(line["output_tokens"], output);
+    assert_eq!(line["cached_tokens"], cached);
+
+    // The session's 180 tokens went to the budget: the next session is refused.
+    let refused = connect(&proxy, "/v1/realtime?model=gpt-realtime", &headers[..1])
+        .await
+        .expect_err("admitted over the budget");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(ws.handshakes().len(), 1);
+}
+
+#[tokio::test]
+async fn a_session_without_usage_or_with_unreadable_frames_is_estimated_and_says_why() {
+    let logs = capture::logs();
+    let ws = WsMock::start(None).await;
+    let proxy = spawn(&ws, &[]).await;
+    let open = |id: &'static str| {
+        let proxy = &proxy;
+        async move {
+            connect(proxy, "/v1/realtime", &[("x-client-request-id", id)])
+                .await
+                .expect("upgrade refused")
+                .0
+        }
+    };
+    // An echo, then the client leaves: nothing reported.
+    let mut quiet = open("rt-quiet").await;
+    let hello = Message::text(r#"{"type":"session.update","session":{"instructions":"hi"}}"#);
+    assert_eq!(echo(&mut quiet, hello).await.len(), 57);
+    quiet.close(None).await.unwrap();
+    // A compressed message: the client's library refuses it, and the meter cannot read it.
+    let mut compressed = open("rt-compressed").await;
+    compressed
+        .send(Message::text("mock:compressed"))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), compressed.next()).await;
+    assert!(
+        matches!(next, Ok(Some(Err(_)) | None)),
+        "the client read {next:?}"
+    );
+    drop(compressed);
+    for id in ["rt-quiet", "rt-compressed"] {
+        let ended = eventually(Duration::from_secs(5), || async {
+            logs.text().contains(&format!("\"request_id\":\"{id}\""))
+        })
+        .await;
+        assert!(ended.is_some(), "no access line for {id}");
+    }
+    let quiet = logs.access_line("rt-quiet");
+    assert_eq!(quiet["usage"], "estimated");
+    assert_eq!(quiet["usage_reason"], "not_reported");
+    // Input: a token for every four bytes the client sent, its 57 bytes of JSON in a masked
+    // frame (63) and its Close frame (6). Output: the strings in the echo's nested value,
+    // `instructions` and `hi`, 14 bytes.
+    assert_eq!(quiet["request_bytes"], 69);
+    assert_eq!(quiet["input_tokens"], 18, "{quiet}");
+    assert_eq!(quiet["output_tokens"], 4, "{quiet}");
+    let unread = logs.access_line("rt-compressed");
+    assert_eq!(unread["usage"], "estimated");
+    assert_eq!(unread["usage_reason"], "compressed");
+    // One token for every byte the upstream sent: the frame's 2-byte header and 24 bytes.
+    assert_eq!(unread["output_tokens"], 26, "{unread}");
+}

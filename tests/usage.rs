@@ -52,15 +52,6 @@ async fn read_timed(response: http::Response<hyper::body::Incoming>) -> (Vec<u8>
     (bytes, first.map_or(Duration::ZERO, |f| f.elapsed()))
 }
 
-/// The access log line of the exchange with this request id.
-fn access_line(logs: &support::capture::Captured, id: &str) -> serde_json::Value {
-    logs.text()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| line["target"] == "memoctopus::access" && line["fields"]["request_id"] == id)
-        .unwrap_or_else(|| panic!("no access line for {id}"))
-}
-
 fn tokens_series(client: &str, model: &str, kind: &str) -> String {
     format!("memoctopus_tokens_total{{client=\"{client}\",model=\"{model}\",type=\"{kind}\"}}")
 }
@@ -102,8 +93,7 @@ async fn every_answer_counts_exactly(proxy: &TestProxy, mock: &MockUpstream) {
         );
 
         let client_name = format!("c{i}");
-        let line = access_line(&logs, &id);
-        let fields = &line["fields"];
+        let fields = &logs.access_line(&id);
         assert_eq!(fields["client"], client_name.as_str());
         let model = answer.model;
         let text = metrics_text(proxy).await;
@@ -302,13 +292,13 @@ async fn a_cancelled_stream_is_counted_as_cancelled_and_its_estimate_spends_the_
     })
     .await;
     assert!(counted.is_some(), "{}", metrics_text(&proxy).await);
-    let line = access_line(&logs, "usage-cancelled");
-    assert_eq!(line["fields"]["usage"], "estimated");
-    assert_eq!(line["fields"]["outcome"], "client_cancelled");
+    let line = logs.access_line("usage-cancelled");
+    assert_eq!(line["usage"], "estimated");
+    assert_eq!(line["outcome"], "client_cancelled");
     // Input: a quarter of the 15-byte JSON body, rounded up; output: one or more a forwarded
     // event ("tok0", "tok1", ...).
-    assert_eq!(line["fields"]["input_tokens"], 4);
-    let output = line["fields"]["output_tokens"].as_u64().unwrap();
+    assert_eq!(line["input_tokens"], 4);
+    let output = line["output_tokens"].as_u64().unwrap();
     assert!(output >= 2, "{output}");
     // Not a reported figure: nothing in memoctopus_tokens_total.
     assert!(!metrics_text(&proxy)
@@ -497,5 +487,5 @@ async fn with_the_meter_off_nothing_is_read_and_accept_encoding_passes() {
     assert!(!metrics_text(&proxy)
         .await
         .contains("memoctopus_tokens_total{"));
-    assert_eq!(access_line(&logs, "meter-off")["fields"]["usage"], "none");
+    assert_eq!(logs.access_line("meter-off")["usage"], "none");
 }

@@ -275,6 +275,18 @@ impl Exchange {
         };
         let input = || crate::usage::input_estimate(request_bytes, self.request_is_json);
         if let Some(meter) = &self.meter {
+            if let Some(reason) = meter.lost() {
+                // A session's frames that could not be read: one token for every byte, as
+                // for a compressed answer.
+                return estimated(
+                    reason,
+                    Tokens {
+                        input: input(),
+                        output: Unread::Compressed.output_estimate(self.response_bytes),
+                        ..Tokens::default()
+                    },
+                );
+            }
             if let Some(tokens) = meter.reported() {
                 self.metrics.usage.seen(
                     &self.client,
@@ -291,9 +303,12 @@ impl Exchange {
                     tokens,
                 };
             }
+            let session = self.upstream_status == Some(StatusCode::SWITCHING_PROTOCOLS);
             let reason = match outcome {
                 Outcome::Completed => "not_reported",
                 Outcome::ClientCancelled => "cancelled",
+                // Either side may close a session; it failed only if it timed out.
+                Outcome::ClientClosed | Outcome::UpstreamClosed if session => "not_reported",
                 _ => "failed",
             };
             return estimated(reason, meter.estimate(request_bytes, self.request_is_json));

@@ -1,6 +1,7 @@
-//! A WebSocket session after the `101`: two upgraded streams joined as a byte pipe. Frames are
-//! never read as frames; bytes go on as they arrive, through one fixed buffer each way, so a
-//! session's memory does not grow with what it carries.
+//! A WebSocket session after the `101`: two upgraded streams joined as a byte pipe. Bytes go
+//! on as they arrive, through one fixed buffer each way, so a session's memory does not grow
+//! with what it carries. With the meter on, the upstream's bytes are followed as frames once
+//! they have been written to the client, for the usage its messages report.
 //!
 //! Either side closing or failing ends the session and closes the other at once: that is what
 //! stops the upstream, and its billing, when a client walks away from an audio session. A
@@ -93,18 +94,25 @@ impl Pipe {
         let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
         let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
         let touch = || last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let mut meter = exchange.meter.take();
+        let metered = |bytes: &[u8]| {
+            if let Some(meter) = meter.as_deref_mut() {
+                meter.feed(bytes);
+            }
+        };
         let outcome = tokio::select! {
-            ended = copy(&mut client_read, &mut upstream_write, &request.bytes, touch) => match ended {
+            ended = copy(&mut client_read, &mut upstream_write, &request.bytes, touch, |_| {}) => match ended {
                 Ended::ReadClosed | Ended::ReadFailed => Outcome::ClientClosed,
                 Ended::WriteFailed => Outcome::UpstreamClosed,
             },
-            ended = copy(&mut upstream_read, &mut client_write, &down_bytes, touch) => match ended {
+            ended = copy(&mut upstream_read, &mut client_write, &down_bytes, touch, metered) => match ended {
                 Ended::ReadClosed | Ended::ReadFailed => Outcome::UpstreamClosed,
                 Ended::WriteFailed => Outcome::ClientClosed,
             },
             () = idle_for(idle, started, &last_active) => Outcome::IdleTimeout,
         };
         exchange.finish(outcome);
+        exchange.meter = meter;
         exchange.response_bytes = down_bytes.load(Ordering::Relaxed);
         // Close both at once; a side that does not take its FIN (or close_notify) quickly is
         // dropped, which closes it too.
@@ -122,7 +130,14 @@ enum Ended {
     WriteFailed,
 }
 
-async fn copy<R, W>(from: &mut R, to: &mut W, bytes: &AtomicU64, touch: impl Fn()) -> Ended
+/// Copies one direction; `written` sees each piece once the other side has it.
+async fn copy<R, W>(
+    from: &mut R,
+    to: &mut W,
+    bytes: &AtomicU64,
+    touch: impl Fn(),
+    mut written: impl FnMut(&[u8]),
+) -> Ended
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -138,6 +153,7 @@ where
         if write(to, &buffer[..n]).await.is_err() {
             return Ended::WriteFailed;
         }
+        written(&buffer[..n]);
         bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

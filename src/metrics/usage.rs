@@ -60,7 +60,7 @@ impl UsageMetrics {
         let missing = Family::<MissingLabels, Counter>::default();
         registry.register(
             "usage_missing",
-            "Exchanges charged an estimate because the upstream reported no usage, by client, route and reason: cancelled (the client left), failed (the answer broke or timed out), not_reported (complete, but without usage), not_json (an answer the meter cannot read, such as text or audio), compressed (compressed though asked not to be), no_answer (cancelled, timed out or broken off before the answer's head, after the request left)",
+            "Exchanges charged an estimate because the upstream reported no usage, by client, route and reason: cancelled (the client left), failed (the answer broke or timed out), not_reported (complete, but without usage), not_json (an answer the meter cannot read, such as text or audio), compressed (compressed though asked not to be, or a session's compressed message), malformed (a session's frames broke the WebSocket protocol), no_answer (cancelled, timed out or broken off before the answer's head, after the request left)",
             missing.clone(),
         );
         UsageMetrics {

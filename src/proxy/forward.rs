@@ -46,6 +46,8 @@ impl Proxy {
         // A key in a subprotocol never goes upstream, upgrade or not.
         let key = websocket::take_key_subprotocol(request.headers_mut());
         if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
+            // A session can cost tokens on any route: Realtime reports them as it goes.
+            exchange.metered = self.0.config.usage.enabled;
             // A session is rare next to requests: its larger future is boxed.
             let checked = websocket::check_upgrade(request.version(), request.headers())
                 .map_err(ProxyError::BadRequest)

@@ -13,6 +13,7 @@ use crate::exchange::record::Exchange;
 use crate::exchange::session::{Handoff, Pipe};
 use crate::policy::websocket;
 use crate::upstream::websocket::WebSocketAnswer;
+use crate::usage::Meter;
 
 use super::forward::pass_head;
 use super::Proxy;
@@ -79,8 +80,16 @@ impl Proxy {
                 ))?;
         let client = hyper::upgrade::on(&mut request);
         let (mut parts, _) = request.into_parts();
+        let meter = exchange
+            .metered
+            .then(|| Box::new(Meter::websocket(url_model(&parts.uri))));
         self.upstream_head(&mut parts, exchange)?;
         websocket::mark_upgrade(&mut parts.headers);
+        if meter.is_some() {
+            // A compressed message cannot be metered: no compression is offered upstream, so
+            // none is agreed (RFC 7692, section 5), and the session's frames stay readable.
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
         let opening = self
             .0
             .upstream
@@ -94,15 +103,31 @@ impl Proxy {
                 head,
                 stream,
                 connection,
-            } => Ok(Opened::Switched(SwitchedSession {
-                head,
-                stream,
-                connection,
-                client,
-                handoff,
-            })),
+            } => {
+                // The client's messages are JSON, for the estimate of a session that reports
+                // nothing.
+                exchange.request_is_json = true;
+                exchange.meter = meter;
+                Ok(Opened::Switched(SwitchedSession {
+                    head,
+                    stream,
+                    connection,
+                    client,
+                    handoff,
+                }))
+            }
         }
     }
+}
+
+/// The model a session's URL names (`?model=gpt-realtime`), for the usage metrics: Realtime's
+/// events do not name it.
+fn url_model(uri: &http::Uri) -> Option<&[u8]> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("model="))
+        .filter(|model| !model.is_empty())
+        .map(str::as_bytes)
 }
 
 /// What a WebSocket upgrade came to.

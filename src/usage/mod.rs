@@ -7,12 +7,15 @@
 //! Its memory is fixed ([`MAX_USAGE_BYTES`] for the object, [`MAX_MODEL_BYTES`] for the
 //! model), in one allocation per answer it reads.
 
+mod frames;
 mod json;
 
 use memchr::memchr;
 use serde::Deserialize;
 
 use json::{JsonScan, Sink};
+
+use frames::{Frames, Part};
 
 /// A `usage` object longer than this is not read (OpenAI's are under 400 bytes). The meter
 /// keeps it in place, so that reading it allocates nothing.
@@ -38,11 +41,24 @@ impl Tokens {
     pub fn billed(&self) -> u64 {
         self.input.saturating_add(self.output)
     }
+
+    /// Adds another answer's tokens, as a session's answers add up.
+    fn add(&mut self, other: &Tokens) {
+        self.input = self.input.saturating_add(other.input);
+        self.output = self.output.saturating_add(other.output);
+        self.cached = self.cached.saturating_add(other.cached);
+        self.reasoning = self.reasoning.saturating_add(other.reasoning);
+        self.audio_seconds = match (self.audio_seconds, other.audio_seconds) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 /// The fields of every `usage` object OpenAI sends: Chat Completions and embeddings
-/// (`prompt_tokens`, `completion_tokens`), the Responses API and transcriptions
-/// (`input_tokens`, `output_tokens`), and transcription by duration (`seconds`).
+/// (`prompt_tokens`, `completion_tokens`), the Responses API, transcriptions and Realtime
+/// (`input_tokens`, `output_tokens`; Realtime names its details `input_token_details`), and
+/// transcription by duration (`seconds`).
 #[derive(Deserialize)]
 struct Reported {
     prompt_tokens: Option<u64>,
@@ -53,6 +69,8 @@ struct Reported {
     completion_tokens_details: Option<Details>,
     input_tokens_details: Option<Details>,
     output_tokens_details: Option<Details>,
+    input_token_details: Option<Details>,
+    output_token_details: Option<Details>,
     seconds: Option<f64>,
 }
 
@@ -71,10 +89,20 @@ pub fn parse_usage(bytes: &[u8]) -> Option<Tokens> {
         return None;
     }
     let detail = |d: &Option<Details>, f: fn(&Details) -> Option<u64>| d.as_ref().and_then(f);
-    let cached = detail(&r.prompt_tokens_details, |d| d.cached_tokens)
-        .or_else(|| detail(&r.input_tokens_details, |d| d.cached_tokens));
-    let reasoning = detail(&r.completion_tokens_details, |d| d.reasoning_tokens)
-        .or_else(|| detail(&r.output_tokens_details, |d| d.reasoning_tokens));
+    let cached = [
+        &r.prompt_tokens_details,
+        &r.input_tokens_details,
+        &r.input_token_details,
+    ]
+    .into_iter()
+    .find_map(|d| detail(d, |d| d.cached_tokens));
+    let reasoning = [
+        &r.completion_tokens_details,
+        &r.output_tokens_details,
+        &r.output_token_details,
+    ]
+    .into_iter()
+    .find_map(|d| detail(d, |d| d.reasoning_tokens));
     Some(Tokens {
         input: input.unwrap_or(0),
         output: output.unwrap_or(0),
@@ -229,6 +257,10 @@ pub struct Meter {
     /// read is one.
     data_bytes: u64,
     in_data: bool,
+    /// A WebSocket session's: its frames, each text message in them one JSON value, and the
+    /// usage the messages reported, summed as each one ends.
+    frames: Option<Frames>,
+    session_total: Option<Tokens>,
 }
 
 impl Meter {
@@ -240,7 +272,24 @@ impl Meter {
             event: Event::Undecided,
             data_bytes: 0,
             in_data: false,
+            frames: None,
+            session_total: None,
         }
+    }
+
+    /// The meter of a WebSocket session's frames from the upstream, with the model its URL
+    /// names, if it names one. Realtime's `response.done` events carry each response's usage
+    /// under `response`; a session costs what they add up to.
+    pub fn websocket(model: Option<&[u8]>) -> Meter {
+        let mut meter = Meter {
+            frames: Some(Frames::default()),
+            ..Meter::json()
+        };
+        if let Some(model) = model {
+            meter.found.model_bytes(model);
+            meter.found.model_ended();
+        }
+        meter
     }
 
     pub fn sse() -> Meter {
@@ -255,6 +304,22 @@ impl Meter {
 
     /// Looks at the next bytes of the answer, as forwarded.
     pub fn feed(&mut self, data: &[u8]) {
+        if let Some(frames) = &mut self.frames {
+            let (scan, found, total) = (&mut self.scan, &mut self.found, &mut self.session_total);
+            frames.feed(data, |part| match part {
+                Part::Text(text) if found.usage.is_none() => scan.feed(text, found),
+                Part::Text(_) => {}
+                Part::End => {
+                    if let Some(tokens) = found.usage.take() {
+                        total.get_or_insert_with(Tokens::default).add(&tokens);
+                    }
+                    found.usage_bytes = None;
+                    found.usage_too_long = false;
+                    scan.reset();
+                }
+            });
+            return;
+        }
         if self.found.usage.is_some() {
             return;
         }
@@ -356,7 +421,10 @@ impl Meter {
 
     /// The tokens the upstream reported, if it did.
     pub fn reported(&self) -> Option<Tokens> {
-        self.found.usage
+        match self.frames {
+            Some(_) => self.session_total,
+            None => self.found.usage,
+        }
     }
 
     /// The model the answer named, if it named one that fits.
@@ -366,6 +434,11 @@ impl Meter {
             return None;
         }
         std::str::from_utf8(&found.model[..found.model_len]).ok()
+    }
+
+    /// Why a session's frames could no longer be read, if they could not.
+    pub fn lost(&self) -> Option<&'static str> {
+        self.frames.as_ref()?.lost().map(frames::Lost::reason)
     }
 
     /// Whether the answer named a model too long to keep.

@@ -29,6 +29,18 @@ impl Captured {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.memory.lock().unwrap()).into_owned()
     }
+
+    /// The fields of the access log line of the exchange with this request id.
+    pub fn access_line(&self, id: &str) -> serde_json::Value {
+        let found = self
+            .text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| {
+                line["target"] == "memoctopus::access" && line["fields"]["request_id"] == id
+            });
+        found.unwrap_or_else(|| panic!("no access line for {id}"))["fields"].clone()
+    }
 }
 
 fn scan_file(kind: &str) -> File {

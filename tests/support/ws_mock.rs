@@ -5,6 +5,10 @@
 //! - `?mock=refuse-429`: answer 429 with OpenAI's `retry-after` and an error body;
 //! - `?mock=close-after-ms-N`: send a Close frame and drop the connection after N ms.
 //!
+//! The text message `mock:responses` is answered with [`RESPONSES`] instead of its echo: what
+//! a Realtime server sends for two responses, their `response.done` events split across
+//! frames with a ping between, and usage-like text where it must not count.
+//!
 //! A key other than the server's gets 401, as OpenAI does.
 
 use std::net::SocketAddr;
@@ -17,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::SERVER_KEY;
@@ -191,6 +197,22 @@ where
             None => ws.next().await,
         };
         match next {
+            Some(Ok(Message::Text(text))) if text.as_str() == "mock:responses" => {
+                for frame in responses() {
+                    if ws.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(Ok(Message::Text(text))) if text.as_str() == "mock:compressed" => {
+                let mut frame = Frame::message(
+                    r#"{"type":"response.done"}"#,
+                    OpCode::Data(Data::Text),
+                    true,
+                );
+                frame.header_mut().rsv1 = true;
+                let _ = ws.send(Message::Frame(frame)).await;
+            }
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                 log.lock().unwrap().echoed += message.len() as u64;
                 if ws.send(message).await.is_err() {
@@ -202,4 +224,70 @@ where
         }
     }
     log.lock().unwrap().ended.push(Instant::now());
+}
+
+/// The usage [`RESPONSES`] report, added up: input, output, cached.
+pub const RESPONSES_USAGE: (u64, u64, u64) = (120, 60, 40);
+
+/// What `mock:responses` is answered with, as (frame's opcode and FIN, payload).
+const RESPONSES: &[(&str, &str)] = &[
+    // Usage below the top level is not the event's.
+    (
+        "text",
+        r#"{"type":"session.created","session":{"model":"gpt-realtime","usage":{"input_tokens":999}}}"#,
+    ),
+    (
+        "text+",
+        r#"{"type":"response.output_audio.delta","delta":"UklGR"#,
+    ),
+    (
+        "more",
+        "iQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA",
+    ),
+    ("end", r#"="}"#),
+    // The first response.done, in three frames with a ping between; its transcript holds
+    // usage-like text.
+    (
+        "text+",
+        r#"{"type":"response.done","event_id":"event_3","response":{"object":"realtime.response","status":"completed","output":[{"type":"message","content":[{"type":"output_audio","transcript":"say \"usage\":{\"input_tokens\":5000}"}]}],"us"#,
+    ),
+    ("ping", "keepalive"),
+    (
+        "more",
+        r#"age":{"total_tokens":150,"input_tokens":100,"output_tokens":50,"input_token_details":{"cached_tokens":40,"text_tokens":60,"#,
+    ),
+    (
+        "end",
+        r#""audio_tokens":40},"output_token_details":{"text_tokens":10,"audio_tokens":40}}}}"#,
+    ),
+    // A binary message is never read as usage.
+    (
+        "binary",
+        r#"{"type":"response.done","response":{"usage":{"input_tokens":7777}}}"#,
+    ),
+    // The second, in two frames.
+    (
+        "text+",
+        r#"{"type":"response.done","response":{"status":"completed","usage":{"total_tokens":30,"#,
+    ),
+    ("end", r#""input_tokens":20,"output_tokens":10}}}"#),
+    ("text", r#"{"type":"mock.done"}"#),
+];
+
+fn responses() -> Vec<Message> {
+    RESPONSES
+        .iter()
+        .map(|(kind, payload)| {
+            let payload = payload.as_bytes().to_vec();
+            let frame = match *kind {
+                "text" => Frame::message(payload, OpCode::Data(Data::Text), true),
+                "text+" => Frame::message(payload, OpCode::Data(Data::Text), false),
+                "more" => Frame::message(payload, OpCode::Data(Data::Continue), false),
+                "end" => Frame::message(payload, OpCode::Data(Data::Continue), true),
+                "binary" => Frame::message(payload, OpCode::Data(Data::Binary), true),
+                _ => Frame::ping(payload),
+            };
+            Message::Frame(frame)
+        })
+        .collect()
 }
