@@ -39,9 +39,9 @@
 //! # Public surface
 //! What the binary, the integration tests and the fuzz target need: [`Config`] with its
 //! listening fields and the table of settings, [`run`] and [`run_with_metrics_listener`],
-//! binding a listener, the panic hook, log setup and the command line, and the pure rules the
-//! property tests drive (routes, header rewriting, the HTTP/1 framing guard). Everything else
-//! is `pub(crate)`.
+//! binding a listener, the panic hook, log setup and the command line, the pure rules the
+//! property tests drive (routes, header rewriting, the HTTP/1 framing guard), and the usage
+//! meter its benchmark times. Everything else is `pub(crate)`.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -63,7 +63,7 @@ pub(crate) mod store;
 pub mod telemetry;
 pub(crate) mod trim;
 pub(crate) mod upstream;
-pub(crate) mod usage;
+pub mod usage;
 
 pub use config::Config;
 pub use drain::DrainReport;

@@ -81,8 +81,8 @@ pub(crate) struct JsonScan {
     value_of: Key,
     /// The member of the top-level object that the scanner is inside.
     top: Key,
-    /// The depth the `usage` object was opened at, while its bytes are captured.
-    capturing_usage: Option<u32>,
+    /// The `usage` object is being passed over, its bytes captured.
+    capturing_usage: bool,
     /// While passing over a nested value: the depth it ends at.
     skipping_to: Option<u32>,
 }
@@ -111,9 +111,22 @@ impl Default for JsonScan {
             key_len: 0,
             value_of: Key::Other,
             top: Key::Other,
-            capturing_usage: None,
+            capturing_usage: false,
             skipping_to: None,
         }
+    }
+}
+
+/// Where the first `"` or `\\` in `data` is. Names and most values are short, and a short
+/// string is read faster byte by byte than a vectorised search is set up; a long one, text a
+/// model wrote, gets the search.
+fn quote_or_escape(data: &[u8]) -> Option<usize> {
+    const SHORT: usize = 24;
+    let head = &data[..data.len().min(SHORT)];
+    match head.iter().position(|&b| b == b'"' || b == b'\\') {
+        Some(at) => Some(at),
+        None if data.len() > SHORT => memchr2(b'"', b'\\', &data[SHORT..]).map(|at| at + SHORT),
+        None => None,
     }
 }
 
@@ -135,19 +148,24 @@ impl JsonScan {
                 continue;
             }
             if self.skipping_to.is_some() {
-                i += self.pass_over(&data[i..], sink);
+                let n = self.pass_over(&data[i..]);
+                if self.capturing_usage {
+                    sink.usage_bytes(&data[i..i + n]);
+                    if self.skipping_to.is_none() {
+                        self.capturing_usage = false;
+                        sink.usage_done();
+                    }
+                }
+                i += n;
                 continue;
             }
             let b = data[i];
             i += 1;
-            if self.capturing_usage.is_some() {
-                sink.usage_bytes(&[b]);
-            }
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' | b':' => {}
                 b'"' => self.open_string(sink),
                 b'{' | b'[' => self.open(b == b'[', sink),
-                b'}' | b']' => self.close(sink),
+                b'}' | b']' => self.close(),
                 b',' => {
                     self.expect_key = self.in_object();
                     self.value_of = Key::Other;
@@ -159,8 +177,9 @@ impl JsonScan {
     }
 
     /// Passes over a nested value's bytes up to a string, its end, or the end of `data`;
-    /// returns how many it took.
-    fn pass_over(&mut self, data: &[u8], sink: &mut impl Sink) -> usize {
+    /// returns how many it took. The `usage` object is passed over the same way, its bytes
+    /// captured a run at a time.
+    fn pass_over(&mut self, data: &[u8]) -> usize {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
@@ -171,7 +190,11 @@ impl JsonScan {
             match b {
                 b'"' => {
                     self.in_string = true;
-                    self.reading = Reading::Text;
+                    self.reading = if self.capturing_usage {
+                        Reading::Skip
+                    } else {
+                        Reading::Text
+                    };
                     return i;
                 }
                 b'{' | b'[' => self.depth = self.depth.saturating_add(1),
@@ -186,7 +209,6 @@ impl JsonScan {
                 }
             }
         }
-        let _ = sink;
         i
     }
 
@@ -197,7 +219,7 @@ impl JsonScan {
             self.string_bytes(&data[..1], sink);
             return 1;
         }
-        let Some(at) = memchr2(b'"', b'\\', data) else {
+        let Some(at) = quote_or_escape(data) else {
             self.string_bytes(data, sink);
             return data.len();
         };
@@ -208,14 +230,14 @@ impl JsonScan {
         }
         self.string_bytes(&data[..at], sink);
         self.close_string(sink);
-        if self.capturing_usage.is_some() {
+        if self.capturing_usage {
             sink.usage_bytes(b"\"");
         }
         at + 1
     }
 
     fn string_bytes(&mut self, bytes: &[u8], sink: &mut impl Sink) {
-        if self.capturing_usage.is_some() {
+        if self.capturing_usage {
             sink.usage_bytes(bytes);
         }
         match self.reading {
@@ -279,14 +301,14 @@ impl JsonScan {
 
     fn open(&mut self, array: bool, sink: &mut impl Sink) {
         let value_of = std::mem::replace(&mut self.value_of, Key::Other);
-        if !array && value_of == Key::Usage && sink.wants_usage() && self.capturing_usage.is_none()
-        {
-            self.capturing_usage = Some(self.depth);
+        if !array && value_of == Key::Usage && sink.wants_usage() {
+            // Captured while it is passed over, to its closing brace.
+            self.capturing_usage = true;
             sink.usage_bytes(b"{");
-        } else if self.capturing_usage.is_none()
-            && self.depth >= 1
-            && !(self.depth == 1 && !array && value_of == Key::Response)
-        {
+            self.skipping_to = Some(self.depth);
+            self.depth = self.depth.saturating_add(1);
+            return;
+        } else if self.depth >= 1 && !(self.depth == 1 && !array && value_of == Key::Response) {
             // Nothing the meter wants is inside: pass over it to its end.
             self.skipping_to = Some(self.depth);
             self.depth = self.depth.saturating_add(1);
@@ -304,13 +326,9 @@ impl JsonScan {
         self.expect_key = !array && self.depth <= MAX_DEPTH;
     }
 
-    fn close(&mut self, sink: &mut impl Sink) {
+    fn close(&mut self) {
         self.depth = self.depth.saturating_sub(1);
         self.expect_key = false;
         self.value_of = Key::Other;
-        if self.capturing_usage == Some(self.depth) {
-            self.capturing_usage = None;
-            sink.usage_done();
-        }
     }
 }

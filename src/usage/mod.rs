@@ -223,15 +223,19 @@ enum Event {
     /// No data line yet: the first one decides.
     Undecided,
     Scan,
+    /// The first event, read for its model only.
+    Model,
     Skip,
 }
+
+/// The member name the meter looks for, quoted; built once, since a searcher costs more to
+/// make than a line costs to search.
+static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
 
 /// Whether a whole data line may hold a `usage` object: `"usage"` followed by `:` and `{`.
 /// A chunk's `"usage":null` may not, nor may a line without the word.
 fn may_hold_usage(line: &[u8]) -> bool {
-    // Built once: a searcher costs more to make than a line costs to search.
-    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
     USAGE.find_iter(line).any(|at| {
         let mut rest = line[at + 7..]
             .iter()
@@ -329,14 +333,23 @@ impl Meter {
         }
     }
 
-    fn feed_sse(&mut self, mut line: Line, mut data: &[u8]) {
+    fn feed_sse(&mut self, mut line: Line, frame: &[u8]) {
         const DATA: &[u8; 5] = b"data:";
         const START: Line = Line::Start {
             matched: 0,
             blank: true,
         };
+        let mut data = frame;
+        // Where the next `"usage"` in the frame is, once looked for: a line that ends before
+        // it is passed over without a search of its own.
+        let mut next_word: Option<Option<usize>> = None;
         while !data.is_empty() {
             match line {
+                Line::Start { matched: 0, .. } if data.starts_with(DATA) => {
+                    data = &data[DATA.len()..];
+                    self.in_data = true;
+                    line = Line::Value;
+                }
                 Line::Start { matched, blank } => {
                     let b = data[0];
                     data = &data[1..];
@@ -364,20 +377,43 @@ impl Meter {
                 Line::Value => {
                     let end = memchr(b'\n', data);
                     if self.event == Event::Undecided {
-                        let value = &data[..end.unwrap_or(data.len())];
                         self.event = match end {
-                            // A cut line, the first event, or one that may hold usage.
+                            // A cut line is read: where it may go is not known yet.
                             None => Event::Scan,
-                            Some(_) if !self.found.model_seen => Event::Scan,
-                            Some(_) if may_hold_usage(value) => Event::Scan,
-                            Some(_) => Event::Skip,
+                            Some(end) => {
+                                let at = frame.len() - data.len();
+                                let word = match next_word {
+                                    Some(word) if word.is_none_or(|w| w >= at) => word,
+                                    _ => USAGE.find(data).map(|w| w + at),
+                                };
+                                next_word = Some(word);
+                                if word.is_some_and(|w| w < at + end)
+                                    && may_hold_usage(&data[..end])
+                                {
+                                    Event::Scan
+                                } else if !self.found.model_seen {
+                                    Event::Model
+                                } else {
+                                    Event::Skip
+                                }
+                            }
                         };
                     }
-                    line = if self.event == Event::Scan {
-                        Line::Data
-                    } else {
-                        Line::Skip
-                    };
+                    match (self.event, end) {
+                        // A whole line passed over, or read up to its model: counted and
+                        // left at once.
+                        (Event::Skip | Event::Model, Some(end)) => {
+                            if self.event == Event::Model {
+                                self.read_model(&data[..end]);
+                            }
+                            self.data_bytes += end as u64;
+                            self.in_data = false;
+                            data = &data[end + 1..];
+                            line = START;
+                        }
+                        (Event::Scan, _) => line = Line::Data,
+                        _ => line = Line::Skip,
+                    }
                 }
                 Line::Data | Line::Skip => {
                     let end = memchr(b'\n', data);
@@ -402,6 +438,20 @@ impl Meter {
             }
         }
         self.sse = Some(line);
+    }
+
+    /// Reads the first event's line, which holds no `usage`, only as far as its model: a
+    /// run of bytes at a time, so that what follows the model (the choices, the output) is
+    /// passed over unread.
+    fn read_model(&mut self, mut line: &[u8]) {
+        const RUN: usize = 32;
+        while !line.is_empty() && !self.found.model_seen {
+            let (run, rest) = line.split_at(line.len().min(RUN));
+            self.scan.feed(run, &mut self.found);
+            line = rest;
+        }
+        self.scan.reset();
+        self.event = Event::Skip;
     }
 
     fn event_ended(&mut self) {
@@ -506,6 +556,11 @@ mod tests {
     #[test]
     fn brackets_and_quotes_in_nested_strings_do_not_lose_the_depth() {
         let answer = r#"{"choices":[{"message":{"content":"}]} \" {[ \\","tool_calls":[{"arguments":"{\"usage\":{}}"}]}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        for (usage, _) in all_splits(answer, false) {
+            assert_eq!(usage, tokens(3, 1, 0, 0));
+        }
+        // Inside the `usage` object too, which is captured while it is passed over.
+        let answer = r#"{"usage":{"note":"}} \" {","prompt_tokens":3,"x":[{"y":"]"}],"completion_tokens":1},"z":1}"#;
         for (usage, _) in all_splits(answer, false) {
             assert_eq!(usage, tokens(3, 1, 0, 0));
         }
