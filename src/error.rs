@@ -1,7 +1,8 @@
 //! Every answer the proxy makes up itself when something goes wrong, in OpenAI's error shape.
 //!
 //! Each error records who is at fault, and the status follows from that: the client (4xx), the
-//! upstream (502, or 504 for a timeout), or the proxy itself (500).
+//! upstream (502, or 504 for a timeout), or the proxy itself (500, or 508 for a loop). What an
+//! error is, is one row of [`ProxyError::facts`].
 
 use std::time::Duration;
 
@@ -55,16 +56,102 @@ pub enum ProxyError {
     Internal(&'static str),
 }
 
-/// Who is at fault for an error, read from its status class; the `type` field and the outcome
-/// follow from it.
+/// Who is at fault for an error. The `type` field and, unless a row says otherwise, the
+/// outcome follow from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The request: 4xx, `invalid_request_error` (or `requests` for a limit).
+enum Fault {
+    /// The request: 4xx, `invalid_request_error` (or `requests`/`tokens` for a limit);
+    /// counted as `rejected`.
     Client,
-    /// The upstream, or the way to it: 502 or 504, `server_error`.
+    /// The upstream, or the way to it: 502 or 504, `server_error`; counted as
+    /// `upstream_failed`.
     Upstream,
     /// The proxy itself, or its configuration: 500 or 508, `server_error`.
     Proxy,
+}
+
+/// Everything the answer, the record and the logs say of one error: its row in
+/// [`ProxyError::facts`].
+#[derive(Debug)]
+pub struct Facts {
+    pub status: StatusCode,
+    /// OpenAI's `code` field: a stable word that clients can match on.
+    pub code: Option<&'static str>,
+    /// How an exchange that ends in this error is counted and logged.
+    pub outcome: Outcome,
+    /// OpenAI's `type` field.
+    kind: &'static str,
+    message: String,
+    /// A header the answer carries, such as `Allow` or `Retry-After`.
+    header: Option<(header::HeaderName, HeaderValue)>,
+    /// Whether, failing so before the answer's head, the request may have reached the
+    /// upstream, which then had its prompt.
+    may_have_reached_upstream: bool,
+}
+
+impl Facts {
+    fn new(fault: Fault, status: StatusCode, code: &'static str, message: String) -> Facts {
+        let (kind, outcome) = match fault {
+            Fault::Client => ("invalid_request_error", Outcome::Rejected),
+            Fault::Upstream | Fault::Proxy => ("server_error", Outcome::UpstreamFailed),
+        };
+        Facts {
+            status,
+            code: Some(code),
+            outcome,
+            kind,
+            message,
+            header: None,
+            may_have_reached_upstream: false,
+        }
+    }
+
+    fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Facts {
+        Facts::new(Fault::Client, status, code, message.into())
+    }
+
+    fn upstream(status: StatusCode, code: &'static str, message: String) -> Facts {
+        Facts::new(Fault::Upstream, status, code, message)
+    }
+
+    fn proxy(status: StatusCode, code: &'static str, message: String) -> Facts {
+        Facts::new(Fault::Proxy, status, code, message)
+    }
+
+    fn outcome(mut self, outcome: Outcome) -> Facts {
+        self.outcome = outcome;
+        self
+    }
+
+    fn limited(self, kind: &'static str, retry_after: Duration) -> Facts {
+        Facts {
+            kind,
+            header: Some((header::RETRY_AFTER, retry_after.as_secs().into())),
+            ..self.outcome(Outcome::Limited)
+        }
+    }
+
+    fn reached_upstream(mut self) -> Facts {
+        self.may_have_reached_upstream = true;
+        self
+    }
+
+    /// The answer in OpenAI's error shape.
+    pub fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": null,
+                "code": self.code,
+            }
+        });
+        let mut response = json_response(self.status, body.to_string());
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
 }
 
 impl ProxyError {
@@ -86,223 +173,159 @@ impl ProxyError {
     }
 
     /// Whether, failing so before the answer's head, the request may have reached the
-    /// upstream, which then had its prompt: a timeout waiting for the head, or a failure after
-    /// the request left. Every other error comes before the request could get there.
+    /// upstream: a timeout waiting for the head, or a failure after the request left. Every
+    /// other error comes before the request could get there.
     pub fn upstream_may_have_it(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::FirstByteTimeout(_)
-                | ProxyError::TotalTimeout(_)
-                | ProxyError::UpstreamMayHaveProcessed(_)
-        )
+        self.facts().may_have_reached_upstream
     }
 
-    pub fn fault(&self) -> Fault {
-        match self.status().as_u16() {
-            400..=499 => Fault::Client,
-            500 | 508 => Fault::Proxy,
-            _ => Fault::Upstream,
-        }
-    }
-
-    /// How an exchange that ends in this error is counted and logged.
-    pub fn outcome(&self) -> Outcome {
+    /// The one table of what each error is: whose fault, its status, `code`, outcome and
+    /// message. A new error is a new row here and nowhere else.
+    pub fn facts(&self) -> Facts {
+        use StatusCode as S;
         match self {
-            ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
-            ProxyError::ClientBodyFailed => Outcome::ClientCancelled,
-            ProxyError::RequestBodyTimeout(_) => Outcome::IdleTimeout,
-            ProxyError::UpstreamConnectTimeout(_) => Outcome::ConnectTimeout,
-            ProxyError::FirstByteTimeout(_) => Outcome::FirstByteTimeout,
-            ProxyError::TotalTimeout(_) => Outcome::TotalTimeout,
-            ProxyError::UpstreamUnreachable(_)
-            | ProxyError::UpstreamCertificate(_)
-            | ProxyError::ForwardProxyFailed(_) => Outcome::UpstreamUnreachable,
-            ProxyError::ClientLimited(_) => Outcome::Limited,
-            ProxyError::LoopDetected => Outcome::Rejected,
-            _ => match self.fault() {
-                Fault::Client => Outcome::Rejected,
-                Fault::Upstream | Fault::Proxy => Outcome::UpstreamFailed,
+            // The same words OpenAI uses for a URL it does not serve, and no `code`.
+            ProxyError::NotFound { method, path } => Facts {
+                code: None,
+                ..Facts::client(S::NOT_FOUND, "", format!("Invalid URL ({method} {path})"))
             },
-        }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::InvalidClientKey => StatusCode::UNAUTHORIZED,
-            ProxyError::ClientLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
-            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::BadRequest(_) | ProxyError::ClientBodyFailed => StatusCode::BAD_REQUEST,
-            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            // RFC 5842's 508 Loop Detected.
-            ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
-            ProxyError::UpstreamUnreachable(_)
-            | ProxyError::UpstreamCertificate(_)
-            | ProxyError::ForwardProxyFailed(_)
-            | ProxyError::UpstreamFailed(_)
-            | ProxyError::UpstreamMayHaveProcessed(_)
-            | ProxyError::UpstreamRejectedKey => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamConnectTimeout(_)
-            | ProxyError::FirstByteTimeout(_)
-            | ProxyError::TotalTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// OpenAI's `code` field: a stable word that clients can match on.
-    pub fn code(&self) -> Option<&'static str> {
-        Some(match self {
-            ProxyError::NotFound { .. } => return None,
-            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
-            ProxyError::InvalidClientKey => "invalid_api_key",
+            ProxyError::MethodNotAllowed { method, allow } => Facts {
+                header: HeaderValue::from_str(allow).ok().map(|v| (header::ALLOW, v)),
+                ..Facts::client(
+                    S::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("Method {method} is not allowed on this path; use {allow}"),
+                )
+            },
+            ProxyError::InvalidClientKey => Facts::client(
+                S::UNAUTHORIZED,
+                "invalid_api_key",
+                "Incorrect or missing API key for this proxy. Send it as 'Authorization: Bearer <key>'.",
+            ),
             // Not OpenAI's `rate_limit_exceeded`: a client can tell this proxy's refusal apart.
-            ProxyError::ClientLimited(Limited {
-                limit: Limit::Concurrency,
-                ..
-            }) => "proxy_concurrency_limit",
-            ProxyError::ClientLimited(Limited {
-                limit: Limit::Rate, ..
-            }) => "proxy_rate_limit",
-            ProxyError::ClientLimited(Limited {
-                limit: Limit::TokenBudget,
-                ..
-            }) => "proxy_token_budget",
-            ProxyError::ClientLimited(Limited {
-                limit: Limit::Unavailable,
-                ..
-            }) => "proxy_limits_unavailable",
-            ProxyError::OriginNotAllowed => "origin_not_allowed",
-            ProxyError::BodyTooLarge { .. } => "request_too_large",
-            ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
-            ProxyError::ClientBodyFailed => "request_body_incomplete",
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::HeadTooLarge => "request_header_fields_too_large",
-            ProxyError::LoopDetected => "proxy_loop_detected",
-            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
-            ProxyError::UpstreamCertificate(_) => "upstream_certificate_error",
-            ProxyError::ForwardProxyFailed(_) => "forward_proxy_error",
-            ProxyError::UpstreamConnectTimeout(_) => "upstream_connect_timeout",
-            ProxyError::FirstByteTimeout(_) => "upstream_first_byte_timeout",
-            ProxyError::TotalTimeout(_) => "total_timeout",
-            ProxyError::UpstreamFailed(_) => "upstream_error",
-            ProxyError::UpstreamMayHaveProcessed(_) => "upstream_request_may_have_been_processed",
-            ProxyError::UpstreamRejectedKey => "upstream_auth_failed",
-            ProxyError::Internal(_) => "internal_error",
-        })
-    }
-
-    fn message(&self) -> String {
-        match self {
-            // The same words OpenAI uses for a URL it does not serve.
-            ProxyError::NotFound { method, path } => format!("Invalid URL ({method} {path})"),
-            ProxyError::MethodNotAllowed { method, allow } => {
-                format!("Method {method} is not allowed on this path; use {allow}")
+            ProxyError::ClientLimited(Limited { limit, retry_after }) => {
+                let secs = retry_after.as_secs();
+                let (code, kind, message) = match limit {
+                    Limit::Concurrency => ("proxy_concurrency_limit", "requests", format!(
+                        "This proxy allows each client a limited number of requests at once (PROXY_CLIENT_MAX_IN_FLIGHT), and this client has that many open. Retry after {secs} s."
+                    )),
+                    Limit::Rate => ("proxy_rate_limit", "requests", format!(
+                        "This proxy allows each client a limited number of requests a minute (PROXY_CLIENT_RATE), and this client has used them. Retry after {secs} s."
+                    )),
+                    // OpenAI's type for a limit on the number of tokens.
+                    Limit::TokenBudget => ("proxy_token_budget", "tokens", format!(
+                        "This proxy gives each client a budget of tokens for each window of time (PROXY_CLIENT_TOKEN_BUDGET or the client's token_budget, such as 2000000/day), and this client has spent this window's. The window ends in {secs} s."
+                    )),
+                    Limit::Unavailable => ("proxy_limits_unavailable", "requests", format!(
+                        "This proxy checks each client's limits in a shared store, which does not answer now, and it is set to refuse until it does (PROXY_LIMITS_REDIS_FALLBACK=refuse). Retry after {secs} s."
+                    )),
+                };
+                Facts::client(S::TOO_MANY_REQUESTS, code, message).limited(kind, *retry_after)
             }
-            ProxyError::InvalidClientKey => {
-                "Incorrect or missing API key for this proxy. Send it as 'Authorization: Bearer <key>'.".to_owned()
-            }
-            ProxyError::ClientLimited(Limited { limit: Limit::Concurrency, retry_after }) => format!(
-                "This proxy allows each client a limited number of requests at once (PROXY_CLIENT_MAX_IN_FLIGHT), and this client has that many open. Retry after {} s.",
-                retry_after.as_secs()
+            ProxyError::OriginNotAllowed => Facts::client(
+                S::FORBIDDEN,
+                "origin_not_allowed",
+                "This origin is not allowed by PROXY_CORS_ORIGINS",
             ),
-            ProxyError::ClientLimited(Limited { limit: Limit::Rate, retry_after }) => format!(
-                "This proxy allows each client a limited number of requests a minute (PROXY_CLIENT_RATE), and this client has used them. Retry after {} s.",
-                retry_after.as_secs()
+            ProxyError::BodyTooLarge { limit } => Facts::client(
+                S::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("The request body is larger than this proxy's limit of {limit} bytes (PROXY_MAX_BODY_BYTES)"),
+            )
+            .outcome(Outcome::BodyTooLarge),
+            ProxyError::RequestBodyTimeout(t) => Facts::client(
+                S::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                format!("The request body stalled for longer than {t:?} (PROXY_IDLE_TIMEOUT)"),
+            )
+            .outcome(Outcome::IdleTimeout),
+            ProxyError::ClientBodyFailed => Facts::client(
+                S::BAD_REQUEST,
+                "request_body_incomplete",
+                "The request body ended before it was complete",
+            )
+            .outcome(Outcome::ClientCancelled),
+            ProxyError::BadRequest(why) => Facts::client(S::BAD_REQUEST, "bad_request", *why),
+            ProxyError::HeadTooLarge => Facts::client(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_fields_too_large",
+                format!(
+                    "The request head is larger than {} bytes or has more than {} header lines",
+                    crate::limits::MAX_REQUEST_HEAD_BYTES,
+                    crate::limits::MAX_HEADERS
+                ),
             ),
-            ProxyError::ClientLimited(Limited { limit: Limit::TokenBudget, retry_after }) => format!(
-                "This proxy gives each client a budget of tokens for each window of time (PROXY_CLIENT_TOKEN_BUDGET or the client's token_budget, such as 2000000/day), and this client has spent this window's. The window ends in {} s.",
-                retry_after.as_secs()
+            // RFC 5842's 508 Loop Detected: the proxy's own configuration leads back to it.
+            ProxyError::LoopDetected => Facts::proxy(
+                S::LOOP_DETECTED,
+                "proxy_loop_detected",
+                "This request has already passed through this proxy: OPENAI_BASE_URL leads back to it. Set the proxy's OPENAI_BASE_URL to the real upstream (a shell that exports it for the app also changes the proxy's, since the environment wins over .env).".to_owned(),
+            )
+            .outcome(Outcome::Rejected),
+            ProxyError::UpstreamUnreachable(why) => Facts::upstream(
+                S::BAD_GATEWAY,
+                "upstream_unreachable",
+                format!("Could not reach the upstream API: {why}"),
+            )
+            .outcome(Outcome::UpstreamUnreachable),
+            ProxyError::UpstreamCertificate(why) => Facts::upstream(
+                S::BAD_GATEWAY,
+                "upstream_certificate_error",
+                format!("The upstream API's TLS certificate was not accepted (a certificate problem; see PROXY_UPSTREAM_CA): {why}"),
+            )
+            .outcome(Outcome::UpstreamUnreachable),
+            ProxyError::ForwardProxyFailed(why) => Facts::upstream(
+                S::BAD_GATEWAY,
+                "forward_proxy_error",
+                format!("The forward proxy did not open a tunnel to the upstream API (HTTPS_PROXY): {why}"),
+            )
+            .outcome(Outcome::UpstreamUnreachable),
+            ProxyError::UpstreamConnectTimeout(t) => Facts::upstream(
+                S::GATEWAY_TIMEOUT,
+                "upstream_connect_timeout",
+                format!("Timed out after {t:?} connecting to the upstream API (PROXY_CONNECT_TIMEOUT)"),
+            )
+            .outcome(Outcome::ConnectTimeout),
+            ProxyError::FirstByteTimeout(t) => Facts::upstream(
+                S::GATEWAY_TIMEOUT,
+                "upstream_first_byte_timeout",
+                format!("The upstream API sent no response within {t:?} (PROXY_FIRST_BYTE_TIMEOUT)"),
+            )
+            .outcome(Outcome::FirstByteTimeout)
+            .reached_upstream(),
+            ProxyError::TotalTimeout(t) => Facts::upstream(
+                S::GATEWAY_TIMEOUT,
+                "total_timeout",
+                format!("The exchange took longer than {t:?} (PROXY_TOTAL_TIMEOUT)"),
+            )
+            .outcome(Outcome::TotalTimeout)
+            .reached_upstream(),
+            ProxyError::UpstreamFailed(why) => Facts::upstream(
+                S::BAD_GATEWAY,
+                "upstream_error",
+                format!("The upstream API failed: {why}"),
             ),
-            ProxyError::ClientLimited(Limited { limit: Limit::Unavailable, retry_after }) => format!(
-                "This proxy checks each client's limits in a shared store, which does not answer now, and it is set to refuse until it does (PROXY_LIMITS_REDIS_FALLBACK=refuse). Retry after {} s.",
-                retry_after.as_secs()
+            ProxyError::UpstreamMayHaveProcessed(why) => Facts::upstream(
+                S::BAD_GATEWAY,
+                "upstream_request_may_have_been_processed",
+                format!("The upstream API failed after the request was sent, before its answer began ({why}). It may have processed the request, so this proxy did not send it again: a retry may be billed twice."),
+            )
+            .reached_upstream(),
+            ProxyError::UpstreamRejectedKey => Facts::upstream(
+                S::BAD_GATEWAY,
+                "upstream_auth_failed",
+                "The upstream rejected the proxy's API key. This is a server configuration problem; contact the operator of this proxy.".to_owned(),
             ),
-            ProxyError::OriginNotAllowed => "This origin is not allowed by PROXY_CORS_ORIGINS".to_owned(),
-            ProxyError::RequestBodyTimeout(t) => {
-                format!("The request body stalled for longer than {t:?} (PROXY_IDLE_TIMEOUT)")
-            }
-            ProxyError::ClientBodyFailed => "The request body ended before it was complete".to_owned(),
-            ProxyError::BodyTooLarge { limit } => {
-                format!("The request body is larger than this proxy's limit of {limit} bytes (PROXY_MAX_BODY_BYTES)")
-            }
-            ProxyError::BadRequest(why) => (*why).to_owned(),
-            ProxyError::HeadTooLarge => format!(
-                "The request head is larger than {} bytes or has more than {} header lines",
-                crate::limits::MAX_REQUEST_HEAD_BYTES,
-                crate::limits::MAX_HEADERS
+            ProxyError::Internal(why) => Facts::proxy(
+                S::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("Internal proxy error: {why}"),
             ),
-            ProxyError::LoopDetected => "This request has already passed through this proxy: OPENAI_BASE_URL leads back to it. Set the proxy's OPENAI_BASE_URL to the real upstream (a shell that exports it for the app also changes the proxy's, since the environment wins over .env).".to_owned(),
-            ProxyError::UpstreamUnreachable(why) => format!("Could not reach the upstream API: {why}"),
-            ProxyError::UpstreamCertificate(why) => format!(
-                "The upstream API's TLS certificate was not accepted (a certificate problem; see PROXY_UPSTREAM_CA): {why}"
-            ),
-            ProxyError::ForwardProxyFailed(why) => format!(
-                "The forward proxy did not open a tunnel to the upstream API (HTTPS_PROXY): {why}"
-            ),
-            ProxyError::UpstreamConnectTimeout(t) => {
-                format!("Timed out after {t:?} connecting to the upstream API (PROXY_CONNECT_TIMEOUT)")
-            }
-            ProxyError::FirstByteTimeout(t) => {
-                format!("The upstream API sent no response within {t:?} (PROXY_FIRST_BYTE_TIMEOUT)")
-            }
-            ProxyError::TotalTimeout(t) => {
-                format!("The exchange took longer than {t:?} (PROXY_TOTAL_TIMEOUT)")
-            }
-            ProxyError::UpstreamFailed(why) => format!("The upstream API failed: {why}"),
-            ProxyError::UpstreamMayHaveProcessed(why) => format!(
-                "The upstream API failed after the request was sent, before its answer began ({why}). It may have processed the request, so this proxy did not send it again: a retry may be billed twice."
-            ),
-            ProxyError::UpstreamRejectedKey => {
-                "The upstream rejected the proxy's API key. This is a server configuration problem; contact the operator of this proxy.".to_owned()
-            }
-            ProxyError::Internal(why) => format!("Internal proxy error: {why}"),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match (self.fault(), self) {
-            // OpenAI's types for a limit on the number of tokens, and of requests.
-            (
-                _,
-                ProxyError::ClientLimited(Limited {
-                    limit: Limit::TokenBudget,
-                    ..
-                }),
-            ) => "tokens",
-            (_, ProxyError::ClientLimited(_)) => "requests",
-            (Fault::Client, _) => "invalid_request_error",
-            (Fault::Upstream | Fault::Proxy, _) => "server_error",
         }
     }
 
     pub fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
-        let status = self.status();
-        let body = serde_json::json!({
-            "error": {
-                "message": self.message(),
-                "type": self.kind(),
-                "param": null,
-                "code": self.code(),
-            }
-        });
-        let mut response = json_response(status, body.to_string());
-        match &self {
-            ProxyError::MethodNotAllowed { allow, .. } => {
-                if let Ok(allow) = HeaderValue::from_str(allow) {
-                    response.headers_mut().insert(header::ALLOW, allow);
-                }
-            }
-            ProxyError::ClientLimited(limited) => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, limited.retry_after.as_secs().into());
-            }
-            _ => {}
-        }
-        response
+        self.facts().into_response()
     }
 }
 
@@ -327,21 +350,27 @@ mod tests {
     #[test]
     fn statuses_follow_who_is_at_fault() {
         assert_eq!(
-            ProxyError::UpstreamUnreachable("refused".into()).status(),
+            ProxyError::UpstreamUnreachable("refused".into())
+                .facts()
+                .status,
             502
         );
         assert_eq!(
-            ProxyError::FirstByteTimeout(Duration::from_secs(1)).status(),
+            ProxyError::FirstByteTimeout(Duration::from_secs(1))
+                .facts()
+                .status,
             504
         );
         assert_eq!(
-            ProxyError::UpstreamConnectTimeout(Duration::from_secs(1)).status(),
+            ProxyError::UpstreamConnectTimeout(Duration::from_secs(1))
+                .facts()
+                .status,
             504
         );
-        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
-        assert_eq!(ProxyError::InvalidClientKey.status(), 401);
-        assert_eq!(ProxyError::UpstreamRejectedKey.status(), 502);
-        assert_eq!(ProxyError::Internal("x").status(), 500);
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.facts().status, 413);
+        assert_eq!(ProxyError::InvalidClientKey.facts().status, 401);
+        assert_eq!(ProxyError::UpstreamRejectedKey.facts().status, 502);
+        assert_eq!(ProxyError::Internal("x").facts().status, 500);
     }
 
     #[test]

@@ -497,12 +497,6 @@ impl Drop for CountedConnection {
     }
 }
 
-/// The test suite's log capture, which also copies every line into `target/secret-scan/`.
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../../tests/support/capture.rs"]
-mod capture;
-
 #[cfg(test)]
 mod tests {
     use http::StatusCode;
@@ -514,12 +508,45 @@ mod tests {
     const SERVER_KEY: &str = "sk-unit-server-key-4242";
     const CLIENT_KEY: &str = "client-key-unit-77";
 
+    /// What this thread logs while the guard lives, as JSON lines in memory: a
+    /// `current_thread` test runs its tasks, and its panic hook, on this thread.
+    #[derive(Clone, Default)]
+    struct Logged(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logged {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logged {
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .json()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
     /// A handler that panics, with both keys in its message, serves a 500 in OpenAI's shape;
     /// the same connection then answers the next request; the panic is logged at error level
     /// with its location and without either key.
     #[tokio::test]
     async fn a_panicking_handler_gets_a_500_and_the_connection_goes_on() {
-        let logs = super::capture::logs();
+        let logs = Logged::default();
+        let _capture = logs.capture();
         let config = Config::from_vars([
             ("OPENAI_API_KEY", SERVER_KEY),
             ("PROXY_CLIENT_KEYS", CLIENT_KEY),

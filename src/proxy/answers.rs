@@ -80,8 +80,9 @@ pub fn refused(why: Refused) -> Response<ProxyBody> {
         Refused::BadRequest(message) => ProxyError::BadRequest(message),
         Refused::HeadTooLarge => ProxyError::HeadTooLarge,
     };
-    tracing::info!(status = error.status().as_u16(), reason = ?why, "refused a request head");
-    let mut response = error.into_response();
+    let facts = error.facts();
+    tracing::info!(status = facts.status.as_u16(), reason = ?why, "refused a request head");
+    let mut response = facts.into_response();
     response
         .headers_mut()
         .insert(header::CONNECTION, http::HeaderValue::from_static("close"));

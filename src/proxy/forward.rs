@@ -324,8 +324,9 @@ pub(super) fn failed(
     mut exchange: Exchange,
     id: HeaderValue,
 ) -> Response<ProxyBody> {
-    exchange.refused(error.outcome(), error.code());
-    let mut response = error.into_response();
+    let facts = error.facts();
+    exchange.refused(facts.outcome, facts.code);
+    let mut response = facts.into_response();
     exchange.status = Some(response.status());
     response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
     response
