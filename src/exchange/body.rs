@@ -236,8 +236,8 @@ impl Body for RequestBody {
     }
 }
 
-/// The upstream's answer on its way to the client. It owns the exchange's record, which
-/// writes the access log line when the body is done or dropped.
+/// The upstream's answer on its way to the client. It owns the exchange's record, and ends it
+/// where the answer ends: its last frame, its failure or timeout, or the client giving it up.
 pub struct ResponseBody {
     /// `None` only once dropped: what is left of it goes to the lease.
     inner: Option<Incoming>,
@@ -277,7 +277,7 @@ impl ResponseBody {
 
 /// Counts the blank lines that end SSE events in `data`; `after_newline` carries across frames
 /// whether the last line so far ended, since an event's closing blank line may straddle two.
-fn count_sse_events(data: &[u8], after_newline: &mut bool) -> u64 {
+pub(super) fn count_sse_events(data: &[u8], after_newline: &mut bool) -> u64 {
     let mut events = 0;
     let mut line_start = 0;
     for end in memchr::memchr_iter(b'\n', data) {
@@ -320,45 +320,41 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.clock.frame_arrived();
                 if let Some(data) = frame.data_ref() {
-                    this.exchange.response_bytes += data.len() as u64;
-                    if let Some(after_newline) = &mut this.sse {
-                        this.exchange.sse_events += count_sse_events(data, after_newline);
-                    }
                     // The frame is read after it was handed on, never held for it.
-                    if let Some(meter) = &mut this.exchange.meter {
-                        meter.feed(data);
-                    }
+                    this.exchange.answer_frame(data, this.sse.as_mut());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(
-                    request_id = this.exchange.id.to_str().unwrap_or("-"),
+                    request_id = this.exchange.log_id(),
                     error = %crate::upstream::describe(&e),
                     "the upstream's answer broke off"
                 );
                 this.exchange.finish(Outcome::UpstreamFailed);
                 this.exchange.upstream_failed(UpstreamErrorKind::Reset);
+                this.exchange.end();
                 Poll::Ready(Some(Err(BodyError::Source(e))))
             }
             Poll::Ready(None) => {
                 this.ended = true;
                 this.exchange.finish(Outcome::Completed);
+                this.exchange.end();
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 let expired = ready!(this.clock.poll_expired(cx));
                 this.exchange.upstream_failed(UpstreamErrorKind::Timeout);
-                Poll::Ready(Some(Err(match expired {
-                    Expired::Idle => {
-                        this.exchange.finish(Outcome::IdleTimeout);
-                        BodyError::IdleTimeout(this.clock.idle)
-                    }
-                    Expired::Total => {
-                        this.exchange.finish(Outcome::TotalTimeout);
-                        BodyError::TotalTimeout
-                    }
-                })))
+                let (outcome, error) = match expired {
+                    Expired::Idle => (
+                        Outcome::IdleTimeout,
+                        BodyError::IdleTimeout(this.clock.idle),
+                    ),
+                    Expired::Total => (Outcome::TotalTimeout, BodyError::TotalTimeout),
+                };
+                this.exchange.finish(outcome);
+                this.exchange.end();
+                Poll::Ready(Some(Err(error)))
             }
         }
     }
@@ -394,6 +390,8 @@ impl Drop for ResponseBody {
         if self.sse.is_some() {
             self.exchange.metrics().exchanges.open_streams.dec();
         }
+        // Complete, or given up by the client (or the drain) before its end.
+        self.exchange.end();
     }
 }
 

@@ -18,7 +18,7 @@ use crate::usage::{Meter, Tokens};
 
 /// A fresh request id: random per process, then a counter, so ids never repeat within a
 /// process and almost surely not across processes.
-pub fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     static PROCESS: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let process = *PROCESS.get_or_init(|| {
@@ -39,55 +39,59 @@ fn unauthenticated() -> Arc<str> {
 
 /// What the request side tells the response side: bytes read, and why it stopped early.
 #[derive(Debug, Default)]
-pub struct RequestStats {
-    pub bytes: AtomicU64,
-    pub too_large: AtomicBool,
-    pub client_failed: AtomicBool,
-    pub timed_out: AtomicBool,
+pub(crate) struct RequestStats {
+    pub(crate) bytes: AtomicU64,
+    pub(crate) too_large: AtomicBool,
+    pub(crate) client_failed: AtomicBool,
+    pub(crate) timed_out: AtomicBool,
 }
 
-/// The record of one proxied exchange. Dropping it writes the access log line.
+/// The record of one proxied exchange. Its fields are written only through the methods
+/// below, each named for what happened; [`Exchange::end`] counts it in the metrics, charges
+/// the client's budget and writes the access log line, once, where the answer ends.
 pub struct Exchange {
-    pub id: HeaderValue,
+    id: HeaderValue,
     method: Method,
     route: Arc<RouteMetrics>,
     started: Instant,
     /// The status the client got.
-    pub status: Option<StatusCode>,
+    status: Option<StatusCode>,
     /// The status the upstream sent, when it answered.
-    pub upstream_status: Option<StatusCode>,
+    upstream_status: Option<StatusCode>,
     /// Time from the request's start to the upstream's response head.
-    pub head_after: Option<Duration>,
+    head_after: Option<Duration>,
     /// OpenAI's own `x-request-id`, logged beside ours for support.
-    pub upstream_id: Option<HeaderValue>,
-    pub request: Arc<RequestStats>,
+    upstream_id: Option<HeaderValue>,
+    request: Arc<RequestStats>,
     /// The client's name, once its key is checked: for the access log and the metrics.
-    pub client: Arc<str>,
+    client: Arc<str>,
     /// The client's in-flight slot, held until the exchange ends, last byte included.
-    pub permit: Option<Permit>,
-    pub response_bytes: u64,
-    pub sse_events: u64,
+    permit: Option<Permit>,
+    response_bytes: u64,
+    sse_events: u64,
     /// The usage meter, for a successful JSON or SSE answer while `PROXY_USAGE` is on.
-    pub meter: Option<Box<Meter>>,
+    meter: Option<Box<Meter>>,
     /// Whether the request body is JSON, for the estimate of its tokens.
-    pub request_is_json: bool,
+    request_is_json: bool,
     /// Whether the route's answers can cost tokens, with the meter on: every such exchange
     /// that may have reached the upstream is charged, its reported usage or an estimate.
-    pub metered: bool,
+    metered: bool,
     /// Whether the request may have reached the upstream: set when it is handed to the
     /// upstream, cleared when it provably did not get there.
-    pub sent: bool,
+    sent: bool,
     /// A successful answer the meter cannot read, by what its bytes are.
-    pub unread: Option<Unread>,
+    unread: Option<Unread>,
     outcome: Option<Outcome>,
     /// The `code` of the error the proxy answered with itself, such as which limit refused.
     error_code: Option<&'static str>,
+    /// Whether [`Exchange::end`] has counted it.
+    ended: bool,
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
 }
 
 impl Exchange {
-    pub fn start(
+    pub(crate) fn start(
         id: HeaderValue,
         method: Method,
         route: Arc<RouteMetrics>,
@@ -118,39 +122,158 @@ impl Exchange {
             unread: None,
             outcome: None,
             error_code: None,
+            ended: false,
             drain,
             metrics,
         }
     }
 
-    /// Counts an upstream failure in the metrics.
-    pub fn upstream_failed(&self, kind: UpstreamErrorKind) {
-        self.metrics.upstream.error(kind);
+    pub(crate) fn id(&self) -> &HeaderValue {
+        &self.id
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    /// The request id as the logs write it.
+    pub(crate) fn log_id(&self) -> &str {
+        self.id.to_str().unwrap_or("-")
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
+    /// What the request body's forwarding tells the record.
+    pub(crate) fn request_stats(&self) -> &Arc<RequestStats> {
+        &self.request
+    }
+
+    /// Whether the answer is to be charged: its usage read, or else estimated.
+    pub(crate) fn is_metered(&self) -> bool {
+        self.metered
+    }
+
+    pub(crate) fn set_metered(&mut self, metered: bool) {
+        self.metered = metered;
+    }
+
+    /// The client's key was accepted under this name.
+    pub(crate) fn identified(&mut self, client: Arc<str>) {
+        self.client = client;
+    }
+
+    /// The client's limits let the request through, with this in-flight slot.
+    pub(crate) fn admitted(&mut self, permit: Option<Permit>) {
+        self.permit = permit;
+    }
+
+    /// The request body is (or is not) JSON, for the estimate of its tokens.
+    pub(crate) fn request_is_json(&mut self, json: bool) {
+        self.request_is_json = json;
+    }
+
+    /// The request was handed to the upstream: from here it may have it.
+    pub(crate) fn sending(&mut self) {
+        self.sent = true;
+    }
+
+    /// Sending failed before any answer; `may_have_it` says whether the request may still
+    /// have reached the upstream.
+    pub(crate) fn send_failed(&mut self, may_have_it: bool) {
+        self.sent = may_have_it;
+    }
+
+    /// The upstream's answer head arrived and goes on to the client.
+    pub(crate) fn upstream_answered(
+        &mut self,
+        status: StatusCode,
+        upstream_id: Option<HeaderValue>,
+    ) {
+        self.upstream_head(status);
+        self.status = Some(status);
+        self.upstream_id = upstream_id;
+    }
+
+    /// The upstream's answer head arrived and is not passed on (its key was rejected).
+    pub(crate) fn upstream_head(&mut self, status: StatusCode) {
+        self.upstream_status = Some(status);
+        self.head_after = Some(self.started.elapsed());
+    }
+
+    /// The answer is to be read by this meter.
+    pub(crate) fn metering(&mut self, meter: Box<Meter>) {
+        self.meter = Some(meter);
+    }
+
+    /// The answer cannot be read; it is estimated by what its bytes are.
+    pub(crate) fn unreadable(&mut self, unread: Unread) {
+        self.unread = Some(unread);
+    }
+
+    /// A frame of the answer went on to the client: its bytes counted, its SSE events if
+    /// `sse` carries whether the last frame ended a line, and its usage read.
+    pub(crate) fn answer_frame(&mut self, data: &[u8], sse: Option<&mut bool>) {
+        self.response_bytes += data.len() as u64;
+        if let Some(after_newline) = sse {
+            self.sse_events += super::body::count_sse_events(data, after_newline);
+        }
+        if let Some(meter) = &mut self.meter {
+            meter.feed(data);
+        }
+    }
+
+    /// The meter, for a session that reads its frames where they pass.
+    pub(crate) fn take_meter(&mut self) -> Option<Box<Meter>> {
+        self.meter.take()
+    }
+
+    /// A session is over: how, with the meter that followed it and the bytes it carried to
+    /// the client.
+    pub(crate) fn session_over(
+        &mut self,
+        outcome: Outcome,
+        meter: Option<Box<Meter>>,
+        response_bytes: u64,
+    ) {
+        self.finish(outcome);
+        self.meter = meter;
+        self.response_bytes = response_bytes;
+        self.end();
+    }
+
+    /// Counts an upstream failure in the metrics.
+    pub(crate) fn upstream_failed(&self, kind: UpstreamErrorKind) {
+        self.metrics.upstream.error(kind);
+    }
+
     /// Records how the exchange ended; the first call wins.
-    pub fn finish(&mut self, outcome: Outcome) {
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
         self.outcome.get_or_insert(outcome);
     }
 
-    /// Records that the proxy answered with an error of its own, by its `code`, and how the
-    /// exchange ended.
-    pub fn refused(&mut self, outcome: Outcome, code: Option<&'static str>) {
+    /// The proxy answered with an error of its own: its status, how the exchange ended, and
+    /// its `code`. That answer is the end.
+    pub(crate) fn answered_error(
+        &mut self,
+        status: StatusCode,
+        outcome: Outcome,
+        code: Option<&'static str>,
+    ) {
         self.finish(outcome);
         self.error_code = self.error_code.or(code);
+        self.status = Some(status);
+        self.end();
     }
 
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
+    /// The answer is over: counted in the metrics, charged to the client's budget and written
+    /// to the access log, once. An exchange without a recorded outcome was cut by the drain
+    /// or given up by its client.
+    pub(crate) fn end(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         let cut = self.drain.exchange_ended();
         let outcome = match self.outcome {
             Some(outcome) => outcome,
@@ -159,7 +282,6 @@ impl Drop for Exchange {
         };
         let status = self.status.map_or(0, |s| s.as_u16());
         let upstream_status = self.upstream_status.map_or(0, |s| s.as_u16());
-        let id = self.id.to_str().unwrap_or("-");
         let upstream_id = self
             .upstream_id
             .as_ref()
@@ -181,6 +303,8 @@ impl Drop for Exchange {
             total,
         });
         let usage = self.usage(outcome, request_bytes);
+        // The slot is freed once the exchange is counted.
+        self.permit = None;
         let millis = |d: Duration| d.as_micros() as f64 / 1e3;
         let head_ms = self.head_after.map_or(-1.0, millis);
         let total_ms = millis(total);
@@ -196,7 +320,7 @@ impl Drop for Exchange {
             sse_events = self.sse_events,
             head_ms,
             total_ms,
-            request_id = id,
+            request_id = self.log_id(),
             upstream_request_id = upstream_id,
             outcome = outcome.as_str(),
             error_code = self.error_code.unwrap_or("-"),
@@ -212,6 +336,15 @@ impl Drop for Exchange {
     }
 }
 
+/// An exchange's future that hyper drops before the answer began (the client left, or the
+/// drain's grace ran out) runs none of the code that ends it; this does, so that no exchange
+/// goes uncounted or uncharged. Every other end is an explicit [`Exchange::end`].
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// What an exchange cost, for its log line: reported, estimated (and why), or none.
 struct Cost {
     kind: &'static str,
@@ -221,7 +354,7 @@ struct Cost {
 
 /// A successful answer the meter cannot read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unread {
+pub(crate) enum Unread {
     /// Neither JSON nor SSE, such as a transcription as `text`, `srt` or `vtt`: one token for
     /// every four bytes.
     Text,

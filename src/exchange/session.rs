@@ -82,19 +82,19 @@ impl Pipe {
             Ok(client) => client,
             Err(error) => {
                 tracing::debug!(%error, "the client's side of the upgrade failed");
-                exchange.finish(Outcome::ClientCancelled);
+                exchange.session_over(Outcome::ClientCancelled, None, 0);
                 return;
             }
         };
         let started = Instant::now();
         let last_active = AtomicU64::new(0);
         // Upstream bytes count where a request body's do; the answer's are set at the end.
-        let request = exchange.request.clone();
+        let request = exchange.request_stats().clone();
         let down_bytes = AtomicU64::new(0);
         let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
         let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
         let touch = || last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let mut meter = exchange.meter.take();
+        let mut meter = exchange.take_meter();
         let metered = |bytes: &[u8]| {
             if let Some(meter) = meter.as_deref_mut() {
                 meter.feed(bytes);
@@ -111,9 +111,7 @@ impl Pipe {
             },
             () = idle_for(idle, started, &last_active) => Outcome::IdleTimeout,
         };
-        exchange.finish(outcome);
-        exchange.meter = meter;
-        exchange.response_bytes = down_bytes.load(Ordering::Relaxed);
+        exchange.session_over(outcome, meter, down_bytes.load(Ordering::Relaxed));
         // Close both at once; a side that does not take its FIN (or close_notify) quickly is
         // dropped, which closes it too.
         let _ = tokio::time::timeout(CLOSE_WAIT, async {

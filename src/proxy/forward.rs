@@ -41,13 +41,13 @@ impl Proxy {
             self.0.drain.clone(),
             self.0.metrics.clone(),
         );
-        exchange.metered = metered;
+        exchange.set_metered(metered);
 
         // A key in a subprotocol never goes upstream, upgrade or not.
         let key = websocket::take_key_subprotocol(request.headers_mut());
         if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
             // A session can cost tokens on any route: Realtime reports them as it goes.
-            exchange.metered = self.0.config.usage.enabled;
+            exchange.set_metered(self.0.config.usage.enabled);
             // A session is rare next to requests: its larger future is boxed.
             let checked = websocket::check_upgrade(request.version(), request.headers())
                 .map_err(ProxyError::BadRequest)
@@ -93,10 +93,10 @@ impl Proxy {
         pass_head(&mut parts, &mut exchange, id);
         let content_type = parts.headers.get(header::CONTENT_TYPE);
         let is_sse = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if exchange.metered && parts.status.is_success() {
+        if exchange.is_metered() && parts.status.is_success() {
             match usage_meter(&parts.headers, is_sse) {
-                Ok(meter) => exchange.meter = Some(meter),
-                Err(unread) => exchange.unread = Some(unread),
+                Ok(meter) => exchange.metering(meter),
+                Err(unread) => exchange.unreadable(unread),
             }
         }
         let clock = FrameClock::new(self.0.config.timeouts.idle, self.total_deadline(started));
@@ -119,12 +119,16 @@ impl Proxy {
             });
         }
 
-        exchange.request_is_json = is_json(parts.headers.get(header::CONTENT_TYPE));
+        exchange.request_is_json(is_json(parts.headers.get(header::CONTENT_TYPE)));
         self.upstream_head(&mut parts, exchange)?;
         let started = exchange.started();
         let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
-        let mut body =
-            RequestBody::new(body, clock, config.max_body_bytes, exchange.request.clone());
+        let mut body = RequestBody::new(
+            body,
+            clock,
+            config.max_body_bytes,
+            exchange.request_stats().clone(),
+        );
         if body.first_frame().await.is_err() {
             return Err(self
                 .body_fault(exchange)
@@ -134,12 +138,12 @@ impl Proxy {
         // above copies the whole of it when it starts (rust-lang/rust#62958). Unboxed, the
         // upstream call's ~6 KB became ~27 KB by `forward`, copied on every request.
         let sending = Box::pin(self.0.upstream.send(Request::from_parts(parts, body)));
-        exchange.sent = true;
+        exchange.sending();
 
         let response = self
             .wait_for_head(sending, exchange)
             .await
-            .inspect_err(|error| exchange.sent = error.upstream_may_have_it())?;
+            .inspect_err(|error| exchange.send_failed(error.upstream_may_have_it()))?;
         self.check_key_accepted(response.0.status(), exchange)?;
         Ok(response)
     }
@@ -173,7 +177,7 @@ impl Proxy {
             &mut parts.headers,
             &self.0.identity,
             &credential,
-            &exchange.id,
+            exchange.id(),
         );
         if self.0.config.usage.enabled {
             // The meter reads the answer as it passes, which it cannot do compressed.
@@ -225,10 +229,9 @@ impl Proxy {
         if status != StatusCode::UNAUTHORIZED {
             return Ok(());
         }
-        exchange.upstream_status = Some(status);
-        exchange.head_after = Some(exchange.started().elapsed());
+        exchange.upstream_head(status);
         tracing::error!(
-            request_id = exchange.id.to_str().unwrap_or("-"),
+            request_id = exchange.log_id(),
             "the upstream rejected the proxy's API key (401); check OPENAI_API_KEY or OPENAI_API_KEY_FILE"
         );
         Err(ProxyError::UpstreamRejectedKey)
@@ -238,7 +241,7 @@ impl Proxy {
     pub(super) fn body_fault(&self, exchange: &Exchange) -> Option<ProxyError> {
         use std::sync::atomic::Ordering::Relaxed;
         let config = &self.0.config;
-        let stats = &exchange.request;
+        let stats = exchange.request_stats();
         if stats.too_large.load(Relaxed) {
             Some(ProxyError::BodyTooLarge {
                 limit: config.max_body_bytes,
@@ -260,7 +263,7 @@ impl Proxy {
         }
         let config = &self.0.config;
         let description = upstream::describe(&*error.error);
-        tracing::warn!(request_id = exchange.id.to_str().unwrap_or("-"), error = %description, "upstream request failed");
+        tracing::warn!(request_id = exchange.log_id(), error = %description, "upstream request failed");
         exchange.upstream_failed(error.kind.counted_as());
         ProxyError::from_upstream(error.kind, description, config.timeouts.connect)
     }
@@ -310,10 +313,7 @@ pub(super) fn pass_head(
     exchange: &mut Exchange,
     id: &HeaderValue,
 ) {
-    exchange.upstream_status = Some(parts.status);
-    exchange.status = Some(parts.status);
-    exchange.head_after = Some(exchange.started().elapsed());
-    exchange.upstream_id = headers::upstream_request_id(&parts.headers);
+    exchange.upstream_answered(parts.status, headers::upstream_request_id(&parts.headers));
     headers::rewrite_response(&mut parts.headers, id);
     parts.version = Version::HTTP_11;
 }
@@ -325,9 +325,8 @@ pub(super) fn failed(
     id: HeaderValue,
 ) -> Response<ProxyBody> {
     let facts = error.facts();
-    exchange.refused(facts.outcome, facts.code);
+    exchange.answered_error(facts.status, facts.outcome, facts.code);
     let mut response = facts.into_response();
-    exchange.status = Some(response.status());
     response.headers_mut().insert(CLIENT_REQUEST_ID.clone(), id);
     response
 }

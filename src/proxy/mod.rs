@@ -154,7 +154,7 @@ impl Proxy {
             .keys
             .admit_with(headers, subprotocol_key)
             .ok_or(ProxyError::InvalidClientKey)?;
-        exchange.client = client.name.clone();
+        exchange.identified(client.name.clone());
         // After the key check, so that a client without a key learns nothing but 401; before
         // the limits, so that a loop spends none of them.
         if headers::passed_through(headers, &self.0.identity.via) {
@@ -172,7 +172,7 @@ impl Proxy {
             .await
         {
             Ok(permit) => {
-                exchange.permit = permit;
+                exchange.admitted(permit);
                 Ok(())
             }
             Err(limited) => {

@@ -81,7 +81,7 @@ impl Proxy {
         let client = hyper::upgrade::on(&mut request);
         let (mut parts, _) = request.into_parts();
         let meter = exchange
-            .metered
+            .is_metered()
             .then(|| Box::new(Meter::websocket(url_model(&parts.uri))));
         self.upstream_head(&mut parts, exchange)?;
         websocket::mark_upgrade(&mut parts.headers);
@@ -106,8 +106,10 @@ impl Proxy {
             } => {
                 // The client's messages are JSON, for the estimate of a session that reports
                 // nothing.
-                exchange.request_is_json = true;
-                exchange.meter = meter;
+                exchange.request_is_json(true);
+                if let Some(meter) = meter {
+                    exchange.metering(meter);
+                }
                 Ok(Opened::Switched(SwitchedSession {
                     head,
                     stream,
