@@ -3,17 +3,7 @@
 //! from it), `--help` prints this table, the start-up check warns about a `PROXY_*` variable
 //! that is not in it, and a test holds the README and `config/example.env` to it.
 
-use super::values::Value;
-
-/// One setting.
-#[derive(Debug, Clone, Copy)]
-pub struct Setting {
-    pub name: &'static str,
-    /// The default, as `--help` shows it; where it is a value, parsing starts from it.
-    pub default: &'static str,
-    /// What it does, in a line.
-    pub meaning: &'static str,
-}
+use super::values::{Setting, Value};
 
 /// Declares the settings: the table, a constant per setting in [`declared`], the [`Values`] that
 /// envy fills, and [`Found`], each value beside its declaration. A `read` setting is read
@@ -24,7 +14,7 @@ macro_rules! settings {
         /// Each setting's declaration, by its field's name.
         #[allow(non_upper_case_globals)]
         pub(crate) mod declared {
-            use super::Setting;
+            use crate::config::values::Setting;
             $(pub(crate) const $field: Setting = Setting {
                 name: $name,
                 default: $default,

@@ -1,11 +1,20 @@
-//! The value parsers every group of settings uses, and the error that names the setting.
+//! A setting's declaration, the value parsers every group of settings uses, and the error that
+//! names the setting.
 
 use std::fmt;
 use std::time::Duration;
 
 use http::HeaderValue;
 
-use super::settings::Setting;
+/// One setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    /// The default, as `--help` shows it; where it is a value, parsing starts from it.
+    pub default: &'static str,
+    /// What it does, in a line.
+    pub meaning: &'static str,
+}
 
 /// A setting that could not be used, named as the operator wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]

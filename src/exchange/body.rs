@@ -20,8 +20,8 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::record::{Exchange, RequestStats};
-use crate::metrics::UpstreamErrorKind;
 use crate::outcome::Outcome;
+use crate::outcome::UpstreamErrorKind;
 use crate::upstream::Lease;
 
 /// Why a forwarded body ended early.

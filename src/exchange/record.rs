@@ -10,8 +10,8 @@ use http::{HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::drain::DrainState;
-use crate::metrics::{Ended, Metrics, RouteMetrics, UpstreamErrorKind, UsageSeen};
-use crate::outcome::Outcome;
+use crate::metrics::{Ended, Metrics, RouteMetrics, UsageSeen};
+use crate::outcome::{Outcome, UpstreamErrorKind};
 use crate::policy::client_keys::UNAUTHENTICATED;
 use crate::store::Permit;
 use crate::usage::{Meter, Tokens};

@@ -17,7 +17,6 @@ mod usage;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 
-pub use crate::outcome::UpstreamErrorKind;
 pub use connections::ConnectionMetrics;
 pub use exchanges::{Ended, ExchangeMetrics, RouteMetrics};
 pub use keys::KeyMetrics;

@@ -185,6 +185,21 @@ pub(crate) fn upstream_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     Some(if sane { value.clone() } else { INVALID.clone() })
 }
 
+/// The request body's length as its `Content-Length` declares it, if it does.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+pub fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type.is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/json")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

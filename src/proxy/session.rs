@@ -3,7 +3,7 @@
 //! connection's task.
 
 use http::header;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 
@@ -15,10 +15,28 @@ use crate::policy::websocket;
 use crate::upstream::websocket::WebSocketAnswer;
 use crate::usage::Meter;
 
-use super::forward::pass_head;
-use super::Proxy;
+use super::context::Context;
+use super::upstream_call::pass_head;
 
-impl Proxy {
+impl Context {
+    /// A WebSocket upgrade: checked, its client admitted, and sent upstream. A session can
+    /// cost tokens on any route: Realtime reports them as it goes.
+    pub(super) async fn upgrade(
+        &self,
+        request: Request<Incoming>,
+        key: Option<Vec<u8>>,
+        exchange: &mut Exchange,
+        origin_allowed: bool,
+    ) -> Result<Opened, ProxyError> {
+        exchange.set_metered(self.config.usage.enabled);
+        websocket::check_upgrade(request.version(), request.headers())
+            .map_err(ProxyError::BadRequest)?;
+        self.check_origin(request.headers(), origin_allowed)?;
+        self.admit(request.headers(), key.as_deref(), exchange)
+            .await?;
+        self.open_session(request, exchange).await
+    }
+
     /// The upstream switched to a WebSocket: the client gets the `101` with the upstream's
     /// `Sec-WebSocket-*` headers, and the session is left for the client's connection task to
     /// run once hyper has written it.
@@ -26,7 +44,6 @@ impl Proxy {
         &self,
         session: SwitchedSession,
         mut exchange: Exchange,
-        id: &HeaderValue,
     ) -> Response<ProxyBody> {
         let SwitchedSession {
             head,
@@ -36,15 +53,15 @@ impl Proxy {
             handoff,
         } = session;
         let (mut parts, ()) = head.into_parts();
-        pass_head(&mut parts, &mut exchange, id);
+        pass_head(&mut parts, &mut exchange);
         websocket::mark_upgrade(&mut parts.headers);
         let pipe = Pipe {
             client,
             upstream: stream,
             upstream_connection: connection,
             exchange,
-            session: self.0.drain.session_started(),
-            idle: self.0.config.timeouts.idle,
+            session: self.drain.session_started(),
+            idle: self.config.timeouts.idle,
         };
         handoff.put(Box::pin(pipe.run()));
         Response::from_parts(parts, ProxyBody::default())
@@ -53,7 +70,7 @@ impl Proxy {
     /// A browser's WebSocket is not held back by CORS, so the server checks its `Origin`
     /// (RFC 6455, section 10.2): an upgrade that names one is switched only for an origin in
     /// `PROXY_CORS_ORIGINS`. Without that setting no browser origin is allowed.
-    pub(super) fn check_origin(
+    fn check_origin(
         &self,
         headers: &http::HeaderMap,
         origin_allowed: bool,
@@ -66,7 +83,7 @@ impl Proxy {
 
     /// Sends a WebSocket upgrade upstream, on a connection of its own, and waits for its
     /// answer. Only an HTTP/1.1 client connection can be upgraded: it alone has a [`Handoff`].
-    pub(super) async fn open_session(
+    async fn open_session(
         &self,
         mut request: Request<Incoming>,
         exchange: &mut Exchange,
@@ -91,7 +108,6 @@ impl Proxy {
             parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         let opening = self
-            .0
             .upstream
             .open_websocket(Request::from_parts(parts, Empty::new()));
         match self.wait_for_head(opening, exchange).await? {

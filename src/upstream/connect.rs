@@ -19,8 +19,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tower_service::Service;
 
-use super::failure::{BoxError, ConnectTimedOut, FailureKind, UpstreamError};
+use super::failure::{ConnectTimedOut, UpstreamError};
 use crate::config::UpstreamSettings;
+use crate::outcome::{BoxError, FailureKind};
 
 /// What ALPN offers on a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

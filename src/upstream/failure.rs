@@ -4,9 +4,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-pub use crate::outcome::BoxError;
-
-pub use crate::outcome::FailureKind;
+use crate::outcome::{BoxError, FailureKind};
 
 /// A failed upstream call: what kind of failure, and the error itself.
 #[derive(Debug)]

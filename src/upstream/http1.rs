@@ -22,11 +22,12 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::connect::{Connected, Connector, Io, Offer};
-use super::failure::{FailureKind, UpstreamError};
-use super::retry::RetryReason;
-use super::SendBody;
+use super::failure::UpstreamError;
+use super::outgoing::SendBody;
+use super::retry::Unanswered;
 use crate::limits::UPSTREAM_IDLE_TIMEOUT;
 use crate::metrics::{Metrics, OpenConnection};
+use crate::outcome::{FailureKind, RetryReason};
 
 type Driver<B> = Connection<TokioIo<Io>, B>;
 
@@ -41,20 +42,6 @@ pub struct Conn<B: SendBody> {
     closed: bool,
     /// Counts the connection in `/metrics` while it is open.
     _open: OpenConnection,
-}
-
-/// A request the pool did not get an answer for.
-// Failures are rare and short-lived; boxing the request would cost every one an allocation.
-#[allow(clippy::large_enum_variant)]
-pub enum Http1Failure<B> {
-    /// The request was never written: it comes back whole, with why.
-    Unsent {
-        request: Request<B>,
-        reason: RetryReason,
-        error: UpstreamError,
-    },
-    /// The upstream may have seen it.
-    Failed(UpstreamError),
 }
 
 impl<B> Conn<B>
@@ -186,7 +173,7 @@ where
     pub async fn send(
         &self,
         request: Request<B>,
-    ) -> Result<(Response<Incoming>, Conn<B>), Http1Failure<B>> {
+    ) -> Result<(Response<Incoming>, Conn<B>), Unanswered<Request<B>>> {
         let mut request = request;
         // A pooled connection may have been closed by the upstream a moment ago; a request
         // that was never written to it is safe to send again on a fresh one.
@@ -199,7 +186,7 @@ where
                 None => match Box::pin(self.connect()).await {
                     Ok(conn) => conn,
                     Err(error) => {
-                        return Err(Http1Failure::Unsent {
+                        return Err(Unanswered::Unsent {
                             request,
                             reason: RetryReason::Connect,
                             error,
@@ -226,13 +213,13 @@ where
                     }
                     // hyper gives a request back only if it never wrote it.
                     Some(_) => {
-                        return Err(Http1Failure::Failed(UpstreamError::new(
+                        return Err(Unanswered::Failed(UpstreamError::new(
                             FailureKind::Reset,
                             error.into_error(),
                         )))
                     }
                     None => {
-                        return Err(Http1Failure::Failed(UpstreamError::new(
+                        return Err(Unanswered::Failed(UpstreamError::new(
                             FailureKind::AfterSend,
                             error.into_error(),
                         )))

@@ -27,11 +27,12 @@ use tokio::time::Instant;
 
 use super::coalesce::Coalesce;
 use super::connect::{Connected, Connector, Offer};
-use super::failure::{describe, FailureKind, UpstreamError};
-use super::retry::{self, RetryReason};
-use super::SendBody;
+use super::failure::{describe, UpstreamError};
+use super::outgoing::SendBody;
+use super::retry::{self, Unanswered};
 use crate::limits::UPSTREAM_IDLE_TIMEOUT;
 use crate::metrics::Metrics;
+use crate::outcome::{FailureKind, RetryReason};
 
 /// A PING this often on every connection, idle or not, so that one the upstream or a
 /// middlebox dropped without a word is found and closed before a request is sent on it.
@@ -41,23 +42,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// WINDOW_UPDATE on a fast link; hyper's defaults are 2 MiB and 5 MiB.
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
-
-/// A request the pool did not get an answer for.
-// Failures are rare and short-lived; boxing the request would cost every one an allocation.
-#[allow(clippy::large_enum_variant)]
-pub enum Http2Failure<B> {
-    /// The request never left: it comes back whole, with why.
-    Unsent {
-        request: Request<B>,
-        reason: RetryReason,
-        error: UpstreamError,
-    },
-    /// The stream failed. `unprocessed` says when the upstream proved it did not process it.
-    Failed {
-        error: UpstreamError,
-        unprocessed: Option<RetryReason>,
-    },
-}
 
 pub struct Http2Pool<B> {
     connector: Arc<Connector>,
@@ -260,7 +244,7 @@ where
         &self,
         request: Request<B>,
         fresh: bool,
-    ) -> Result<(Response<Incoming>, Stream), Http2Failure<B>> {
+    ) -> Result<(Response<Incoming>, Stream), Unanswered<Request<B>>> {
         let (conn, stream) = self.checkout(fresh);
         let mut state = conn.state.clone();
         drop(conn);
@@ -275,14 +259,14 @@ where
         let mut sender = match ready {
             Ok(Ok(sender)) => sender,
             Ok(Err(error)) => {
-                return Err(Http2Failure::Unsent {
+                return Err(Unanswered::Unsent {
                     request,
                     reason: RetryReason::Connect,
                     error,
                 })
             }
             Err(_) => {
-                return Err(Http2Failure::Unsent {
+                return Err(Unanswered::Unsent {
                     request,
                     reason: RetryReason::Connect,
                     error: UpstreamError::new(FailureKind::Connect, "the connection attempt ended"),
@@ -302,7 +286,7 @@ where
                 if let Some(request) = error.take_message() {
                     // The connection closed before the request was handed to it.
                     stream.0.closing.store(true, Ordering::Release);
-                    return Err(Http2Failure::Unsent {
+                    return Err(Unanswered::Unsent {
                         request,
                         reason: RetryReason::StaleConnection,
                         error: UpstreamError::new(FailureKind::Reset, error.into_error()),
@@ -318,9 +302,10 @@ where
                     Some(_) => FailureKind::Reset,
                     None => FailureKind::AfterSend,
                 };
-                Err(Http2Failure::Failed {
-                    error: UpstreamError::new(kind, error),
-                    unprocessed,
+                let error = UpstreamError::new(kind, error);
+                Err(match unprocessed {
+                    Some(reason) => Unanswered::Unprocessed { reason, error },
+                    None => Unanswered::Failed(error),
                 })
             }
         }

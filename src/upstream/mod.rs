@@ -18,6 +18,7 @@ pub mod connect;
 pub mod failure;
 pub mod http1;
 pub mod http2;
+mod outgoing;
 pub mod retry;
 mod sweep;
 pub mod websocket;
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use std::task::Context;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
@@ -35,31 +35,20 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-pub use failure::{describe, BoxError, FailureKind, UpstreamError};
+pub use failure::{describe, UpstreamError};
+pub(crate) use outgoing::SendBody;
 
 use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::metrics::Metrics;
+use crate::outcome::{FailureKind, RetryReason};
 use connect::{Connector, Offer};
-use http1::{Http1Failure, Http1Pool};
-use http2::{Http2Failure, Http2Pool};
-use retry::{Recovery, Replayable, RetryReason};
+use http1::Http1Pool;
+use http2::Http2Pool;
+use outgoing::Outgoing;
+use retry::{Recovery, Replayable, Unanswered};
 
-/// A request body as the pools send it. Boxed: hyper's HTTP/1.1 client queues requests in a
-/// channel per connection whose first block holds 32 of them inline (tokio's `BLOCK_CAP`),
-/// which with the body inline was 17.7 KB per upstream connection (heaptrack, 500 streams);
-/// the box costs each request one small allocation.
-type Outgoing<B> = Box<Replayable<B>>;
-
-/// A request body the pools can send: hyper's bounds, named once.
-pub trait SendBody:
-    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
-{
-}
-
-impl<B> SendBody for B where
-    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
-{
-}
+/// One attempt's failure, as the retry loop sees it.
+type Attempt<B> = Unanswered<Request<Outgoing<B>>>;
 
 /// Attempts at most for one request: each retry is of a request the upstream provably did not
 /// process, and a burst caught by several connections' GOAWAYs in a row still gets through.
@@ -146,34 +135,6 @@ where
     }
 }
 
-/// One attempt's failure, as the retry rule sees it.
-// Failures are rare and short-lived; boxing the request would cost every one an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Attempt<B: SendBody> {
-    /// Never sent: the request comes back whole.
-    Unsent {
-        request: Request<Outgoing<B>>,
-        reason: RetryReason,
-        error: UpstreamError,
-    },
-    /// Sent, and the upstream proved it did not process it: the body must be recovered.
-    Unprocessed {
-        reason: RetryReason,
-        error: UpstreamError,
-    },
-    Failed(UpstreamError),
-}
-
-impl<B: SendBody> Attempt<B> {
-    fn into_error(self) -> UpstreamError {
-        match self {
-            Attempt::Unsent { error, .. }
-            | Attempt::Unprocessed { error, .. }
-            | Attempt::Failed(error) => error,
-        }
-    }
-}
-
 impl<B> Upstream<B>
 where
     B: SendBody,
@@ -250,15 +211,15 @@ where
             let reason;
             (request, reason) = match failure {
                 // A connection that could not be made once is likely down: tried once more.
-                Attempt::Unsent {
+                Unanswered::Unsent {
                     reason: RetryReason::Connect,
                     error,
                     ..
                 } if connect_retried => return Err(error),
-                Attempt::Unsent {
+                Unanswered::Unsent {
                     request, reason, ..
                 } => (request, reason),
-                Attempt::Unprocessed { reason, error } => {
+                Unanswered::Unprocessed { reason, error } => {
                     let head = head_copy.as_ref().map(copy_head);
                     match Box::pin(recover(recovery.take(), head)).await {
                         Some((again, next)) => {
@@ -268,7 +229,7 @@ where
                         None => return Err(error),
                     }
                 }
-                Attempt::Failed(error) => return Err(error),
+                Unanswered::Failed(error) => return Err(error),
             };
             attempts += 1;
             connect_retried |= reason == RetryReason::Connect;
@@ -348,22 +309,20 @@ where
             request.headers_mut().remove(header::HOST);
             return match self.http2.send(request, retry).await {
                 Ok((response, stream)) => Ok((response, Lease::Http2(stream))),
-                Err(Http2Failure::Unsent {
-                    request,
-                    reason,
-                    error,
-                }) => {
-                    if reason == RetryReason::Connect && self.protocol == UpstreamProtocol::Auto {
+                Err(failure) => {
+                    let unsent_connect = matches!(
+                        failure,
+                        Unanswered::Unsent {
+                            reason: RetryReason::Connect,
+                            ..
+                        }
+                    );
+                    if unsent_connect && self.protocol == UpstreamProtocol::Auto {
                         // Perhaps the upstream stopped offering HTTP/2: probe again.
                         self.learned.store(UNKNOWN, Ordering::Release);
                     }
-                    Err(unsent_failure(request, reason, error))
+                    Err(worth_sending_again(failure))
                 }
-                Err(Http2Failure::Failed {
-                    error,
-                    unprocessed: Some(reason),
-                }) => Err(Attempt::Unprocessed { reason, error }),
-                Err(Http2Failure::Failed { error, .. }) => Err(Attempt::Failed(error)),
             };
         }
         // hyper's HTTP/1.1 connection sends the URI as given: make it origin-form.
@@ -379,12 +338,7 @@ where
                     pool: self.http1.clone(),
                 }),
             )),
-            Err(Http1Failure::Unsent {
-                request,
-                reason,
-                error,
-            }) => Err(unsent_failure(request, reason, error)),
-            Err(Http1Failure::Failed(error)) => Err(Attempt::Failed(error)),
+            Err(failure) => Err(worth_sending_again(failure)),
         }
     }
 }
@@ -392,20 +346,14 @@ where
 /// A request that never left is sent again, unless it was a connect that timed out, a TLS or
 /// certificate failure, or a forward proxy's refusal: trying those again would only repeat
 /// them, and a client waiting on a timeout should not wait twice.
-fn unsent_failure<B: SendBody>(
-    request: Request<Outgoing<B>>,
-    reason: RetryReason,
-    error: UpstreamError,
-) -> Attempt<B> {
-    let worth_it = reason != RetryReason::Connect || error.kind == FailureKind::Connect;
-    if worth_it {
-        Attempt::Unsent {
-            request,
-            reason,
+fn worth_sending_again<B: SendBody>(failure: Attempt<B>) -> Attempt<B> {
+    match failure {
+        Unanswered::Unsent {
+            reason: RetryReason::Connect,
             error,
-        }
-    } else {
-        Attempt::Failed(error)
+            ..
+        } if error.kind != FailureKind::Connect => Unanswered::Failed(error),
+        failure => failure,
     }
 }
 

@@ -19,7 +19,39 @@ use tokio::sync::oneshot;
 
 use crate::limits::RETRY_BUFFER_BYTES;
 
-pub use crate::outcome::RetryReason;
+use super::failure::UpstreamError;
+use crate::outcome::RetryReason;
+
+/// A request that got no answer, as the pools report it and the retry rule reads it: one
+/// shape for both pools and the retry loop, as hyper-util's `TrySendError` is one for its
+/// client.
+// Failures are rare and short-lived; boxing the request would cost every one an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Unanswered<R> {
+    /// Never sent: the request comes back whole, with why.
+    Unsent {
+        request: R,
+        reason: RetryReason,
+        error: UpstreamError,
+    },
+    /// Sent, and the upstream proved it did not process it: the body must be recovered.
+    Unprocessed {
+        reason: RetryReason,
+        error: UpstreamError,
+    },
+    /// The upstream may have seen it.
+    Failed(UpstreamError),
+}
+
+impl<R> Unanswered<R> {
+    pub(crate) fn into_error(self) -> UpstreamError {
+        match self {
+            Unanswered::Unsent { error, .. }
+            | Unanswered::Unprocessed { error, .. }
+            | Unanswered::Failed(error) => error,
+        }
+    }
+}
 
 /// Whether an HTTP/2 stream's error proves the upstream did not process it: a `REFUSED_STREAM`
 /// reset from the peer, or the peer's GOAWAY (h2 gives that error only to streams above the

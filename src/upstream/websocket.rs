@@ -13,9 +13,11 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 
 use super::connect::Offer;
-use super::failure::{FailureKind, UpstreamError};
-use super::{SendBody, Upstream};
+use super::failure::UpstreamError;
+use super::outgoing::SendBody;
+use super::Upstream;
 use crate::metrics::OpenConnection;
+use crate::outcome::FailureKind;
 
 /// The upstream's answer to an upgrade.
 pub enum WebSocketAnswer {
