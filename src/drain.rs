@@ -24,9 +24,9 @@ pub struct DrainState {
 }
 
 /// An open WebSocket session, counted until dropped.
-pub struct SessionGuard(Arc<DrainState>);
+pub struct CountedSession(Arc<DrainState>);
 
-impl Drop for SessionGuard {
+impl Drop for CountedSession {
     fn drop(&mut self) {
         if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.sessions_ended.notify_waiters();
@@ -71,9 +71,9 @@ impl DrainState {
     }
 
     /// Counts a session open until the guard is dropped.
-    pub fn session_started(self: &Arc<Self>) -> SessionGuard {
+    pub fn session_started(self: &Arc<Self>) -> CountedSession {
         self.sessions.fetch_add(1, Ordering::AcqRel);
-        SessionGuard(self.clone())
+        CountedSession(self.clone())
     }
 
     /// Completes once no session is open.

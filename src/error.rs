@@ -251,8 +251,8 @@ impl ProxyError {
                 "request_header_fields_too_large",
                 format!(
                     "The request head is larger than {} bytes or has more than {} header lines",
-                    crate::limits::MAX_REQUEST_HEAD_BYTES,
-                    crate::limits::MAX_HEADERS
+                    crate::bounds::MAX_REQUEST_HEAD_BYTES,
+                    crate::bounds::MAX_HEADERS
                 ),
             ),
             // RFC 5842's 508 Loop Detected: the proxy's own configuration leads back to it.

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! From the bottom layer up; each layer uses only the ones listed before it.
-//! - [`limits`], [`outcome`], [`drain`], [`trim`]: the limits more than one layer needs (head
+//! - [`bounds`], [`outcome`], [`drain`], [`trim`]: the protocol bounds more than one layer needs (head
 //!   sizes, HTTP/2 settings and request bounds, the admin listener's cap, the upstream pools'
 //!   idle time), the words for how things end and whose fault a failure is, what graceful
 //!   shutdown counts, and handing freed heap back to the OS.
@@ -47,6 +47,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod bounds;
 pub mod cli;
 pub mod config;
 pub(crate) mod drain;
@@ -54,7 +55,6 @@ pub(crate) mod error;
 pub(crate) mod exchange;
 pub mod inbound;
 pub(crate) mod keys;
-pub mod limits;
 pub(crate) mod metrics;
 pub(crate) mod outcome;
 pub mod policy;

@@ -58,7 +58,7 @@ impl fmt::Display for Outcome {
 pub enum Refused {
     /// The head cannot be parsed, or its framing is ambiguous: 400.
     BadRequest(&'static str),
-    /// The head is larger than [`MAX_REQUEST_HEAD_BYTES`](crate::limits::MAX_REQUEST_HEAD_BYTES) or has more than [`MAX_HEADERS`](crate::limits::MAX_HEADERS)
+    /// The head is larger than [`MAX_REQUEST_HEAD_BYTES`](crate::bounds::MAX_REQUEST_HEAD_BYTES) or has more than [`MAX_HEADERS`](crate::bounds::MAX_HEADERS)
     /// lines: 431.
     HeadTooLarge,
 }

@@ -374,7 +374,7 @@ async fn the_admin_listener_serves_probes_without_a_key_and_closes_silent_connec
     // Half-sent heads, more than the admin listener's cap: each is closed at the timeout,
     // and none of them costs the proxy's port anything.
     let mut held = Vec::new();
-    for _ in 0..memoctopus::limits::ADMIN_MAX_CONNECTIONS + 10 {
+    for _ in 0..memoctopus::bounds::ADMIN_MAX_CONNECTIONS + 10 {
         let mut stream = raw_connect(admin).await;
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHo")

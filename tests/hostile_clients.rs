@@ -304,7 +304,7 @@ async fn h2_streams_beyond_the_limit_are_refused() {
     );
     assert!(
         mock.log.lock().unwrap().connections_opened
-            <= memoctopus::limits::H2_MAX_CONCURRENT_STREAMS as usize
+            <= memoctopus::bounds::H2_MAX_CONCURRENT_STREAMS as usize
     );
     drop(stream);
     assert_still_serves(&proxy).await;

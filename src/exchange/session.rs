@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::record::Exchange;
-use crate::drain::SessionGuard;
+use crate::drain::CountedSession;
 use crate::metrics::OpenConnection;
 use crate::outcome::Outcome;
 
@@ -60,7 +60,7 @@ pub struct Pipe {
     /// The record of the upgrade request: the session's access log line and metrics.
     pub exchange: Exchange,
     /// Counts the session for the drain, which waits for it as for a connection.
-    pub session: SessionGuard,
+    pub counted: CountedSession,
     pub idle: Duration,
 }
 
@@ -72,10 +72,10 @@ impl Pipe {
             upstream,
             upstream_connection,
             mut exchange,
-            session,
+            counted,
             idle,
         } = self;
-        let _session = session;
+        let _counted = counted;
         let _gauge = exchange.metrics().upstream.realtime_session_opened();
         let _open = upstream_connection;
         let client = match client.await {
@@ -102,12 +102,12 @@ impl Pipe {
         };
         let outcome = tokio::select! {
             ended = copy(&mut client_read, &mut upstream_write, &request.bytes, touch, |_| {}) => match ended {
-                Ended::ReadClosed | Ended::ReadFailed => Outcome::ClientClosed,
-                Ended::WriteFailed => Outcome::UpstreamClosed,
+                Stopped::ReadClosed | Stopped::ReadFailed => Outcome::ClientClosed,
+                Stopped::WriteFailed => Outcome::UpstreamClosed,
             },
             ended = copy(&mut upstream_read, &mut client_write, &down_bytes, touch, metered) => match ended {
-                Ended::ReadClosed | Ended::ReadFailed => Outcome::UpstreamClosed,
-                Ended::WriteFailed => Outcome::ClientClosed,
+                Stopped::ReadClosed | Stopped::ReadFailed => Outcome::UpstreamClosed,
+                Stopped::WriteFailed => Outcome::ClientClosed,
             },
             () = idle_for(idle, started, &last_active) => Outcome::IdleTimeout,
         };
@@ -122,7 +122,7 @@ impl Pipe {
 }
 
 /// How one direction of the pipe ended.
-enum Ended {
+enum Stopped {
     ReadClosed,
     ReadFailed,
     WriteFailed,
@@ -135,7 +135,7 @@ async fn copy<R, W>(
     bytes: &AtomicU64,
     touch: impl Fn(),
     mut written: impl FnMut(&[u8]),
-) -> Ended
+) -> Stopped
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -143,13 +143,13 @@ where
     let mut buffer = vec![0u8; BUFFER_BYTES];
     loop {
         let n = match from.read(&mut buffer).await {
-            Ok(0) => return Ended::ReadClosed,
+            Ok(0) => return Stopped::ReadClosed,
             Ok(n) => n,
-            Err(_) => return Ended::ReadFailed,
+            Err(_) => return Stopped::ReadFailed,
         };
         touch();
         if write(to, &buffer[..n]).await.is_err() {
-            return Ended::WriteFailed;
+            return Stopped::WriteFailed;
         }
         written(&buffer[..n]);
         bytes.fetch_add(n as u64, Ordering::Relaxed);

@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::limits::{MAX_HEADERS, MAX_REQUEST_HEAD_BYTES};
+use crate::bounds::{MAX_HEADERS, MAX_REQUEST_HEAD_BYTES};
 use crate::outcome::Refused;
 use crate::policy::websocket;
 

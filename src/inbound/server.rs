@@ -18,6 +18,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::bounds::{
+    ADMIN_MAX_CONNECTIONS, H2_MAX_CONCURRENT_STREAMS, H2_MAX_HEADER_LIST_BYTES,
+    H2_MAX_LOCAL_ERROR_RESETS, H2_MAX_PENDING_RESETS, MAX_REQUEST_HEAD_BYTES,
+};
 use crate::config::Config;
 use crate::drain::{DrainReport, DrainState};
 use crate::error::ProxyError;
@@ -28,10 +32,6 @@ use crate::inbound::framing::{FramingGuard, Refusals};
 use crate::inbound::panics::CatchUnwind;
 use crate::inbound::streams::{self, Streams, Tracked};
 use crate::keys::Keys;
-use crate::limits::{
-    ADMIN_MAX_CONNECTIONS, H2_MAX_CONCURRENT_STREAMS, H2_MAX_HEADER_LIST_BYTES,
-    H2_MAX_LOCAL_ERROR_RESETS, H2_MAX_PENDING_RESETS, MAX_REQUEST_HEAD_BYTES,
-};
 use crate::metrics::Metrics;
 use crate::policy::websocket;
 use crate::proxy::{refused as refused_response, Admin, Proxy};

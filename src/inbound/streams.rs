@@ -20,7 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::limits::H2_MAX_REQUESTS;
+use crate::bounds::H2_MAX_REQUESTS;
 use crate::metrics::Metrics;
 
 /// One HTTP/2 connection's streams, shared by its service and its watchdog.

@@ -60,7 +60,7 @@ impl Context {
             upstream: stream,
             upstream_connection: connection,
             exchange,
-            session: self.drain.session_started(),
+            counted: self.drain.session_started(),
             idle: self.config.timeouts.idle,
         };
         handoff.put(Box::pin(pipe.run()));

@@ -1,4 +1,4 @@
-//! Where the client limits are kept: in this process ([`ClientLimits`]), or, with
+//! Where the client limits are kept: in this process ([`local`]), or, with
 //! `PROXY_LIMITS_REDIS_URL`, in a Redis that every replica shares ([`shared`]). The service
 //! asks the [`Limiter`] once per request and gets a [`Permit`] or the limit that refused it.
 //!
@@ -14,6 +14,7 @@
 //! within `PROXY_LIMITS_REDIS_TIMEOUT`, the process's own limits decide (or, with
 //! `PROXY_LIMITS_REDIS_FALLBACK=refuse`, the request is refused) until a probe finds it again.
 
+mod local;
 mod shared;
 
 use std::sync::Arc;
@@ -22,8 +23,9 @@ use tokio::time::Instant;
 
 use crate::config::{Fallback, SharedLimitsSettings};
 use crate::metrics::Metrics;
-use crate::policy::client_limits::{self, unix_now, ClientLimits, Limit, LimitSettings, Limited};
+use crate::policy::client_limits::{unix_now, Limit, LimitSettings, Limited};
 
+use local::{LocalLimits, LocalPermit};
 use shared::SharedPermit;
 
 /// The most a request reserves: far above any answer, and exact in Redis's Lua numbers.
@@ -31,7 +33,7 @@ const MAX_RESERVE: u64 = 1 << 40;
 
 /// The limits of every client, wherever they are kept.
 pub struct Limiter {
-    local: ClientLimits,
+    local: LocalLimits,
     /// `PROXY_CLIENT_OUTPUT_RESERVE`: the tokens a request under a budget reserves for its
     /// answer.
     output_reserve: u64,
@@ -45,7 +47,7 @@ pub struct Permit(Held);
 enum Held {
     /// Admitted by this process's own limits; with shared limits configured (Redis was away),
     /// its tokens are charged there too once Redis answers.
-    Local(client_limits::Permit, Option<Arc<shared::Shared>>),
+    Local(LocalPermit, Option<Arc<shared::Shared>>),
     Shared(SharedPermit),
 }
 
@@ -74,7 +76,7 @@ impl Limiter {
         shared: Option<&SharedLimitsSettings>,
         metrics: Arc<Metrics>,
     ) -> Result<Limiter, String> {
-        let local = ClientLimits::new(defaults);
+        let local = LocalLimits::new(defaults);
         let shared = shared
             .map(|settings| shared::Shared::start(settings, local.clone(), metrics))
             .transpose()?;

@@ -18,9 +18,10 @@ use redis::{ErrorKind, Script, ServerErrorKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::local::LocalLimits;
 use crate::config::{Fallback, SharedLimitsSettings};
 use crate::metrics::Metrics;
-use crate::policy::client_limits::{unix_now, Budget, ClientLimits, Limit, LimitSettings, Limited};
+use crate::policy::client_limits::{unix_now, Budget, Limit, LimitSettings, Limited};
 
 /// Exchanges kept for Redis to settle while it does not answer, at most; older ones are
 /// dropped, and logged with their count.
@@ -80,7 +81,7 @@ pub(super) struct Shared {
     next_batch: AtomicU64,
     wake: Notify,
     stopped: AtomicBool,
-    local: ClientLimits,
+    local: LocalLimits,
     metrics: Arc<Metrics>,
 }
 
@@ -146,7 +147,7 @@ struct Unsettled {
 impl Shared {
     pub(super) fn start(
         settings: &SharedLimitsSettings,
-        local: ClientLimits,
+        local: LocalLimits,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Shared>, String> {
         let client = match &settings.ca_pem {

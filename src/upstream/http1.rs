@@ -25,7 +25,7 @@ use super::connect::{Connected, Connector, Io, Offer};
 use super::failure::UpstreamError;
 use super::outgoing::SendBody;
 use super::retry::Unanswered;
-use crate::limits::UPSTREAM_IDLE_TIMEOUT;
+use crate::bounds::UPSTREAM_IDLE_TIMEOUT;
 use crate::metrics::{Metrics, OpenConnection};
 use crate::outcome::{FailureKind, RetryReason};
 

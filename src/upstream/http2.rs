@@ -30,7 +30,7 @@ use super::connect::{Connected, Connector, Offer};
 use super::failure::{describe, UpstreamError};
 use super::outgoing::SendBody;
 use super::retry::{self, Unanswered};
-use crate::limits::UPSTREAM_IDLE_TIMEOUT;
+use crate::bounds::UPSTREAM_IDLE_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::outcome::{FailureKind, RetryReason};
 

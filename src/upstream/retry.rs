@@ -4,7 +4,7 @@
 //!
 //! hyper does not hand back an HTTP/2 request that failed, so [`Replayable`] keeps the body
 //! frames sent so far (shared `Bytes` handles, no copies) up to
-//! [`RETRY_BUFFER_BYTES`](crate::limits::RETRY_BUFFER_BYTES), and gives them back, with the
+//! [`RETRY_BUFFER_BYTES`](crate::bounds::RETRY_BUFFER_BYTES), and gives them back, with the
 //! rest of the body, when hyper drops it.
 
 use std::collections::VecDeque;
@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use crate::limits::RETRY_BUFFER_BYTES;
+use crate::bounds::RETRY_BUFFER_BYTES;
 
 use super::failure::UpstreamError;
 use crate::outcome::RetryReason;

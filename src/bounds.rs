@@ -1,5 +1,7 @@
-//! Limits that more than one layer needs. They live here, at the bottom, so that the layer that
-//! enforces a limit and the one that explains it in an answer share one number.
+//! Protocol bounds that more than one layer needs: head sizes, HTTP/2 settings, the retry
+//! buffer, idle times. (A client's own limits are [`crate::policy::client_limits`].) They live
+//! here, at the bottom, so that the layer that enforces a bound and the one that explains it in
+//! an answer share one number.
 
 /// The largest HTTP/1 request head (request line plus headers) a client may send; beyond it the
 /// framing guard answers 431. Real OpenAI requests carry well under 8 KiB of headers.
