@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 
 /// Shared by the accept loop, the service and every exchange.
 #[derive(Debug, Default)]
-pub struct DrainState {
+pub(crate) struct DrainState {
     /// Set at the shutdown signal: `/ready` answers 503 from then on.
     draining: AtomicBool,
     /// Set when the grace period ran out: exchanges still running are being cut.
@@ -24,7 +24,7 @@ pub struct DrainState {
 }
 
 /// An open WebSocket session, counted until dropped.
-pub struct CountedSession(Arc<DrainState>);
+pub(crate) struct CountedSession(Arc<DrainState>);
 
 impl Drop for CountedSession {
     fn drop(&mut self) {
@@ -44,20 +44,20 @@ pub struct DrainReport {
 }
 
 impl DrainState {
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    pub fn start_cutting(&self) {
+    pub(crate) fn start_cutting(&self) {
         self.cutting.store(true, Ordering::Relaxed);
     }
 
     /// Records an exchange's end; returns whether it was cut by the shutdown.
-    pub fn exchange_ended(&self) -> bool {
+    pub(crate) fn exchange_ended(&self) -> bool {
         if !self.is_draining() {
             return false;
         }
@@ -71,13 +71,13 @@ impl DrainState {
     }
 
     /// Counts a session open until the guard is dropped.
-    pub fn session_started(self: &Arc<Self>) -> CountedSession {
+    pub(crate) fn session_started(self: &Arc<Self>) -> CountedSession {
         self.sessions.fetch_add(1, Ordering::AcqRel);
         CountedSession(self.clone())
     }
 
     /// Completes once no session is open.
-    pub async fn sessions_closed(&self) {
+    pub(crate) async fn sessions_closed(&self) {
         loop {
             let ended = self.sessions_ended.notified();
             if self.sessions.load(Ordering::Acquire) == 0 {
@@ -87,7 +87,7 @@ impl DrainState {
         }
     }
 
-    pub fn report(&self) -> DrainReport {
+    pub(crate) fn report(&self) -> DrainReport {
         DrainReport {
             finished: self.finished.load(Ordering::Relaxed),
             cut: self.cut.load(Ordering::Relaxed),

@@ -12,7 +12,7 @@ use crate::outcome::{FailureKind, Outcome};
 use crate::policy::client_limits::{Limit, Limited};
 
 #[derive(Debug)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     // The client's fault.
     NotFound {
         method: Method,
@@ -73,7 +73,7 @@ enum Fault {
 /// Everything the answer, the record and the logs say of one error: its row in
 /// [`ProxyError::facts`].
 #[derive(Debug)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub status: StatusCode,
     /// OpenAI's `code` field: a stable word that clients can match on.
     pub code: Option<&'static str>,
@@ -137,7 +137,7 @@ impl Facts {
     }
 
     /// The answer in OpenAI's error shape.
-    pub fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
+    pub(crate) fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
         let body = serde_json::json!({
             "error": {
                 "message": self.message,
@@ -157,7 +157,7 @@ impl Facts {
 impl ProxyError {
     /// The answer for an upstream call that failed with `kind`: `description` says how, and
     /// `connect_timeout` is `PROXY_CONNECT_TIMEOUT`, for the message.
-    pub fn from_upstream(
+    pub(crate) fn from_upstream(
         kind: FailureKind,
         description: String,
         connect_timeout: Duration,
@@ -175,13 +175,13 @@ impl ProxyError {
     /// Whether, failing so before the answer's head, the request may have reached the
     /// upstream: a timeout waiting for the head, or a failure after the request left. Every
     /// other error comes before the request could get there.
-    pub fn upstream_may_have_it(&self) -> bool {
+    pub(crate) fn upstream_may_have_it(&self) -> bool {
         self.facts().may_have_reached_upstream
     }
 
     /// The one table of what each error is: whose fault, its status, `code`, outcome and
     /// message. A new error is a new row here and nowhere else.
-    pub fn facts(&self) -> Facts {
+    pub(crate) fn facts(&self) -> Facts {
         use StatusCode as S;
         match self {
             // The same words OpenAI uses for a URL it does not serve, and no `code`.
@@ -324,13 +324,13 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
+    pub(crate) fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
         self.facts().into_response()
     }
 }
 
 /// A small JSON answer made by the proxy itself.
-pub fn json_response<B: From<bytes::Bytes>>(
+pub(crate) fn json_response<B: From<bytes::Bytes>>(
     status: StatusCode,
     body: impl Into<bytes::Bytes>,
 ) -> Response<B> {

@@ -42,6 +42,7 @@
 //! binding a listener, the panic hook, log setup and the command line, the pure rules the
 //! property tests drive (routes, header rewriting, the HTTP/1 framing guard), and the usage
 //! meter its benchmark times. Everything else is `pub(crate)`.
+#![deny(unreachable_pub)]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)

@@ -4,7 +4,7 @@ use std::fmt;
 
 /// How an exchange ended, as logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Completed,
     ClientCancelled,
     /// The proxy answered the client itself with a 4xx (no route, bad key, ...).
@@ -27,7 +27,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
             Outcome::ClientCancelled => "client_cancelled",
@@ -65,7 +65,7 @@ pub enum Refused {
 
 /// Why a request was sent again, as `/metrics` labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
+pub(crate) enum RetryReason {
     /// A pooled connection the upstream had just closed; the request was never written.
     StaleConnection,
     /// HTTP/2 `REFUSED_STREAM`: the upstream says it did not process the stream.
@@ -77,14 +77,14 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 4] = [
+    pub(crate) const ALL: [RetryReason; 4] = [
         RetryReason::StaleConnection,
         RetryReason::RefusedStream,
         RetryReason::GoAway,
         RetryReason::Connect,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             RetryReason::StaleConnection => "stale_connection",
             RetryReason::RefusedStream => "refused_stream",
@@ -96,7 +96,7 @@ impl RetryReason {
 
 /// What went wrong talking to the upstream, for the answer and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     Connect,
     ConnectTimeout,
     /// The TLS handshake failed for a reason other than the certificate.
@@ -115,7 +115,7 @@ pub enum FailureKind {
 
 /// How the upstream failed, as the `kind` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
+pub(crate) enum UpstreamErrorKind {
     Connect,
     Tls,
     Timeout,
@@ -124,7 +124,7 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Tls => "tls",
@@ -137,7 +137,7 @@ impl UpstreamErrorKind {
 
 impl FailureKind {
     /// The `kind` label this failure counts under in `memoctopus_upstream_errors_total`.
-    pub fn counted_as(self) -> UpstreamErrorKind {
+    pub(crate) fn counted_as(self) -> UpstreamErrorKind {
         match self {
             FailureKind::Connect | FailureKind::ForwardProxy => UpstreamErrorKind::Connect,
             FailureKind::ConnectTimeout => UpstreamErrorKind::Timeout,
@@ -149,4 +149,4 @@ impl FailureKind {
 }
 
 /// Any error, as hyper and the upstream's connectors hand them over.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;

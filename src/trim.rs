@@ -13,7 +13,7 @@ use std::time::Duration;
 static ACTIVITY: AtomicU64 = AtomicU64::new(0);
 
 /// Records activity that may leave freed memory behind.
-pub fn note_activity() {
+pub(crate) fn note_activity() {
     ACTIVITY.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -21,7 +21,7 @@ pub fn note_activity() {
 const QUIET: Duration = Duration::from_secs(1);
 
 /// Runs for the life of the server.
-pub async fn trim_when_idle() {
+pub(crate) async fn trim_when_idle() {
     let mut seen = ACTIVITY.load(Ordering::Relaxed);
     let mut trimmed_at = seen;
     let mut ticks = tokio::time::interval(QUIET);

@@ -9,7 +9,7 @@ use crate::policy::client_limits::{Budget, LimitSettings, Rate};
 
 /// The usage meter's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UsageSettings {
+pub(crate) struct UsageSettings {
     /// `PROXY_USAGE`: read each answer's `usage` (on, the default) or not.
     pub enabled: bool,
     /// `PROXY_USAGE_MAX_MODELS`: distinct `model` label values; the rest count as `other`.

@@ -11,7 +11,7 @@ use super::values::{invalid, ConfigError};
 
 /// An HTTP forward proxy, reached with `CONNECT`.
 #[derive(Clone)]
-pub struct EgressProxy {
+pub(crate) struct EgressProxy {
     /// `http://host:port/`, without credentials.
     pub uri: Uri,
     /// `Basic ...` from the credentials in the proxy URL, marked sensitive.
@@ -20,7 +20,7 @@ pub struct EgressProxy {
 
 impl EgressProxy {
     /// The proxy as logs and answers may name it: no credentials.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.uri
             .authority()
             .map_or_else(|| self.uri.to_string(), |a| a.to_string())
@@ -40,7 +40,7 @@ impl fmt::Debug for EgressProxy {
 }
 
 /// The forward-proxy variables, in both cases as curl reads them.
-pub const EGRESS_VARIABLES: [&str; 8] = [
+pub(crate) const EGRESS_VARIABLES: [&str; 8] = [
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",

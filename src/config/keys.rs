@@ -13,7 +13,7 @@ use crate::policy::client_keys::{ClientKeys, KeyListError};
 
 /// The keys as loaded at start, and the files they are reloaded from.
 #[derive(Clone, Debug)]
-pub struct KeySettings {
+pub(crate) struct KeySettings {
     /// The server's OpenAI key alone (no scheme), marked sensitive.
     pub api_key: HeaderValue,
     /// `OPENAI_API_KEY_FILE`: watched, and re-read when it changes.
@@ -28,7 +28,7 @@ pub struct KeySettings {
 
 /// What the rest of the configuration asks of a list of client keys.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct EntryRules {
+pub(crate) struct EntryRules {
     /// Whether the usage meter runs, which a client's `token_budget` needs.
     pub metered: bool,
     /// Whether `PROXY_CLIENT_TOKEN_BUDGET` sets a default budget, which every key then carries.
@@ -39,7 +39,7 @@ pub struct EntryRules {
 /// client's `token_budget` counts what the usage meter reads, so with the meter off it would
 /// never close; and a key that carries a budget, its own or the default, needs a name, since
 /// its count is kept under it (a key with limits of its own is refused by the list's parser).
-pub fn check_entries(keys: &ClientKeys, rules: EntryRules) -> Result<(), String> {
+pub(crate) fn check_entries(keys: &ClientKeys, rules: EntryRules) -> Result<(), String> {
     if !rules.metered && keys.any_token_budget() {
         return Err(
             "a client key sets a token_budget, which needs the usage meter, and PROXY_USAGE is off"
@@ -57,8 +57,8 @@ pub fn check_entries(keys: &ClientKeys, rules: EntryRules) -> Result<(), String>
 }
 
 /// The settings' names, as the reload metrics and logs give them.
-pub const API_KEY_FILE: &str = declared::openai_api_key_file.name;
-pub const CLIENT_KEYS_FILE: &str = declared::proxy_client_keys_file.name;
+pub(crate) const API_KEY_FILE: &str = declared::openai_api_key_file.name;
+pub(crate) const CLIENT_KEYS_FILE: &str = declared::proxy_client_keys_file.name;
 
 /// `OPENAI_API_KEY` or its file, and `PROXY_CLIENT_KEYS` or its file.
 pub(super) fn validate(found: &Found<'_>) -> Result<KeySettings, ConfigError> {
@@ -112,7 +112,7 @@ pub(super) fn validate(found: &Found<'_>) -> Result<KeySettings, ConfigError> {
 }
 
 /// A key as written: surrounding whitespace ignored, and then printable ASCII only.
-pub fn parse_api_key(text: &str) -> Result<HeaderValue, String> {
+pub(super) fn parse_api_key(text: &str) -> Result<HeaderValue, String> {
     let key = text.trim();
     if key.is_empty() {
         return Err("is empty".to_owned());
@@ -129,25 +129,25 @@ pub fn parse_api_key(text: &str) -> Result<HeaderValue, String> {
 }
 
 /// Reads the key file: the key, with surrounding whitespace ignored.
-pub fn read_api_key(path: &Path) -> Result<HeaderValue, String> {
+pub(super) fn read_api_key(path: &Path) -> Result<HeaderValue, String> {
     api_key_file(path, &read(path)?)
 }
 
 /// The key file's contents, read from `path`.
-pub fn api_key_file(path: &Path, contents: &[u8]) -> Result<HeaderValue, String> {
+pub(crate) fn api_key_file(path: &Path, contents: &[u8]) -> Result<HeaderValue, String> {
     let text = std::str::from_utf8(contents)
         .map_err(|_| format!("{}: the key is not text", path.display()))?;
     parse_api_key(text).map_err(|m| format!("{}: the key {m}", path.display()))
 }
 
 /// Reads the client-keys file.
-pub fn read_client_keys(path: &Path) -> Result<ClientKeys, String> {
+pub(super) fn read_client_keys(path: &Path) -> Result<ClientKeys, String> {
     client_keys_file(path, &read(path)?)
 }
 
 /// The client-keys file's contents, read from `path`: one `name:key` or bare `key` a line;
 /// blank lines and lines that start with `#` are ignored.
-pub fn client_keys_file(path: &Path, contents: &[u8]) -> Result<ClientKeys, String> {
+pub(crate) fn client_keys_file(path: &Path, contents: &[u8]) -> Result<ClientKeys, String> {
     let text = std::str::from_utf8(contents)
         .map_err(|_| format!("{}: the file is not text", path.display()))?;
     let entries: Vec<&str> = text
@@ -195,7 +195,7 @@ const OPEN_FLAGS: i32 = 0;
 /// device or a directory is refused like a malformed file, since reading one could block
 /// start-up or every later reload for good. The error names the file and the cause, never the
 /// contents.
-pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let cannot = |why: String| format!("cannot read {}: {why}", path.display());

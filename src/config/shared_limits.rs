@@ -13,7 +13,7 @@ use super::values::{invalid, ConfigError};
 
 /// What a request meets while Redis does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fallback {
+pub(crate) enum Fallback {
     /// Each process's own limits decide (the default).
     Local,
     /// Every request of a client with limits is refused with 429.
@@ -22,7 +22,7 @@ pub enum Fallback {
 
 /// The shared limits' settings; `None` in [`super::Config`] when no URL is set.
 #[derive(Clone)]
-pub struct SharedLimitsSettings {
+pub(crate) struct SharedLimitsSettings {
     /// The URL, password included: handed to the Redis client and nowhere else.
     pub url: String,
     pub prefix: String,
@@ -37,7 +37,7 @@ pub struct SharedLimitsSettings {
 
 impl SharedLimitsSettings {
     /// The URL without its user and password, for `--check-config` and logs.
-    pub fn shown_url(&self) -> String {
+    pub(crate) fn shown_url(&self) -> String {
         masked(&self.url)
     }
 }

@@ -7,7 +7,7 @@ use super::settings::Found;
 use super::values::ConfigError;
 
 #[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// TCP plus TLS connect to the upstream.
     pub connect: Duration,
     /// From the start of the request to the upstream's response head.

@@ -21,7 +21,7 @@ use crate::policy::routes::UpstreamQuery;
 
 /// The upstream, parsed once.
 #[derive(Clone, Debug)]
-pub struct UpstreamSettings {
+pub(crate) struct UpstreamSettings {
     pub scheme: Scheme,
     pub authority: Authority,
     /// The base URL's path without a trailing slash, such as `/v1`, or empty.
@@ -49,7 +49,7 @@ pub struct UpstreamSettings {
 
 /// Which HTTP version is spoken to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamProtocol {
+pub(crate) enum UpstreamProtocol {
     /// ALPN decides: HTTP/2 where the upstream offers it, HTTP/1.1 otherwise. A plain-HTTP
     /// upstream gets HTTP/1.1.
     Auto,
@@ -60,7 +60,7 @@ pub enum UpstreamProtocol {
 }
 
 impl UpstreamProtocol {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpstreamProtocol::Auto => "auto",
             UpstreamProtocol::Http1 => "http1",
@@ -69,7 +69,7 @@ impl UpstreamProtocol {
     }
 }
 
-pub const DEFAULT_BASE_URL: &str = declared::openai_base_url.default;
+pub(super) const DEFAULT_BASE_URL: &str = declared::openai_base_url.default;
 
 /// Where requests go and how: `OPENAI_BASE_URL` and the `PROXY_UPSTREAM_*` settings, and
 /// `egress`, the forward-proxy variables present, by exact name.

@@ -26,7 +26,7 @@ use crate::upstream::Lease;
 
 /// Why a forwarded body ended early.
 #[derive(Debug)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     IdleTimeout(Duration),
     TotalTimeout,
     TooLarge {
@@ -60,7 +60,7 @@ impl std::error::Error for BodyError {
 
 /// Watches the time between frames and the exchange's deadline. Timers are only armed when
 /// the inner body has nothing ready, so a body whose frames are all ready never touches them.
-pub struct FrameClock {
+pub(crate) struct FrameClock {
     idle: Duration,
     last_frame: Instant,
     /// Frames arrived since `last_frame` was read.
@@ -71,13 +71,13 @@ pub struct FrameClock {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
+pub(crate) enum Expired {
     Idle,
     Total,
 }
 
 impl FrameClock {
-    pub fn new(idle: Duration, deadline: Option<Instant>) -> FrameClock {
+    pub(crate) fn new(idle: Duration, deadline: Option<Instant>) -> FrameClock {
         FrameClock {
             idle,
             last_frame: Instant::now(),
@@ -121,7 +121,7 @@ impl FrameClock {
 }
 
 /// The client's request body on its way upstream, with the size limit and idle timeout.
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: Incoming,
     /// The first frame, read by [`RequestBody::first_frame`] before the request went upstream.
     first: Option<Frame<Bytes>>,
@@ -131,7 +131,7 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(
+    pub(crate) fn new(
         inner: Incoming,
         clock: FrameClock,
         limit: u64,
@@ -151,7 +151,7 @@ impl RequestBody {
     /// sends HEADERS and the first DATA in one write, as HTTP/1.1 sends head and body, instead
     /// of flushing the head alone and the body a task hop later. A body that fails first (too
     /// large, stalled, client gone) fails here, before anything went upstream.
-    pub async fn first_frame(&mut self) -> Result<(), BodyError> {
+    pub(crate) async fn first_frame(&mut self) -> Result<(), BodyError> {
         if self.first.is_some() || self.inner.is_end_stream() {
             return Ok(());
         }
@@ -238,7 +238,7 @@ impl Body for RequestBody {
 
 /// The upstream's answer on its way to the client. It owns the exchange's record, and ends it
 /// where the answer ends: its last frame, its failure or timeout, or the client giving it up.
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     /// `None` only once dropped: what is left of it goes to the lease.
     inner: Option<Incoming>,
     /// The upstream connection (HTTP/1.1, driven from `poll_frame`) or stream (HTTP/2) this
@@ -254,7 +254,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn new(
+    pub(crate) fn new(
         inner: Incoming,
         lease: Option<Lease<RequestBody>>,
         clock: FrameClock,
@@ -397,13 +397,13 @@ impl Drop for ResponseBody {
 
 /// The one body type the service returns: either the upstream's, forwarded, or a small one
 /// the proxy made itself.
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     Local(Option<Bytes>),
     Forwarded(Box<ResponseBody>),
 }
 
 impl ProxyBody {
-    pub fn local(bytes: Bytes) -> ProxyBody {
+    pub(crate) fn local(bytes: Bytes) -> ProxyBody {
         ProxyBody::Local((!bytes.is_empty()).then_some(bytes))
     }
 }

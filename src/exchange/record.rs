@@ -49,7 +49,7 @@ pub(crate) struct RequestStats {
 /// The record of one proxied exchange. Its fields are written only through the methods
 /// below, each named for what happened; [`Exchange::end`] counts it in the metrics, charges
 /// the client's budget and writes the access log line, once, where the answer ends.
-pub struct Exchange {
+pub(crate) struct Exchange {
     id: HeaderValue,
     method: Method,
     route: Arc<RouteMetrics>,

@@ -34,25 +34,25 @@ const BUFFER_BYTES: usize = 16 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_millis(100);
 
 /// A session to run once the connection it came from has been upgraded.
-pub type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Where the service leaves a session for its connection's task to run. The connection task
 /// puts one in an upgrade request's extensions; the service fills it when it answers `101`.
 #[derive(Clone, Default)]
-pub struct Handoff(Arc<Mutex<Option<Session>>>);
+pub(crate) struct Handoff(Arc<Mutex<Option<Session>>>);
 
 impl Handoff {
-    pub fn put(&self, session: Session) {
+    pub(crate) fn put(&self, session: Session) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
     }
 
-    pub fn take(&self) -> Option<Session> {
+    pub(crate) fn take(&self) -> Option<Session> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
 /// What a session holds while it runs.
-pub struct Pipe {
+pub(crate) struct Pipe {
     /// The client's side: its upgrade completes once hyper has written the `101`.
     pub client: OnUpgrade,
     pub upstream: Upgraded,
@@ -66,7 +66,7 @@ pub struct Pipe {
 
 impl Pipe {
     /// Runs the session to its end.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let Pipe {
             client,
             upstream,

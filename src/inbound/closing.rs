@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::outcome::BoxError;
 
 /// A hyper connection that can finish its exchanges in flight and then close.
-pub trait Graceful: Future {
+pub(crate) trait Graceful: Future {
     /// Starts the graceful close; the connection must still be polled to its end.
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
@@ -55,7 +55,7 @@ where
 
 /// Held by the accept loop: hands each connection a [`Watcher`], and closes them all.
 #[derive(Debug)]
-pub struct Closing(watch::Sender<bool>);
+pub(crate) struct Closing(watch::Sender<bool>);
 
 impl Default for Closing {
     fn default() -> Self {
@@ -65,12 +65,12 @@ impl Default for Closing {
 
 impl Closing {
     /// What a new connection is served under.
-    pub fn watcher(&self) -> Watcher {
+    pub(crate) fn watcher(&self) -> Watcher {
         Watcher(self.0.subscribe())
     }
 
     /// Tells every watched connection to close gracefully, and completes once all have ended.
-    pub async fn close_all(self) {
+    pub(crate) async fn close_all(self) {
         self.0.send_replace(true);
         self.0.closed().await;
     }
@@ -78,7 +78,7 @@ impl Closing {
 
 /// One connection's end of [`Closing`].
 #[derive(Debug)]
-pub struct Watcher(watch::Receiver<bool>);
+pub(crate) struct Watcher(watch::Receiver<bool>);
 
 impl Watcher {
     /// Serves `connection` to its end, closing it gracefully once [`Closing::close_all`] is
@@ -86,7 +86,7 @@ impl Watcher {
     /// idle HTTP/2 connection). Once the close has begun, `abandon` completing drops the
     /// connection instead of waiting on (a client that never acknowledges the close). The
     /// connection counts as open until this returns.
-    pub async fn serve<C: Graceful>(
+    pub(crate) async fn serve<C: Graceful>(
         mut self,
         mut connection: Pin<&mut C>,
         done: impl Future<Output = ()>,

@@ -24,7 +24,7 @@ use crate::bounds::H2_MAX_REQUESTS;
 use crate::metrics::Metrics;
 
 /// One HTTP/2 connection's streams, shared by its service and its watchdog.
-pub struct Streams {
+pub(crate) struct Streams {
     started: Instant,
     open: AtomicUsize,
     /// Milliseconds from `started` to when the last open stream ended.
@@ -34,7 +34,7 @@ pub struct Streams {
 }
 
 impl Streams {
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Streams> {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Arc<Streams> {
         Arc::new(Streams {
             started: Instant::now(),
             open: AtomicUsize::new(0),
@@ -46,7 +46,7 @@ impl Streams {
 
     /// The connection's `index`th request (counted from 0, by the connection's service) opened
     /// a stream: held until its answer's body is dropped.
-    pub fn opened(self: &Arc<Self>, index: u64) -> StreamGuard {
+    pub(crate) fn opened(self: &Arc<Self>, index: u64) -> StreamGuard {
         self.open.fetch_add(1, Ordering::Relaxed);
         if index + 1 == H2_MAX_REQUESTS {
             self.limit_reached.notify_one();
@@ -66,7 +66,7 @@ impl Streams {
 
 /// Completes when the connection should be closed gracefully, and counts why: its requests
 /// are used up, or no stream has been open for `idle` (since the connection began, at first).
-pub async fn until_done(streams: Arc<Streams>, idle: Duration) {
+pub(crate) async fn until_done(streams: Arc<Streams>, idle: Duration) {
     let started = streams.started;
     tokio::select! {
         _ = streams.limit_reached.notified() => streams.metrics.connections.closed("max_requests"),
@@ -78,7 +78,7 @@ pub async fn until_done(streams: Arc<Streams>, idle: Duration) {
 /// counted from now at the earliest, so that the GOAWAY goes out first. HTTP/2's graceful
 /// close waits for the client to answer a PING, and a client that never does must not keep
 /// the connection: with nothing open, it is then dropped.
-pub async fn until_idle(streams: Arc<Streams>, idle: Duration) {
+pub(crate) async fn until_idle(streams: Arc<Streams>, idle: Duration) {
     idle_for(&streams, idle, Instant::now()).await;
 }
 
@@ -100,7 +100,7 @@ async fn idle_for(streams: &Streams, idle: Duration, not_before: Instant) {
 /// One open stream. Dropped with the answer's body (or with the request's future, if the client
 /// resets the stream before the answer's head): a stream dropped before its body ended was
 /// reset by the client, and is counted.
-pub struct StreamGuard {
+pub(crate) struct StreamGuard {
     streams: Arc<Streams>,
     ended: AtomicBool,
 }
@@ -118,13 +118,13 @@ impl Drop for StreamGuard {
 }
 
 /// An answer's body, with the stream it is sent on when that is an HTTP/2 stream.
-pub struct Tracked<B> {
+pub(crate) struct Tracked<B> {
     body: B,
     stream: Option<StreamGuard>,
 }
 
 impl<B> Tracked<B> {
-    pub fn new(body: B, stream: Option<StreamGuard>) -> Tracked<B> {
+    pub(crate) fn new(body: B, stream: Option<StreamGuard>) -> Tracked<B> {
         Tracked { body, stream }
     }
 }

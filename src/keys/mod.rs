@@ -2,7 +2,7 @@
 //! replaced whole when its file changes ([`watch`]); a request reads each once, through an
 //! `ArcSwap`, and keeps what it read to its end, so exchanges in flight are never touched.
 
-pub mod watch;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use crate::policy::client_keys::{Client, ClientKeys};
 use crate::policy::headers::UpstreamAuth;
 
 /// The keys a request uses. Shared by the service and the file watcher.
-pub struct Keys {
+pub(crate) struct Keys {
     /// The server's key as `PROXY_UPSTREAM_AUTH` sends it (`Bearer <key>` or the bare key),
     /// made once per load rather than per request, and marked sensitive.
     credential: ArcSwap<HeaderValue>,
@@ -25,7 +25,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(settings: &KeySettings, auth: UpstreamAuth) -> Keys {
+    pub(crate) fn new(settings: &KeySettings, auth: UpstreamAuth) -> Keys {
         Keys {
             credential: ArcSwap::from_pointee(auth.credential(&settings.api_key)),
             clients: ArcSwap::from_pointee(settings.client_keys.clone()),
@@ -35,13 +35,13 @@ impl Keys {
     }
 
     /// The upstream credential for the next request.
-    pub fn credential(&self) -> HeaderValue {
+    pub(crate) fn credential(&self) -> HeaderValue {
         HeaderValue::clone(&self.credential.load())
     }
 
     /// The client, if the key it presents (in a WebSocket subprotocol, else in the headers) is
     /// one of the client keys now in force.
-    pub fn admit_with(
+    pub(crate) fn admit_with(
         &self,
         headers: &HeaderMap,
         subprotocol_key: Option<&[u8]>,

@@ -26,7 +26,7 @@ use crate::config::{
 use crate::metrics::Metrics;
 
 /// How often each key file is read again.
-pub const POLL: Duration = Duration::from_secs(1);
+pub(crate) const POLL: Duration = Duration::from_secs(1);
 
 /// How long a changed file must stay the same before it is applied.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -63,7 +63,7 @@ struct Watched {
 }
 
 /// Watches the key files named in `settings` until dropped; does nothing if there are none.
-pub async fn watch(keys: Arc<Keys>, settings: KeySettings, metrics: Arc<Metrics>) {
+pub(crate) async fn watch(keys: Arc<Keys>, settings: KeySettings, metrics: Arc<Metrics>) {
     let mut files: Vec<Watched> = [
         (API_KEY_FILE, settings.api_key_file),
         (CLIENT_KEYS_FILE, settings.client_keys_file),

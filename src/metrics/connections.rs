@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 use super::labels::{KindLabels, ReasonLabels};
 use crate::outcome::Refused;
 
-pub struct ConnectionMetrics {
+pub(crate) struct ConnectionMetrics {
     pub open: Gauge,
     /// HTTP/2 streams the client reset before their answer ended.
     pub stream_resets: Counter,
@@ -67,12 +67,12 @@ impl ConnectionMetrics {
     }
 
     /// A client connection the proxy closed on its own: `idle` or `max_requests`.
-    pub fn closed(&self, reason: &'static str) {
+    pub(crate) fn closed(&self, reason: &'static str) {
         self.closed.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// A request head the framing guard refused.
-    pub fn head_refused(&self, why: Refused) {
+    pub(crate) fn head_refused(&self, why: Refused) {
         self.refused_heads
             .get_or_create(&KindLabels {
                 kind: refused_label(why),

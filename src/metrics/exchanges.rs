@@ -15,7 +15,7 @@ use crate::outcome::Outcome;
 use crate::policy::routes::Routes;
 
 /// The series of one forwarded route, created at start.
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     /// The route's configured pattern, such as `/v1/models/*`.
     pub name: String,
     pub(super) label: Label,
@@ -28,7 +28,7 @@ pub struct RouteMetrics {
 }
 
 /// What an exchange reports when it ends.
-pub struct Ended<'a> {
+pub(crate) struct Ended<'a> {
     pub route: &'a RouteMetrics,
     pub client: &'a Arc<str>,
     pub method: &'a str,
@@ -41,7 +41,7 @@ pub struct Ended<'a> {
     pub total: Duration,
 }
 
-pub struct ExchangeMetrics {
+pub(crate) struct ExchangeMetrics {
     requests: Family<RequestLabels, Counter>,
     routes: Vec<Arc<RouteMetrics>>,
     pub in_flight: Gauge,
@@ -145,11 +145,11 @@ impl ExchangeMetrics {
     }
 
     /// The series of the route at `index` in the route table.
-    pub fn route(&self, index: usize) -> Option<Arc<RouteMetrics>> {
+    pub(crate) fn route(&self, index: usize) -> Option<Arc<RouteMetrics>> {
         self.routes.get(index).cloned()
     }
 
-    pub fn ended(&self, ended: Ended<'_>) {
+    pub(crate) fn ended(&self, ended: Ended<'_>) {
         let route = ended.route;
         self.requests
             .get_or_create(&RequestLabels {

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 
 use super::labels::{ReloadLabels, SettingLabels};
 
-pub struct KeyMetrics {
+pub(crate) struct KeyMetrics {
     reloads: Family<ReloadLabels, Counter>,
     loaded: Family<SettingLabels, Gauge<f64, AtomicU64>>,
 }
@@ -33,7 +33,7 @@ impl KeyMetrics {
     }
 
     /// A key file now watched: its series start at zero, and its first load is now.
-    pub fn file_watched(&self, setting: &'static str) {
+    pub(crate) fn file_watched(&self, setting: &'static str) {
         for result in ["success", "error"] {
             drop(
                 self.reloads
@@ -44,7 +44,7 @@ impl KeyMetrics {
     }
 
     /// A key file re-read after a change; on an error the old keys stay in force.
-    pub fn reloaded(&self, setting: &'static str, ok: bool) {
+    pub(crate) fn reloaded(&self, setting: &'static str, ok: bool) {
         let result = if ok { "success" } else { "error" };
         self.reloads
             .get_or_create(&ReloadLabels { setting, result })

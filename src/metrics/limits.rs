@@ -17,7 +17,7 @@ const REDIS_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0,
 ];
 
-pub struct LimitMetrics {
+pub(crate) struct LimitMetrics {
     rejections: Family<LimitLabels, Counter>,
     /// `shared` and `local`: 1 for the one in force.
     backend: [Gauge; 2],
@@ -64,7 +64,7 @@ impl LimitMetrics {
 
     /// A request refused by a per-client limit (`limit` is `concurrency`, `rate`,
     /// `token_budget` or `unavailable`).
-    pub fn rejected(&self, client: &Arc<str>, limit: &'static str) {
+    pub(crate) fn rejected(&self, client: &Arc<str>, limit: &'static str) {
         self.rejections
             .get_or_create(&LimitLabels {
                 client: Label(client.clone()),
@@ -74,18 +74,18 @@ impl LimitMetrics {
     }
 
     /// The client limits in force: shared through Redis, or this process's own.
-    pub fn backend(&self, shared: bool) {
+    pub(crate) fn backend(&self, shared: bool) {
         self.backend[0].set(i64::from(shared));
         self.backend[1].set(i64::from(!shared));
     }
 
     /// A call to the limits' Redis that failed: `timeout`, `connection` or `response`.
-    pub fn redis_error(&self, kind: &'static str) {
+    pub(crate) fn redis_error(&self, kind: &'static str) {
         self.redis_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// An admission round trip to the limits' Redis.
-    pub fn redis_round_trip(&self, took: Duration) {
+    pub(crate) fn redis_round_trip(&self, took: Duration) {
         self.redis_round_trips.observe(took.as_secs_f64());
     }
 }

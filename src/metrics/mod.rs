@@ -17,19 +17,19 @@ mod usage;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
 
-pub use connections::ConnectionMetrics;
-pub use exchanges::{Ended, ExchangeMetrics, RouteMetrics};
-pub use keys::KeyMetrics;
-pub use limits::LimitMetrics;
-pub use upstream::{OpenConnection, UpstreamMetrics};
-pub use usage::{UsageMetrics, UsageSeen};
+pub(crate) use connections::ConnectionMetrics;
+pub(crate) use exchanges::{Ended, ExchangeMetrics, RouteMetrics};
+pub(crate) use keys::KeyMetrics;
+pub(crate) use limits::LimitMetrics;
+pub(crate) use upstream::{OpenConnection, UpstreamMetrics};
+pub(crate) use usage::{UsageMetrics, UsageSeen};
 
 use crate::policy::routes::Routes;
 
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Everything `/metrics` shows, by family.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub exchanges: ExchangeMetrics,
     pub connections: ConnectionMetrics,
@@ -41,7 +41,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// With at most `max_models` distinct `model` label values (`PROXY_USAGE_MAX_MODELS`).
-    pub fn new(routes: &Routes, max_models: usize) -> Metrics {
+    pub(crate) fn new(routes: &Routes, max_models: usize) -> Metrics {
         let mut registry = Registry::with_prefix("memoctopus");
         let usage = UsageMetrics::register(&mut registry, max_models);
         let limits = LimitMetrics::register(&mut registry);
@@ -61,7 +61,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::with_capacity(8192);
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut text, &self.registry);

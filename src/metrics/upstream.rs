@@ -12,7 +12,7 @@ use crate::outcome::{RetryReason, UpstreamErrorKind};
 const PROTOCOLS: [&str; 2] = ["http1", "http2"];
 
 /// An open upstream connection or session, counted in `/metrics` until this is dropped.
-pub struct OpenConnection(Gauge);
+pub(crate) struct OpenConnection(Gauge);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -20,7 +20,7 @@ impl Drop for OpenConnection {
     }
 }
 
-pub struct UpstreamMetrics {
+pub(crate) struct UpstreamMetrics {
     errors: Family<KindLabels, Counter>,
     /// The two protocols' series, made at start: opening a connection allocates nothing.
     opened: [Counter; 2],
@@ -86,14 +86,14 @@ impl UpstreamMetrics {
         }
     }
 
-    pub fn error(&self, kind: UpstreamErrorKind) {
+    pub(crate) fn error(&self, kind: UpstreamErrorKind) {
         self.errors
             .get_or_create(&KindLabels { kind: kind.label() })
             .inc();
     }
 
     /// A new upstream connection; it counts as open until the guard is dropped.
-    pub fn connection_opened(&self, http2: bool) -> OpenConnection {
+    pub(crate) fn connection_opened(&self, http2: bool) -> OpenConnection {
         let index = usize::from(http2);
         self.opened[index].inc();
         let open = self.open[index].clone();
@@ -102,13 +102,13 @@ impl UpstreamMetrics {
     }
 
     /// A WebSocket session; it counts as open until the guard is dropped.
-    pub fn realtime_session_opened(&self) -> OpenConnection {
+    pub(crate) fn realtime_session_opened(&self) -> OpenConnection {
         self.realtime_sessions.inc();
         OpenConnection(self.realtime_sessions.clone())
     }
 
     /// A request sent again, and why.
-    pub fn retry(&self, reason: RetryReason) {
+    pub(crate) fn retry(&self, reason: RetryReason) {
         self.retries
             .get_or_create(&ReasonLabels {
                 reason: reason.label(),

@@ -20,7 +20,7 @@ type ByModel = HashMap<Arc<str>, [Counter; 4]>;
 const TOKEN_TYPES: [&str; 4] = ["input", "output", "cached", "reasoning"];
 
 /// What the meter made of one answer, for the metrics.
-pub enum UsageSeen<'a> {
+pub(crate) enum UsageSeen<'a> {
     /// The upstream's own figures, and the model the answer named.
     Reported {
         tokens: &'a Tokens,
@@ -33,7 +33,7 @@ pub enum UsageSeen<'a> {
 }
 
 /// The usage family.
-pub struct UsageMetrics {
+pub(crate) struct UsageMetrics {
     tokens: Family<TokenLabels, Counter>,
     audio_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     missing: Family<MissingLabels, Counter>,
@@ -73,7 +73,7 @@ impl UsageMetrics {
     }
 
     /// An answer's usage, as the meter saw it.
-    pub fn seen(&self, client: &Arc<str>, route: &RouteMetrics, seen: UsageSeen<'_>) {
+    pub(crate) fn seen(&self, client: &Arc<str>, route: &RouteMetrics, seen: UsageSeen<'_>) {
         let client = Label(client.clone());
         match seen {
             UsageSeen::Reported {

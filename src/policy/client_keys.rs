@@ -12,16 +12,16 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use super::client_limits::{Budget, LimitSettings, Rate};
 
 /// The name every client has when no client keys are configured.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 /// The name a request is counted under before, or without, a valid key.
-pub const UNAUTHENTICATED: &str = "unauthenticated";
+pub(crate) const UNAUTHENTICATED: &str = "unauthenticated";
 
 /// Azure OpenAI's key header, which its SDKs send instead of `Authorization`.
-pub static API_KEY: HeaderName = HeaderName::from_static("api-key");
+pub(crate) static API_KEY: HeaderName = HeaderName::from_static("api-key");
 
 /// Client keys and their names. `Debug` shows only how many there are.
 #[derive(Clone, Default)]
-pub struct ClientKeys {
+pub(crate) struct ClientKeys {
     entries: Vec<ClientKey>,
 }
 
@@ -36,7 +36,7 @@ struct ClientKey {
 /// A client a key admitted: its name, and the limits its entry sets (the rest are the
 /// `PROXY_CLIENT_*` defaults).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Client {
+pub(crate) struct Client {
     pub name: Arc<str>,
     pub limits: LimitSettings,
 }
@@ -52,13 +52,13 @@ impl fmt::Debug for ClientKeys {
 
 /// Why a list of client keys cannot be used. Never holds a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyListError(pub String);
+pub(crate) struct KeyListError(pub String);
 
 impl ClientKeys {
     /// Parses entries such as `web:ck-123`, a bare `ck-123`, either followed by limits, checking
     /// that every key is printable, every name is a plain word, neither repeats, and every
     /// limit is one this proxy knows with a value it can use.
-    pub fn parse<'a>(
+    pub(crate) fn parse<'a>(
         entries: impl IntoIterator<Item = &'a str>,
     ) -> Result<ClientKeys, KeyListError> {
         let mut parsed: Vec<ClientKey> = Vec::new();
@@ -114,7 +114,7 @@ impl ClientKeys {
     }
 
     /// The places (from 1) of the entries that give a bare key, whose name is its place.
-    pub fn bare_entries(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn bare_entries(&self) -> impl Iterator<Item = usize> + '_ {
         self.entries
             .iter()
             .enumerate()
@@ -123,22 +123,22 @@ impl ClientKeys {
     }
 
     /// Whether some entry sets its own token budget.
-    pub fn any_token_budget(&self) -> bool {
+    pub(crate) fn any_token_budget(&self) -> bool {
         self.entries
             .iter()
             .any(|e| e.client.limits.token_budget.is_some())
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// The keys themselves, for the panic hook's redaction.
-    pub fn secrets(&self) -> impl Iterator<Item = &[u8]> + '_ {
+    pub(crate) fn secrets(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.entries.iter().map(|e| &e.key[..])
     }
 
@@ -146,7 +146,7 @@ impl ClientKeys {
     /// name of the key in `Authorization: Bearer <key>` (or Azure's `api-key: <key>`). Every
     /// key is compared in constant time, so the answer's timing tells nothing about how close
     /// a guess was.
-    pub fn admit(&self, headers: &HeaderMap) -> Option<Client> {
+    pub(crate) fn admit(&self, headers: &HeaderMap) -> Option<Client> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| bearer_token(v.as_bytes()))
@@ -156,7 +156,7 @@ impl ClientKeys {
 
     /// The client's name for a key presented some other way (a WebSocket subprotocol), or
     /// for none: [`ANONYMOUS`] when no keys are configured.
-    pub fn admit_key(&self, presented: Option<&[u8]>) -> Option<Client> {
+    pub(crate) fn admit_key(&self, presented: Option<&[u8]>) -> Option<Client> {
         if self.entries.is_empty() {
             static ANON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
             return Some(Client {

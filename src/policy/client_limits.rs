@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 /// The limits as configured, or as one client's key entry sets them. Each is off (or, in an
 /// entry, left to the default) when `None`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LimitSettings {
+pub(crate) struct LimitSettings {
     /// `PROXY_CLIENT_MAX_IN_FLIGHT`, or `in_flight=`.
     pub max_in_flight: Option<u32>,
     /// `PROXY_CLIENT_RATE` and `PROXY_CLIENT_RATE_BURST`, or `rate=` and `burst=`.
@@ -19,7 +19,7 @@ pub struct LimitSettings {
 
 impl LimitSettings {
     /// A client's own limits, with `defaults` for those its entry leaves unset.
-    pub fn or(self, defaults: LimitSettings) -> LimitSettings {
+    pub(crate) fn or(self, defaults: LimitSettings) -> LimitSettings {
         LimitSettings {
             max_in_flight: self.max_in_flight.or(defaults.max_in_flight),
             rate: self.rate.or(defaults.rate),
@@ -29,7 +29,7 @@ impl LimitSettings {
 
     /// What a request that would reserve `reserve` tokens reserves under these limits: all of
     /// it under a budget, nothing without one.
-    pub fn reservation(&self, reserve: u64) -> u64 {
+    pub(crate) fn reservation(&self, reserve: u64) -> u64 {
         if self.token_budget.is_some() {
             reserve
         } else {
@@ -37,14 +37,14 @@ impl LimitSettings {
         }
     }
 
-    pub fn is_none(&self) -> bool {
+    pub(crate) fn is_none(&self) -> bool {
         self.max_in_flight.is_none() && self.rate.is_none() && self.token_budget.is_none()
     }
 }
 
 /// A token bucket: `per_minute` tokens added evenly over each minute, at most `burst` saved.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Rate {
+pub(crate) struct Rate {
     pub per_minute: u32,
     pub burst: u32,
 }
@@ -53,11 +53,11 @@ impl Rate {
     /// The burst when none is set: ten seconds' worth of the rate, and at least one. A client
     /// that was quiet may send that many at once; over any minute it gets at most
     /// `per_minute + burst`.
-    pub fn default_burst(per_minute: u32) -> u32 {
+    pub(crate) fn default_burst(per_minute: u32) -> u32 {
         per_minute.div_ceil(6).max(1)
     }
 
-    pub fn tokens_per_second(&self) -> f64 {
+    pub(crate) fn tokens_per_second(&self) -> f64 {
         f64::from(self.per_minute) / 60.0
     }
 }
@@ -65,14 +65,14 @@ impl Rate {
 /// The window a token budget counts in, aligned to UTC: a minute starts at second 0, an hour
 /// at minute 0, a day at midnight UTC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Window {
+pub(crate) enum Window {
     Minute,
     Hour,
     Day,
 }
 
 impl Window {
-    pub fn seconds(self) -> u64 {
+    pub(crate) fn seconds(self) -> u64 {
         match self {
             Window::Minute => 60,
             Window::Hour => 3600,
@@ -80,7 +80,7 @@ impl Window {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Window::Minute => "minute",
             Window::Hour => "hour",
@@ -91,13 +91,13 @@ impl Window {
 
 /// `N/minute`, `N/hour` or `N/day`: the input plus output tokens a client may use in a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Budget {
+pub(crate) struct Budget {
     pub tokens: u64,
     pub window: Window,
 }
 
 impl Budget {
-    pub fn parse(text: &str) -> Result<Budget, String> {
+    pub(crate) fn parse(text: &str) -> Result<Budget, String> {
         let form = || format!("{text:?} is not of the form N/minute, N/hour or N/day");
         let (tokens, window) = text.trim().split_once('/').ok_or_else(form)?;
         let tokens: u64 = tokens.trim().parse().map_err(|_| form())?;
@@ -114,7 +114,7 @@ impl Budget {
     }
 
     /// The window `unix_secs` falls in, and the whole seconds until it ends.
-    pub fn window_at(&self, unix_secs: u64) -> (u64, u64) {
+    pub(crate) fn window_at(&self, unix_secs: u64) -> (u64, u64) {
         let length = self.window.seconds();
         (unix_secs / length, length - unix_secs % length)
     }
@@ -127,7 +127,7 @@ impl std::fmt::Display for Budget {
 }
 
 /// Seconds since the Unix epoch, by the system clock: the budgets' windows are UTC's.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -135,7 +135,7 @@ pub fn unix_now() -> u64 {
 
 /// Which limit refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     Concurrency,
     Rate,
     TokenBudget,
@@ -144,7 +144,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Limit::Concurrency => "concurrency",
             Limit::Rate => "rate",
@@ -156,7 +156,7 @@ impl Limit {
 
 /// A refusal: which limit, and the whole seconds after which a retry may pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limited {
+pub(crate) struct Limited {
     pub limit: Limit,
     pub retry_after: Duration,
 }

@@ -5,7 +5,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 #[derive(Clone, Debug)]
-pub enum CorsOrigins {
+pub(crate) enum CorsOrigins {
     Any,
     List(Vec<HeaderValue>),
 }
@@ -25,7 +25,7 @@ static VARY_ORIGIN: HeaderValue = HeaderValue::from_static("origin");
 
 impl CorsOrigins {
     /// The request's `Origin`, if it is allowed.
-    pub fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+    pub(crate) fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         let origin = headers.get(header::ORIGIN)?;
         let allowed = match self {
             CorsOrigins::Any => true,
@@ -38,12 +38,15 @@ impl CorsOrigins {
 }
 
 /// A browser's preflight: `OPTIONS` with `Access-Control-Request-Method`.
-pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+pub(crate) fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// The proxy's own 204 answer to a preflight on a forwarded route from an allowed origin.
-pub fn preflight_response<B: Default>(request: &HeaderMap, methods: &[&Method]) -> Response<B> {
+pub(crate) fn preflight_response<B: Default>(
+    request: &HeaderMap,
+    methods: &[&Method],
+) -> Response<B> {
     let mut response = Response::new(B::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
@@ -75,7 +78,7 @@ pub fn preflight_response<B: Default>(request: &HeaderMap, methods: &[&Method]) 
 }
 
 /// Adds the headers that let a browser read an answer, whoever made it.
-pub fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
+pub(crate) fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,

@@ -10,11 +10,11 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::Version;
 
 /// The prefix of the subprotocol that carries a key.
-pub const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
+pub(crate) const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
 
 /// Whether the request asks to become a WebSocket: `Upgrade: websocket` (any case, possibly
 /// among other protocols).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::UPGRADE)
         .iter()
@@ -22,7 +22,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Whether an `Upgrade` header's value lists `websocket`, in any case.
-pub fn names_websocket(upgrade: &[u8]) -> bool {
+pub(crate) fn names_websocket(upgrade: &[u8]) -> bool {
     upgrade
         .split(|b| *b == b',')
         .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
@@ -30,7 +30,7 @@ pub fn names_websocket(upgrade: &[u8]) -> bool {
 
 /// Removes every `openai-insecure-api-key.*` subprotocol, keeping the others in their order,
 /// and returns the first key found. The header goes away if nothing is left in it.
-pub fn take_key_subprotocol(headers: &mut HeaderMap) -> Option<Vec<u8>> {
+pub(crate) fn take_key_subprotocol(headers: &mut HeaderMap) -> Option<Vec<u8>> {
     if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
         return None;
     }
@@ -65,7 +65,7 @@ pub fn take_key_subprotocol(headers: &mut HeaderMap) -> Option<Vec<u8>> {
 
 /// Why an upgrade request cannot become a WebSocket, if it cannot: it must be HTTP/1.1
 /// (RFC 6455, section 4.1) and carry no body, since nothing after its head is HTTP.
-pub fn check_upgrade(version: Version, headers: &HeaderMap) -> Result<(), &'static str> {
+pub(crate) fn check_upgrade(version: Version, headers: &HeaderMap) -> Result<(), &'static str> {
     if version != Version::HTTP_11 {
         return Err("A WebSocket upgrade needs HTTP/1.1");
     }
@@ -82,7 +82,7 @@ pub fn check_upgrade(version: Version, headers: &HeaderMap) -> Result<(), &'stat
 
 /// Puts back the two hop-by-hop headers that make a request, or a `101`, an upgrade; header
 /// rewriting removes them with the rest of the hop-by-hop set.
-pub fn mark_upgrade(headers: &mut HeaderMap) {
+pub(crate) fn mark_upgrade(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }

@@ -17,17 +17,17 @@ use crate::policy::routes::{Route, RouteError, Routes};
 /// `/ready` and `/metrics`, without a client key, for the kubelet's probes and a scraper on a
 /// private port. Nothing is forwarded from there.
 #[derive(Clone)]
-pub struct Admin {
+pub(crate) struct Admin {
     drain: Arc<DrainState>,
     metrics: Arc<Metrics>,
 }
 
 impl Admin {
-    pub fn new(drain: Arc<DrainState>, metrics: Arc<Metrics>) -> Admin {
+    pub(crate) fn new(drain: Arc<DrainState>, metrics: Arc<Metrics>) -> Admin {
         Admin { drain, metrics }
     }
 
-    pub fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+    pub(crate) fn handle<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
         match Routes::own_route(request.method(), request.uri().path()) {
             Ok(Route::Health) => health(),
             Ok(Route::Ready) => ready(&self.drain),
@@ -65,7 +65,7 @@ pub(super) fn ready(drain: &DrainState) -> Response<ProxyBody> {
 }
 
 /// The Prometheus exposition, for `GET /metrics` on either listener.
-pub fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
+pub(super) fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::local(metrics.encode().into()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -75,7 +75,7 @@ pub fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
 }
 
 /// The answer to a request head the framing guard refused; the connection closes after it.
-pub fn refused(why: Refused) -> Response<ProxyBody> {
+pub(crate) fn refused(why: Refused) -> Response<ProxyBody> {
     let error = match why {
         Refused::BadRequest(message) => ProxyError::BadRequest(message),
         Refused::HeadTooLarge => ProxyError::HeadTooLarge,
@@ -90,7 +90,7 @@ pub fn refused(why: Refused) -> Response<ProxyBody> {
 }
 
 /// OpenAI's answer for a URL it does not serve, on either listener.
-pub fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
+pub(super) fn not_found<B>(request: &Request<B>) -> Response<ProxyBody> {
     ProxyError::NotFound {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),

@@ -16,5 +16,5 @@ mod service;
 mod session;
 mod upstream_call;
 
-pub use answers::{refused, Admin};
-pub use service::Proxy;
+pub(crate) use answers::{refused, Admin};
+pub(crate) use service::Proxy;

@@ -24,10 +24,10 @@ use super::upstream_call::failed;
 
 /// The proxy's request handler. Cheap to clone: one per connection.
 #[derive(Clone)]
-pub struct Proxy(Arc<Context>);
+pub(crate) struct Proxy(Arc<Context>);
 
 impl Proxy {
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         keys: Arc<Keys>,
         drain: Arc<DrainState>,
@@ -37,7 +37,7 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: every problem becomes an OpenAI-style error answer.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         // The proxy's own endpoints carry no CORS headers: no web page may read them.
         let origin = self
             .0
@@ -128,12 +128,12 @@ impl Proxy {
 
     /// Writes every finished exchange's slot and tokens to the shared limits' store before the
     /// process ends, trying until `deadline`.
-    pub async fn settle_limits(&self, deadline: Instant) {
+    pub(crate) async fn settle_limits(&self, deadline: Instant) {
         self.0.limits.settle_all(deadline).await;
     }
 
     /// Whether finished exchanges leave work for a shared store at the end of a drain.
-    pub fn shares_limits(&self) -> bool {
+    pub(crate) fn shares_limits(&self) -> bool {
         self.0.config.shared_limits.is_some()
     }
 }

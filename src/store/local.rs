@@ -15,7 +15,7 @@ type Clients = Arc<Mutex<HashMap<Arc<str>, ClientState>>>;
 
 /// The default limits and every client's state. A clone shares the state.
 #[derive(Clone)]
-pub struct LocalLimits {
+pub(super) struct LocalLimits {
     defaults: LimitSettings,
     clients: Clients,
 }
@@ -49,7 +49,7 @@ impl ClientState {
 /// tokens it reserved of its budget, given back when dropped; and its token budget, charged
 /// when the exchange's cost is known.
 #[derive(Debug)]
-pub struct LocalPermit {
+pub(super) struct LocalPermit {
     client: Arc<str>,
     clients: Clients,
     holds_slot: bool,
@@ -59,18 +59,18 @@ pub struct LocalPermit {
 
 impl LocalPermit {
     /// Adds an exchange's tokens to the client's count for the current window.
-    pub fn charge(&self, tokens: u64) {
+    pub(super) fn charge(&self, tokens: u64) {
         if let Some(budget) = self.budget {
             charge(&self.clients, &self.client, budget, tokens);
         }
     }
 
     /// The budget this admission is charged to, if the client has one.
-    pub fn budget(&self) -> Option<Budget> {
+    pub(super) fn budget(&self) -> Option<Budget> {
         self.budget
     }
 
-    pub fn client(&self) -> &Arc<str> {
+    pub(super) fn client(&self) -> &Arc<str> {
         &self.client
     }
 }
@@ -109,17 +109,17 @@ fn charge(clients: &Clients, client: &Arc<str>, budget: Budget, tokens: u64) {
 
 impl LocalLimits {
     /// The defaults, and each client's own limits over them.
-    pub fn limits_of(&self, own: LimitSettings) -> LimitSettings {
+    pub(super) fn limits_of(&self, own: LimitSettings) -> LimitSettings {
         own.or(self.defaults)
     }
 
     /// Adds tokens to a client's count here, as an exchange admitted elsewhere (by the shared
     /// store) spent them, so that this process's own count is current if it must decide alone.
-    pub fn charge(&self, client: &Arc<str>, budget: Budget, tokens: u64) {
+    pub(super) fn charge(&self, client: &Arc<str>, budget: Budget, tokens: u64) {
         charge(&self.clients, client, budget, tokens);
     }
 
-    pub fn new(defaults: LimitSettings) -> LocalLimits {
+    pub(super) fn new(defaults: LimitSettings) -> LocalLimits {
         LocalLimits {
             defaults,
             clients: Arc::default(),
@@ -131,7 +131,7 @@ impl LocalLimits {
     /// spends another. `unix_secs` places the request in its budget's window. Under a budget,
     /// the request is admitted only while the tokens spent and those reserved by exchanges in
     /// flight are below it, and reserves `reserve` tokens until its permit is dropped.
-    pub fn admit(
+    pub(super) fn admit(
         &self,
         client: &Arc<str>,
         own: LimitSettings,

@@ -32,7 +32,7 @@ use shared::SharedPermit;
 const MAX_RESERVE: u64 = 1 << 40;
 
 /// The limits of every client, wherever they are kept.
-pub struct Limiter {
+pub(crate) struct Limiter {
     local: LocalLimits,
     /// `PROXY_CLIENT_OUTPUT_RESERVE`: the tokens a request under a budget reserves for its
     /// answer.
@@ -42,7 +42,7 @@ pub struct Limiter {
 
 /// A client's admission: its in-flight slot, held until dropped, and its token budget,
 /// charged with what the exchange cost.
-pub struct Permit(Held);
+pub(crate) struct Permit(Held);
 
 enum Held {
     /// Admitted by this process's own limits; with shared limits configured (Redis was away),
@@ -53,7 +53,7 @@ enum Held {
 
 impl Permit {
     /// Adds an exchange's tokens to the client's count for the window.
-    pub fn charge(&self, tokens: u64) {
+    pub(crate) fn charge(&self, tokens: u64) {
         match &self.0 {
             Held::Local(permit, shared) => {
                 permit.charge(tokens);
@@ -70,7 +70,7 @@ impl Limiter {
     /// The limits with `defaults`, kept in this process or, with `shared`, in Redis. Starts the
     /// background tasks that write to Redis and watch whether it answers; they end with the
     /// limiter.
-    pub fn new(
+    pub(crate) fn new(
         defaults: LimitSettings,
         output_reserve: u64,
         shared: Option<&SharedLimitsSettings>,
@@ -90,7 +90,7 @@ impl Limiter {
     /// Takes what `client`, with its `own` limits over the defaults, needs to go on, or says
     /// which limit refused it. Under a budget, the request reserves `input` tokens, its
     /// input's estimate, and the output reserve.
-    pub async fn admit(
+    pub(crate) async fn admit(
         &self,
         client: &Arc<str>,
         own: LimitSettings,
@@ -123,7 +123,7 @@ impl Limiter {
 impl Limiter {
     /// Writes every finished exchange's slot and tokens to the shared store, if there is one,
     /// trying until `deadline`.
-    pub async fn settle_all(&self, deadline: Instant) {
+    pub(crate) async fn settle_all(&self, deadline: Instant) {
         if let Some(shared) = &self.shared {
             shared.settle_all(deadline).await;
         }

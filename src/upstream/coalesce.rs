@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A batch this large is written without waiting for the flush: four full TLS records.
 const GATHER_LIMIT: usize = 64 * 1024;
 
-pub struct Coalesce<T> {
+pub(super) struct Coalesce<T> {
     inner: T,
     /// What h2 wrote and `inner` has not taken yet, from `sent` on.
     batch: Vec<u8>,
@@ -42,7 +42,7 @@ pub struct Coalesce<T> {
 }
 
 impl<T> Coalesce<T> {
-    pub fn new(inner: T) -> Coalesce<T> {
+    pub(super) fn new(inner: T) -> Coalesce<T> {
         Coalesce {
             inner,
             batch: Vec::new(),

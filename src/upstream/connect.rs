@@ -25,7 +25,7 @@ use crate::outcome::{BoxError, FailureKind};
 
 /// What ALPN offers on a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// `h2` and `http/1.1`: the upstream decides.
     Both,
     Http1,
@@ -33,20 +33,20 @@ pub enum Offer {
 }
 
 /// A connected stream, plain or TLS, as hyper's connections take it.
-pub enum Io {
+pub(crate) enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// A new connection and the protocol it speaks.
-pub struct Connected {
+pub(crate) struct Connected {
     pub io: TokioIo<Io>,
     /// ALPN chose `h2` (or, on plain HTTP, HTTP/2 was asked for).
     pub http2: bool,
 }
 
 /// Connects to the configured upstream. Shared by both pools.
-pub struct Connector {
+pub(crate) struct Connector {
     tcp: HttpConnector,
     tunnel: Option<(Tunnel<HttpConnector>, String)>,
     /// `scheme://host:port/`: what TCP (or the tunnel) connects to.
@@ -65,7 +65,10 @@ struct Tls {
 }
 
 impl Connector {
-    pub fn new(config: &UpstreamSettings, timeout: Duration) -> Result<Connector, rustls::Error> {
+    pub(crate) fn new(
+        config: &UpstreamSettings,
+        timeout: Duration,
+    ) -> Result<Connector, rustls::Error> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         // Each SSE event must leave at once, not wait for Nagle's algorithm.
@@ -100,7 +103,7 @@ impl Connector {
 
     /// Connects within `PROXY_CONNECT_TIMEOUT`, which bounds TCP, the tunnel and the TLS
     /// handshake together.
-    pub async fn connect(&self, offer: Offer) -> Result<Connected, UpstreamError> {
+    pub(crate) async fn connect(&self, offer: Offer) -> Result<Connected, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.connect_unbounded(offer)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::new(
@@ -228,7 +231,7 @@ fn refused_alpn(error: &io::Error) -> bool {
 
 /// The forward proxy failed or refused the tunnel; the answer names the proxy, not OpenAI.
 #[derive(Debug)]
-pub struct ForwardProxyFailed {
+pub(crate) struct ForwardProxyFailed {
     proxy: String,
     error: BoxError,
 }

@@ -8,13 +8,13 @@ use crate::outcome::{BoxError, FailureKind};
 
 /// A failed upstream call: what kind of failure, and the error itself.
 #[derive(Debug)]
-pub struct UpstreamError {
+pub(crate) struct UpstreamError {
     pub kind: FailureKind,
     pub error: BoxError,
 }
 
 impl UpstreamError {
-    pub fn new(kind: FailureKind, error: impl Into<BoxError>) -> UpstreamError {
+    pub(crate) fn new(kind: FailureKind, error: impl Into<BoxError>) -> UpstreamError {
         UpstreamError {
             kind,
             error: error.into(),
@@ -23,7 +23,7 @@ impl UpstreamError {
 
     /// Sorts an error from connecting or sending: a certificate or handshake problem anywhere
     /// in its causes says more than the socket error around it.
-    pub fn classify(default: FailureKind, error: impl Into<BoxError>) -> UpstreamError {
+    pub(crate) fn classify(default: FailureKind, error: impl Into<BoxError>) -> UpstreamError {
         let error = error.into();
         let mut kind = default;
         let mut source: Option<&(dyn StdError + 'static)> = Some(&*error);
@@ -57,7 +57,7 @@ impl UpstreamError {
 
 /// The connect timeout as an error in the chain, so the service can answer 504 for it.
 #[derive(Debug)]
-pub struct ConnectTimedOut;
+pub(crate) struct ConnectTimedOut;
 
 impl fmt::Display for ConnectTimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -69,7 +69,7 @@ impl StdError for ConnectTimedOut {}
 
 /// The error and its causes on one line, for messages to the client and the log. It never
 /// holds a header value, so it cannot hold the key.
-pub fn describe(error: &dyn StdError) -> String {
+pub(crate) fn describe(error: &dyn StdError) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

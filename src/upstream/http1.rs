@@ -35,7 +35,7 @@ type Driver<B> = Connection<TokioIo<Io>, B>;
 const MAX_IDLE: usize = 1024;
 
 /// One upstream connection, checked out of the pool for one exchange.
-pub struct Conn<B: SendBody> {
+pub(crate) struct Conn<B: SendBody> {
     sender: SendRequest<B>,
     driver: Driver<B>,
     /// The driver finished (the connection closed); it must not be polled again.
@@ -50,7 +50,7 @@ where
 {
     /// Drives the connection: reads, decodes, writes the request body. Called whenever the
     /// exchange has nothing ready, so that what the socket holds is handed on at once.
-    pub fn drive(&mut self, cx: &mut Context<'_>) {
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) {
         if self.closed {
             return;
         }
@@ -75,7 +75,7 @@ struct Idle<B: SendBody> {
     since: Instant,
 }
 
-pub struct Http1Pool<B: SendBody> {
+pub(crate) struct Http1Pool<B: SendBody> {
     connector: Arc<Connector>,
     builder: http1::Builder,
     /// Most recently used last, so the warmest connection is reused first.
@@ -89,7 +89,7 @@ where
 {
     /// A pool whose idle connections are closed once they pass [`UPSTREAM_IDLE_TIMEOUT`], by a task
     /// that ends with the pool. Must be called within the runtime.
-    pub fn spawn(connector: Arc<Connector>, metrics: Arc<Metrics>) -> Arc<Http1Pool<B>> {
+    pub(crate) fn spawn(connector: Arc<Connector>, metrics: Arc<Metrics>) -> Arc<Http1Pool<B>> {
         let pool = Arc::new(Http1Pool::new(connector, metrics));
         super::sweep::every_second(&pool, Http1Pool::close_expired);
         pool
@@ -133,7 +133,7 @@ where
     }
 
     /// Takes a connection back after its exchange ended cleanly.
-    pub fn give_back(&self, mut conn: Conn<B>) {
+    pub(crate) fn give_back(&self, mut conn: Conn<B>) {
         if !conn.reusable() {
             return;
         }
@@ -153,7 +153,7 @@ where
     }
 
     /// Speaks HTTP/1.1 on a new connection.
-    pub async fn handshake(&self, connected: Connected) -> Result<Conn<B>, UpstreamError> {
+    pub(crate) async fn handshake(&self, connected: Connected) -> Result<Conn<B>, UpstreamError> {
         let (sender, driver) = self
             .builder
             .handshake(connected.io)
@@ -170,7 +170,7 @@ where
     /// Sends `request` on a pooled or new connection and drives it until the response head
     /// arrives. The connection comes back with the response: its body flows only while the
     /// caller drives it.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: Request<B>,
     ) -> Result<(Response<Incoming>, Conn<B>), Unanswered<Request<B>>> {
@@ -232,7 +232,7 @@ where
 
 /// A connection lent to one exchange; it goes back to the pool only if the exchange ended
 /// cleanly, and is closed otherwise (dropped with the lease).
-pub struct Lease<B: SendBody> {
+pub(crate) struct Lease<B: SendBody> {
     pub conn: Conn<B>,
     pub pool: Arc<Http1Pool<B>>,
 }
@@ -241,7 +241,7 @@ impl<B> Lease<B>
 where
     B: SendBody,
 {
-    pub fn give_back(self) {
+    pub(crate) fn give_back(self) {
         self.pool.give_back(self.conn);
     }
 }

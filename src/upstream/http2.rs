@@ -43,7 +43,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
-pub struct Http2Pool<B> {
+pub(crate) struct Http2Pool<B> {
     connector: Arc<Connector>,
     builder: http2::Builder<TokioExecutor>,
     /// `PROXY_UPSTREAM_MAX_STREAMS`.
@@ -79,7 +79,7 @@ struct Shared {
 }
 
 /// One stream's claim on its connection; the claim ends when this is dropped.
-pub struct Stream(Arc<Shared>);
+pub(crate) struct Stream(Arc<Shared>);
 
 impl Drop for Stream {
     fn drop(&mut self) {
@@ -130,7 +130,7 @@ where
 {
     /// A pool whose idle connections are closed by a task that ends with the pool. Must be
     /// called within the runtime.
-    pub fn spawn(
+    pub(crate) fn spawn(
         connector: Arc<Connector>,
         max_streams: usize,
         metrics: Arc<Metrics>,
@@ -225,7 +225,7 @@ where
     }
 
     /// Takes a connection that was opened elsewhere (the protocol probe) into the pool.
-    pub async fn adopt(&self, connected: Connected) -> Result<(), UpstreamError> {
+    pub(crate) async fn adopt(&self, connected: Connected) -> Result<(), UpstreamError> {
         let (tx, rx) = watch::channel(State::Connecting);
         let conn = Conn::new(rx);
         let sender = start(&self.builder, connected, conn.shared.clone(), &self.metrics).await?;
@@ -240,7 +240,7 @@ where
     /// The stream's claim comes back with the response and ends when it is dropped. A retry
     /// goes on a `fresh` connection: the others may be going away as the one that refused it
     /// was, and only a new one is sure to take a stream.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: Request<B>,
         fresh: bool,

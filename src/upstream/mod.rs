@@ -14,14 +14,14 @@
 //! connection's ALPN chose) and applies the retry rule.
 
 mod coalesce;
-pub mod connect;
-pub mod failure;
-pub mod http1;
-pub mod http2;
+pub(crate) mod connect;
+pub(crate) mod failure;
+pub(crate) mod http1;
+pub(crate) mod http2;
 mod outgoing;
-pub mod retry;
+pub(crate) mod retry;
 mod sweep;
-pub mod websocket;
+pub(crate) mod websocket;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-pub use failure::{describe, UpstreamError};
+pub(crate) use failure::{describe, UpstreamError};
 pub(crate) use outgoing::SendBody;
 
 use crate::config::{UpstreamProtocol, UpstreamSettings};
@@ -63,7 +63,7 @@ const LEARNED_HTTP1: u8 = 1;
 const LEARNED_HTTP2: u8 = 2;
 
 /// Where forwarded requests go, and how. `B` is the request body type.
-pub struct Upstream<B: SendBody> {
+pub(crate) struct Upstream<B: SendBody> {
     protocol: UpstreamProtocol,
     /// An `http://` upstream: no ALPN, so `auto` means HTTP/1.1.
     plain: bool,
@@ -86,7 +86,7 @@ pub struct Upstream<B: SendBody> {
 /// What the response body holds on to while it flows. It lives inside the boxed response
 /// body, so the HTTP/1.1 connection is kept inline rather than in a second allocation.
 #[allow(clippy::large_enum_variant)]
-pub enum Lease<B: SendBody> {
+pub(crate) enum Lease<B: SendBody> {
     /// The HTTP/1.1 connection itself, driven from the body's `poll_frame`.
     Http1(http1::Lease<Outgoing<B>>),
     /// A claim on one of an HTTP/2 connection's streams.
@@ -99,7 +99,7 @@ where
 {
     /// Lets an HTTP/1.1 connection hand over what it has read, and says whether it did;
     /// HTTP/2 connections run in tasks of their own.
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         match self {
             Lease::Http1(lease) => {
                 lease.conn.drive(cx);
@@ -113,7 +113,7 @@ where
     /// the response body: an HTTP/2 stream whose END_STREAM has not arrived yet is read to
     /// its end in the background rather than reset, so that a complete answer never costs a
     /// `RST_STREAM` (nor, against an upstream that closes at once, a write to a closed socket).
-    pub fn give_back(self, rest: Option<Incoming>) {
+    pub(crate) fn give_back(self, rest: Option<Incoming>) {
         match self {
             Lease::Http1(lease) => {
                 drop(rest);
@@ -140,7 +140,7 @@ where
     B: SendBody,
 {
     /// Must be called within the runtime: the pools start their sweeping tasks.
-    pub fn new(
+    pub(crate) fn new(
         config: &UpstreamSettings,
         connect_timeout: Duration,
         metrics: Arc<Metrics>,
@@ -168,7 +168,7 @@ where
     ///
     /// A request the upstream provably did not process is sent again, on another connection,
     /// up to [`MAX_ATTEMPTS`] in all; nothing else is.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: Request<B>,
     ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {

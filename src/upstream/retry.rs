@@ -56,7 +56,7 @@ impl<R> Unanswered<R> {
 /// Whether an HTTP/2 stream's error proves the upstream did not process it: a `REFUSED_STREAM`
 /// reset from the peer, or the peer's GOAWAY (h2 gives that error only to streams above the
 /// GOAWAY's last-stream-id).
-pub fn unprocessed(error: &hyper::Error) -> Option<RetryReason> {
+pub(crate) fn unprocessed(error: &hyper::Error) -> Option<RetryReason> {
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
@@ -75,7 +75,7 @@ pub fn unprocessed(error: &hyper::Error) -> Option<RetryReason> {
 
 /// A request body that can be sent again: it records the frames it hands out, and when it is
 /// dropped before the response head arrived, it gives them back with the unread rest.
-pub struct Replayable<B> {
+pub(crate) struct Replayable<B> {
     /// The body's unread rest; `None` once given back.
     rest: Option<B>,
     /// Frames to hand out before the rest: what a refused attempt had already sent.
@@ -98,7 +98,7 @@ struct Recovered<B> {
 }
 
 /// Waits for a sent body to come back, to send it again.
-pub struct Recovery<B>(oneshot::Receiver<Recovered<B>>);
+pub(crate) struct Recovery<B>(oneshot::Receiver<Recovered<B>>);
 
 /// How long a refused stream's body may take to come back from hyper's send task; it is
 /// dropped as soon as that task sees the reset, so this only bounds a surprise.
@@ -106,7 +106,7 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(1);
 
 impl<B> Replayable<B> {
     /// A body that is never sent again; it records nothing.
-    pub fn once(body: B) -> Replayable<B> {
+    pub(crate) fn once(body: B) -> Replayable<B> {
         Replayable {
             rest: Some(body),
             replay: VecDeque::new(),
@@ -115,7 +115,7 @@ impl<B> Replayable<B> {
     }
 
     /// A body that records what it sends, and the [`Recovery`] that gets it back.
-    pub fn recorded(body: B) -> (Replayable<B>, Recovery<B>) {
+    pub(crate) fn recorded(body: B) -> (Replayable<B>, Recovery<B>) {
         let (give_back, recovery) = oneshot::channel();
         let body = Replayable {
             rest: Some(body),
@@ -135,7 +135,7 @@ impl<B> Recovery<B> {
     /// The body again, frames already sent first, recorded as it is sent again (with its own
     /// recovery), or `None` if it cannot be replayed (it outgrew the retry buffer, carried
     /// trailers, or did not come back).
-    pub async fn recover(self) -> Option<(Replayable<B>, Recovery<B>)> {
+    pub(crate) async fn recover(self) -> Option<(Replayable<B>, Recovery<B>)> {
         let recovered = tokio::time::timeout(RECOVERY_WAIT, self.0)
             .await
             .ok()?

@@ -20,7 +20,7 @@ use crate::metrics::OpenConnection;
 use crate::outcome::FailureKind;
 
 /// The upstream's answer to an upgrade.
-pub enum WebSocketAnswer {
+pub(crate) enum WebSocketAnswer {
     /// `101 Switching Protocols`: its head for the client, and the upgraded stream.
     Switched {
         head: Response<()>,
@@ -36,7 +36,7 @@ pub enum WebSocketAnswer {
 impl<B: SendBody> Upstream<B> {
     /// Sends the upgrade request (its URI origin-form, its headers already rewritten) and
     /// waits for the answer.
-    pub async fn open_websocket(
+    pub(crate) async fn open_websocket(
         &self,
         mut request: Request<Empty<Bytes>>,
     ) -> Result<WebSocketAnswer, UpstreamError> {

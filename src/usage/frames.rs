@@ -22,7 +22,7 @@ pub(super) enum Part<'a> {
 
 /// Why the frames could no longer be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lost {
+pub(super) enum Lost {
     /// A compressed message, which the meter cannot read.
     Compressed,
     /// A frame that breaks the protocol.
@@ -30,7 +30,7 @@ pub enum Lost {
 }
 
 impl Lost {
-    pub fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             Lost::Compressed => "compressed",
             Lost::Malformed => "malformed",
@@ -53,7 +53,7 @@ struct Payload {
 
 /// Where the follower is in the frames of one direction.
 #[derive(Debug, Default)]
-pub struct Frames {
+pub(super) struct Frames {
     header: [u8; MAX_HEADER],
     header_len: usize,
     /// Set once the header is whole, until the payload has passed.
@@ -75,7 +75,7 @@ fn header_len(first: [u8; 2]) -> usize {
 }
 
 impl Frames {
-    pub fn lost(&self) -> Option<Lost> {
+    pub(super) fn lost(&self) -> Option<Lost> {
         self.lost
     }
 
