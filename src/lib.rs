@@ -38,7 +38,7 @@
 //!
 //! # Public surface
 //! What the binary, the integration tests and the fuzz target need: [`Config`] with its
-//! listening fields and the table of settings, [`run`] and [`run_with_metrics_listener`],
+//! listening fields and the table of settings, [`run`] and [`run_with_admin_listener`],
 //! binding a listener, the panic hook, log setup and the command line, the pure rules the
 //! property tests drive (routes, header rewriting, the HTTP/1 framing guard), and the usage
 //! meter its benchmark times. Everything else is `pub(crate)`.
@@ -68,4 +68,4 @@ pub mod usage;
 
 pub use config::Config;
 pub use drain::DrainReport;
-pub use inbound::server::{run, run_with_metrics_listener};
+pub use inbound::server::{run, run_with_admin_listener};

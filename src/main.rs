@@ -102,13 +102,8 @@ async fn serve(config: Config) -> ExitCode {
     if let Some(admin) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
         tracing::info!(address = %admin, "admin listener (/health, /ready, /metrics) listening");
     }
-    match memoctopus::run_with_metrics_listener(
-        listener,
-        metrics_listener,
-        config,
-        shutdown_signal(),
-    )
-    .await
+    match memoctopus::run_with_admin_listener(listener, metrics_listener, config, shutdown_signal())
+        .await
     {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {

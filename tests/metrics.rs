@@ -204,7 +204,7 @@ async fn metrics_can_move_to_their_own_listener() {
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(memoctopus::run_with_metrics_listener(
+    tokio::spawn(memoctopus::run_with_admin_listener(
         listener,
         Some(metrics_listener),
         config,

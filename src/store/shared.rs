@@ -280,22 +280,7 @@ impl Shared {
             let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
             (slot, format!("{}-{slot:x}/{reserve}", self.replica))
         });
-        let budget_key = match &limits.token_budget {
-            Some(budget) => self.budget_key(client, budget, at),
-            None => self.key(client, "tokens"),
-        };
-        let mut invocation = self.admit.key(self.key(client, "rate"));
-        invocation
-            .key(self.key(client, "in_flight"))
-            .key(budget_key)
-            .key(self.key(client, "reserved"))
-            .arg(limits.rate.map_or(0, |r| r.per_minute))
-            .arg(limits.rate.map_or(1, |r| r.burst))
-            .arg(limits.max_in_flight.unwrap_or(0))
-            .arg(limits.token_budget.map_or(0, |b| b.tokens))
-            .arg(slot.as_ref().map_or("", |(_, name)| name.as_str()))
-            .arg(self.lease.as_millis() as u64)
-            .arg(reserve);
+        let invocation = self.admission(client, &limits, at, slot.as_ref(), reserve);
         let mut connection = self.connection.clone();
         let started = Instant::now();
         let answer = tokio::time::timeout(
@@ -303,41 +288,10 @@ impl Shared {
             invocation.invoke_async::<(u8, u64)>(&mut connection),
         )
         .await;
-        let refused = |limit, retry_after: u64| {
-            Err(Some(Limited {
-                limit,
-                retry_after: Duration::from_secs(retry_after),
-            }))
-        };
         match answer {
-            Ok(Ok((0, _))) => {
+            Ok(Ok(answer)) => {
                 self.metrics.limits.redis_round_trip(started.elapsed());
-                if let Some((slot, name)) = &slot {
-                    self.held().insert(*slot, (client.clone(), name.clone()));
-                }
-                if slot.is_none() {
-                    return Ok(None);
-                }
-                Ok(Some(SharedPermit {
-                    shared: self.clone(),
-                    client: client.clone(),
-                    slot,
-                    budget: limits.token_budget,
-                    charged: Mutex::new(None),
-                }))
-            }
-            Ok(Ok((code, retry_after))) => {
-                self.metrics.limits.redis_round_trip(started.elapsed());
-                match code {
-                    1 => refused(Limit::Concurrency, 1),
-                    2 => {
-                        let left = limits
-                            .token_budget
-                            .map_or(1, |b| b.window.seconds() - at % b.window.seconds());
-                        refused(Limit::TokenBudget, left)
-                    }
-                    _ => refused(Limit::Rate, retry_after.max(1)),
-                }
+                self.admitted(client, &limits, at, slot, answer)
             }
             Ok(Err(error)) => {
                 self.failed(error_kind(&error), &why(&error));
@@ -355,6 +309,76 @@ impl Shared {
                 self.failed("timeout", "no answer within PROXY_LIMITS_REDIS_TIMEOUT");
                 Err(None)
             }
+        }
+    }
+
+    /// The admission script's call for `client` under `limits` at `at`, taking `slot` (its
+    /// number and member name) and reserving `reserve` tokens.
+    fn admission(
+        &self,
+        client: &Arc<str>,
+        limits: &LimitSettings,
+        at: u64,
+        slot: Option<&(u64, String)>,
+        reserve: u64,
+    ) -> redis::ScriptInvocation<'_> {
+        let budget_key = match &limits.token_budget {
+            Some(budget) => self.budget_key(client, budget, at),
+            None => self.key(client, "tokens"),
+        };
+        let mut invocation = self.admit.key(self.key(client, "rate"));
+        invocation
+            .key(self.key(client, "in_flight"))
+            .key(budget_key)
+            .key(self.key(client, "reserved"))
+            .arg(limits.rate.map_or(0, |r| r.per_minute))
+            .arg(limits.rate.map_or(1, |r| r.burst))
+            .arg(limits.max_in_flight.unwrap_or(0))
+            .arg(limits.token_budget.map_or(0, |b| b.tokens))
+            .arg(slot.map_or("", |(_, name)| name.as_str()))
+            .arg(self.lease.as_millis() as u64)
+            .arg(reserve);
+        invocation
+    }
+
+    /// The script's answer, `(code, retry_after)`: 0 admitted (holding `slot`, if any), else
+    /// the limit that refused.
+    fn admitted(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        limits: &LimitSettings,
+        at: u64,
+        slot: Option<(u64, String)>,
+        (code, retry_after): (u8, u64),
+    ) -> Result<Option<SharedPermit>, Option<Limited>> {
+        let refused = |limit, retry_after: u64| {
+            Err(Some(Limited {
+                limit,
+                retry_after: Duration::from_secs(retry_after),
+            }))
+        };
+        match code {
+            0 => {
+                let Some((number, name)) = &slot else {
+                    return Ok(None);
+                };
+                self.held().insert(*number, (client.clone(), name.clone()));
+                Ok(Some(SharedPermit {
+                    shared: self.clone(),
+                    client: client.clone(),
+                    slot,
+                    budget: limits.token_budget,
+                    charged: Mutex::new(None),
+                }))
+            }
+            1 => refused(Limit::Concurrency, 1),
+            2 => {
+                let left = limits
+                    .token_budget
+                    .map_or(1, |b| b.window.seconds() - at % b.window.seconds());
+                refused(Limit::TokenBudget, left)
+            }
+            _ => refused(Limit::Rate, retry_after.max(1)),
         }
     }
 

@@ -207,7 +207,7 @@ pub async fn spawn_proxy_on(
         .a_client_key()
         .map(|key| String::from_utf8_lossy(key).into_owned());
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(memoctopus::run_with_metrics_listener(
+    let handle = tokio::spawn(memoctopus::run_with_admin_listener(
         listener,
         admin,
         config,
