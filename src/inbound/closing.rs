@@ -4,9 +4,9 @@
 //! hyper-util's `server::graceful` does the same for the connection types it knows, but not for
 //! hyper's own upgradeable HTTP/1 connection, which the proxy serves directly: hyper-util's
 //! upgradeable `auto` connection reads the first bytes through a 24-byte buffer to guess the
-//! protocol, and that split left every idle client connection holding a 16 KiB read buffer in
-//! hyper and 4 KiB in the framing guard (heaptrack, 1000 idle connections). This is the same
-//! design as hyper-util's: a `watch` channel whose receivers are the open connections.
+//! protocol, and that split leaves every idle client connection holding a read buffer in hyper
+//! and another in the framing guard. This is the same design as hyper-util's: a `watch`
+//! channel whose receivers are the open connections.
 
 use std::future::Future;
 use std::pin::Pin;

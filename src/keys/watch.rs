@@ -4,10 +4,8 @@
 //! contents, rather than watching for file events, follows every way a file is replaced: an
 //! edit in place, a rename over it, and the symlink swap with which the kubelet updates a
 //! mounted Secret. There `..data` is re-pointed at a new directory, so an inotify watch on the
-//! file sees only `IN_DELETE_SELF` and then nothing more (kubernetes/kubernetes#111947); Cilium
-//! (cilium/cilium#13636) and Cloudflare's certinel (cloudflare/certinel#20) each shipped that
-//! bug before watching the directory instead. Reading a small file once a second costs
-//! microseconds and needs no watch to keep alive.
+//! file sees only `IN_DELETE_SELF` and then nothing more (kubernetes/kubernetes#111947).
+//! Reading a small file once a second needs no watch to keep alive.
 //!
 //! A change that parses replaces the keys for the next request. One that does not (empty,
 //! unreadable, malformed) leaves the old keys in force, logs an error that names the setting

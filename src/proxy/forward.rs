@@ -87,8 +87,8 @@ impl Context {
                 .unwrap_or(ProxyError::ClientBodyFailed));
         }
         // Boxed once here: an async fn's future holds each future it awaits, and every level
-        // above copies the whole of it when it starts (rust-lang/rust#62958). Unboxed, the
-        // upstream call's ~6 KB became ~27 KB by `forward`, copied on every request.
+        // above copies the whole of it when it starts (rust-lang/rust#62958): unboxed, the
+        // upstream call's future would grow at every level and be copied on every request.
         let sending = Box::pin(self.upstream.send(Request::from_parts(parts, body)));
         exchange.sending();
 

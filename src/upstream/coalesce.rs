@@ -5,8 +5,7 @@
 //! stream and granted it window. Written as they come, a small JSON request costs two TLS
 //! records and two `writev`s, and the upstream two reads. And h2 writes every DATA frame of
 //! more than 256 bytes on its own (it chains the payload instead of copying it, then flushes
-//! before it takes the next frame), so a 5 MiB upload left in 322 writes of one 16 KiB frame
-//! each.
+//! before it takes the next frame), so an upload would leave in one write per 16 KiB frame.
 //!
 //! [`Coalesce`] keeps what h2 writes and sends it on a flush, with two rules:
 //! - a batch is held back for one turn of the runtime: the flush that starts it wakes the
@@ -16,8 +15,8 @@
 //!   does a batch that reaches [`GATHER_LIMIT`].
 //!
 //! Each DATA frame's flush in between only adds to the batch, so an upload leaves in writes of
-//! up to 64 KiB (four full TLS records) instead of one frame each. nginx's `postpone_output`
-//! and TCP_CORK trade the same way.
+//! up to [`GATHER_LIMIT`] instead of one frame each. nginx's `postpone_output` and TCP_CORK
+//! trade the same way.
 
 use std::io;
 use std::pin::Pin;

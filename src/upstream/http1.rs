@@ -2,8 +2,8 @@
 //!
 //! hyper-util's pooled client runs every upstream connection in a task of its own, and hands
 //! each body frame to the client's connection task through a channel that holds one frame: the
-//! client side sees "nothing ready" after every frame and flushes it in its own write. An SSE
-//! answer of 20 events that arrived in one read then leaves in 20 writes. Here the exchange
+//! client side sees "nothing ready" after every frame and flushes it in its own write: SSE
+//! events that arrived in one read leave in one write each. Here the exchange
 //! polls its upstream connection itself, so frames already read are handed on in the same
 //! poll, and hyper writes all that is ready at once. Nothing waits: a frame that has arrived
 //! goes out in the very next write.

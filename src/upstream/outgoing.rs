@@ -7,9 +7,9 @@ use super::retry::Replayable;
 use crate::outcome::BoxError;
 
 /// A request body as the pools send it. Boxed: hyper's HTTP/1.1 client queues requests in a
-/// channel per connection whose first block holds 32 of them inline (tokio's `BLOCK_CAP`),
-/// which with the body inline was 17.7 KB per upstream connection (heaptrack, 500 streams);
-/// the box costs each request one small allocation.
+/// channel per connection whose first block holds 32 of them inline (tokio's `BLOCK_CAP`), so
+/// an inline body would be held 32 times over by every upstream connection; the box costs
+/// each request one small allocation.
 pub(super) type Outgoing<B> = Box<Replayable<B>>;
 
 /// A request body the pools can send: hyper's bounds, named once.

@@ -65,8 +65,8 @@ pub fn logs() -> Captured {
 }
 
 /// For a load test's binary, called before its first proxy starts: the proxy still logs at
-/// trace, but hyper, h2 and rustls only from info up. At trace they write about 80 MB for 600
-/// streams, and the writing, not the proxy, then decides the timings the test checks.
+/// trace, but hyper, h2 and rustls only from info up. At trace they write so much for hundreds
+/// of streams that the writing, not the proxy, would decide the timings the test checks.
 pub fn logs_with_quiet_dependencies() -> Captured {
     use tracing_subscriber::filter::Targets;
     let targets = Targets::new()
