@@ -25,7 +25,7 @@ async fn each_upstream() -> Vec<(&'static str, MockUpstream, TestProxy)> {
         ("TLS, http2", "http2"),
     ] {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let proxy = ProxyStart::tls(&mock, &ca, protocol).start().await;
         all.push((name, mock, proxy));
     }
     all

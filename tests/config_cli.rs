@@ -3,29 +3,12 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::scratch_dir;
-
-fn memoctopus(vars: &[(&str, &str)]) -> std::process::Output {
-    // A directory per call: the tests run at once, and each empties its own.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = scratch_dir(&format!("cli-{call}"));
-    let output = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .env_clear()
-        .envs(vars.iter().copied())
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    output
-}
+use support::{check_config, check_config_in, run_once, scratch_dir};
 
 #[test]
 fn missing_key_exits_64_naming_the_setting() {
-    let out = memoctopus(&[]);
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, _, stderr) = run_once(&[], &[]);
+    assert_eq!(code, Some(64));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("OPENAI_API_KEY"), "{stderr}");
 }
@@ -44,13 +27,15 @@ fn malformed_settings_exit_64_naming_the_setting() {
         ("PROXY_LISTEN_BACKLOG", "lots"),
         ("HTTPS_PROXY", "socks5://127.0.0.1:1080"),
     ] {
-        let out = memoctopus(&[
-            ("OPENAI_API_KEY", "sk-cli-secret"),
-            (name, value),
-            ("HOST", "127.0.0.1"),
-        ]);
-        assert_eq!(out.status.code(), Some(64), "{name}={value}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, _, stderr) = run_once(
+            &[],
+            &[
+                ("OPENAI_API_KEY", "sk-cli-secret"),
+                (name, value),
+                ("HOST", "127.0.0.1"),
+            ],
+        );
+        assert_eq!(code, Some(64), "{name}={value}");
         assert!(stderr.contains(name), "{stderr}");
         assert!(!stderr.contains("sk-cli-secret"), "{stderr}");
     }
@@ -58,30 +43,19 @@ fn malformed_settings_exit_64_naming_the_setting() {
 
 #[test]
 fn version_and_help() {
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (code, version, _) = run_once(&["--version"], &[]);
+    assert_eq!(code, Some(0));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        version.trim(),
         format!("memoctopus {}", env!("CARGO_PKG_VERSION"))
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
+    let (code, help, _) = run_once(&["--help"], &[]);
+    assert_eq!(code, Some(0));
     assert!(
         help.contains("PROXY_SHUTDOWN_GRACE") && help.contains("30s"),
         "{help}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--bogus")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(run_once(&["--bogus"], &[]).0, Some(64));
 }
 
 #[test]
@@ -92,16 +66,11 @@ fn check_config_prints_the_settings_with_the_key_masked() {
         "OPENAI_API_KEY=sk-from-dotenv-secret\nPORT=9100\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--check-config")
-        .env_clear()
-        .env("PROXY_CLIENT_KEYS", "ck-check-secret")
-        .env("PORT", "9200")
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (code, stdout, _) = check_config_in(
+        &dir,
+        &[("PROXY_CLIENT_KEYS", "ck-check-secret"), ("PORT", "9200")],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("PORT=9200"), "{stdout}");
     assert!(
         stdout.contains("OPENAI_API_KEY=(set, 21 characters, masked)"),
@@ -113,13 +82,7 @@ fn check_config_prints_the_settings_with_the_key_masked() {
     );
     assert!(!stdout.contains("sk-from-dotenv-secret") && !stdout.contains("ck-check-secret"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--check-config")
-        .env_clear()
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(check_config(&[]).0, Some(64));
 }
 
 #[test]
@@ -165,9 +128,8 @@ fn bad_key_files_exit_64_naming_the_setting_and_never_the_contents() {
     ] {
         let mut vars = vars;
         vars.push(("HOST", "127.0.0.1"));
-        let out = memoctopus(&vars);
-        assert_eq!(out.status.code(), Some(64), "{vars:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, _, stderr) = run_once(&[], &vars);
+        assert_eq!(code, Some(64), "{vars:?}");
         assert!(stderr.contains(setting), "{stderr}");
         for secret in ["sk-cli-file-secret", "ck-cli-file", "sk-cli-secret"] {
             assert!(!stderr.contains(secret), "{stderr}");

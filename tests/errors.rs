@@ -53,7 +53,7 @@ async fn wrong_method_gets_405_with_allow() {
 
 #[tokio::test]
 async fn closed_upstream_port_gets_502_at_once() {
-    let proxy = spawn_proxy_without_upstream().await;
+    let proxy = ProxyStart::without_upstream().start().await;
     let started = std::time::Instant::now();
     let response = client()
         .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))

@@ -339,14 +339,15 @@ async fn streams_reset_right_after_they_start_are_counted() {
 #[tokio::test]
 async fn the_admin_listener_serves_probes_without_a_key_and_closes_silent_connections() {
     let mock = MockUpstream::start().await;
-    let (proxy, admin) = spawn_proxy_and_admin(
-        &mock,
-        &[
+    let proxy = ProxyStart::before(&mock)
+        .settings(&[
             ("PROXY_CLIENT_KEYS", CLIENT_KEY),
             ("PROXY_HEADER_READ_TIMEOUT", "500ms"),
-        ],
-    )
-    .await;
+        ])
+        .with_admin()
+        .start()
+        .await;
+    let admin = proxy.admin.unwrap();
     let url = |path: &str| format!("http://{admin}{path}");
     for (path, status) in [
         ("/health", 200),

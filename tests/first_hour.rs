@@ -5,17 +5,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-fn check_config(vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    // A directory per call: the tests run at once, and each empties its own.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    check_config_in(&scratch_dir(&format!("first-hour-{call}")), vars)
-}
 
 #[test]
 fn an_upstream_that_is_the_proxy_itself_stops_start_up() {
@@ -59,7 +51,7 @@ async fn a_request_that_comes_back_through_the_proxy_gets_508_after_one_hop() {
         ("PORT", "0"),
     ])
     .unwrap();
-    let proxy = spawn_proxy_on(listener, None, config).await;
+    let proxy = ProxyStart::config(config).on(listener).start().await;
     let started = tokio::time::Instant::now();
     let response = client()
         .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
@@ -84,7 +76,7 @@ async fn a_request_that_comes_back_through_the_proxy_gets_508_after_one_hop() {
     // A chain of two proxies is no loop.
     let mock = MockUpstream::start().await;
     let inner = spawn_proxy(&mock, &[]).await;
-    let outer = spawn_proxy_at(&inner.url("/v1"), &[]).await;
+    let outer = ProxyStart::at(&inner.url("/v1")).start().await;
     let response = client()
         .request(chat_request(&outer.url("/v1/chat/completions"), "{}"))
         .await
@@ -128,7 +120,9 @@ fn openais_url_without_v1_is_refused_naming_the_right_one() {
 #[tokio::test]
 async fn https_to_a_plain_port_suggests_http() {
     let mock = MockUpstream::start().await;
-    let proxy = spawn_proxy_at(&format!("https://127.0.0.1:{}/v1", mock.addr.port()), &[]).await;
+    let proxy = ProxyStart::at(&format!("https://127.0.0.1:{}/v1", mock.addr.port()))
+        .start()
+        .await;
     let response = client()
         .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
         .await
@@ -189,18 +183,12 @@ fn check_config_says_unset_and_durations_as_written() {
 fn an_address_in_use_exits_69() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port().to_string();
-    let dir = scratch_dir("in-use");
-    let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .env_clear()
-        .envs([
-            ("OPENAI_API_KEY", "sk-test"),
-            ("HOST", "127.0.0.1"),
-            ("PORT", &port),
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(69));
+    let vars = [
+        ("OPENAI_API_KEY", "sk-test"),
+        ("HOST", "127.0.0.1"),
+        ("PORT", port.as_str()),
+    ];
+    assert_eq!(run_once(&[], &vars).0, Some(69));
 }
 
 /// The README's Settings table and `config/example.env` name every setting, and nothing that

@@ -50,7 +50,9 @@ async fn spawn_with_key_file(
         ("PORT".into(), "0".into()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    spawn_proxy_with(memoctopus::Config::from_vars(vars).unwrap()).await
+    ProxyStart::config(memoctopus::Config::from_vars(vars).unwrap())
+        .start()
+        .await
 }
 
 /// The key the upstream saw on a fresh chat request.

@@ -143,7 +143,7 @@ async fn counts_match_known_traffic() {
 
 #[tokio::test]
 async fn upstream_errors_are_counted_by_kind() {
-    let proxy = spawn_proxy_without_upstream().await;
+    let proxy = ProxyStart::without_upstream().start().await;
     for _ in 0..2 {
         client()
             .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))

@@ -22,7 +22,10 @@ const REALTIME: (&str, &str) = ("PROXY_EXTRA_ROUTES", "GET /v1/realtime");
 async fn spawn(ws: &WsMock, extra: &[(&str, &str)]) -> TestProxy {
     let mut vars = vec![REALTIME];
     vars.extend_from_slice(extra);
-    spawn_proxy_at(&format!("http://{}/v1", ws.addr), &vars).await
+    ProxyStart::at(&format!("http://{}/v1", ws.addr))
+        .settings(&vars)
+        .start()
+        .await
 }
 
 /// Opens a WebSocket to the proxy with `headers`; a refused upgrade comes back as its answer.
@@ -136,7 +139,9 @@ async fn text_and_binary_frames_round_trip_with_the_server_key_upstream() {
 #[tokio::test]
 async fn without_the_route_a_websocket_gets_404_and_the_connection_closes() {
     let ws = WsMock::start(None).await;
-    let proxy = spawn_proxy_at(&format!("http://{}/v1", ws.addr), &[]).await;
+    let proxy = ProxyStart::at(&format!("http://{}/v1", ws.addr))
+        .start()
+        .await;
     let refused = connect(&proxy, "/v1/realtime?model=gpt-realtime", &[CLIENT_AUTH])
         .await
         .expect_err("upgraded without the route");
@@ -311,14 +316,13 @@ async fn a_refused_upgrade_passes_back_with_its_status() {
     assert!(body.contains("rate_limit_exceeded"), "{body}");
 
     // The upstream refusing the server's key is a 502, and its message never reaches the client.
-    let wrong_key = spawn_proxy_at(
-        &format!("http://{}/v1", ws.addr),
-        &[
+    let wrong_key = ProxyStart::at(&format!("http://{}/v1", ws.addr))
+        .settings(&[
             REALTIME,
             ("OPENAI_API_KEY", "sk-realtime-wrong-server-key-6004"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let refused = connect(&wrong_key, "/v1/realtime?model=m", &[CLIENT_AUTH])
         .await
         .expect_err("upgraded");
@@ -391,7 +395,10 @@ async fn over_a_tls_upstream_the_upgrade_goes_over_http1() {
     let ws = WsMock::start(Some(ca.server_config(tls::Alpn::Both))).await;
     let base_url = format!("https://localhost:{}/v1", ws.addr.port());
     let ca_path = ca.ca_pem_path();
-    let proxy = spawn_proxy_at(&base_url, &[REALTIME, ("PROXY_UPSTREAM_CA", &ca_path)]).await;
+    let proxy = ProxyStart::at(&base_url)
+        .settings(&[REALTIME, ("PROXY_UPSTREAM_CA", &ca_path)])
+        .start()
+        .await;
     let (mut socket, _) = connect(&proxy, "/v1/realtime?model=m", &[CLIENT_AUTH])
         .await
         .expect("upgrade refused");

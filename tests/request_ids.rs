@@ -53,7 +53,7 @@ async fn missing_or_insane_ids_are_replaced_by_a_generated_one() {
 
 #[tokio::test]
 async fn proxy_made_errors_carry_the_id_too() {
-    let proxy = spawn_proxy_without_upstream().await;
+    let proxy = ProxyStart::without_upstream().start().await;
     let mut request = chat_request(&proxy.url("/v1/chat/completions"), "{}");
     request
         .headers_mut()

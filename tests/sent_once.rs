@@ -110,7 +110,7 @@ async fn race(tls: bool) {
     if tls {
         vars.push(("PROXY_UPSTREAM_CA", &ca_path));
     }
-    let proxy = spawn_proxy_at(&base_url, &vars).await;
+    let proxy = ProxyStart::at(&base_url).settings(&vars).start().await;
     let url = Arc::new(proxy.url("/v1/chat/completions"));
     let client = client();
     let _burners = Burners::start();
@@ -286,14 +286,13 @@ async fn h2_upstream(
 async fn proxy_to_h2(ca: &TestCa, port: u16) -> TestProxy {
     let base_url = format!("https://localhost:{port}/v1");
     let ca_path = ca.ca_pem_path();
-    spawn_proxy_at(
-        &base_url,
-        &[
+    ProxyStart::at(&base_url)
+        .settings(&[
             ("PROXY_UPSTREAM_PROTOCOL", "http2"),
             ("PROXY_UPSTREAM_CA", &ca_path),
-        ],
-    )
-    .await
+        ])
+        .start()
+        .await
 }
 
 #[tokio::test]

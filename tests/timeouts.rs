@@ -155,7 +155,10 @@ async fn stall_and_expect_408(proxy: &TestProxy, bytes: &[u8]) {
 #[tokio::test]
 async fn an_upload_stalled_before_its_first_byte_never_reaches_the_upstream() {
     let (mock, ca) = tls_mock(tls::Alpn::Both, mock::MockOptions::default()).await;
-    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[("PROXY_IDLE_TIMEOUT", "300ms")]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, "auto")
+        .settings(&[("PROXY_IDLE_TIMEOUT", "300ms")])
+        .start()
+        .await;
     stall_and_expect_408(
         &proxy,
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",

@@ -64,7 +64,7 @@ async fn tls_proxy(mock: &MockUpstream, cert: &TestCert) -> TestProxy {
         ("PROXY_TLS_KEY", cert.key.display().to_string()),
     ])
     .unwrap();
-    spawn_proxy_with(config).await
+    ProxyStart::config(config).start().await
 }
 
 #[tokio::test]

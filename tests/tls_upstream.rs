@@ -24,7 +24,7 @@ const PROTOCOLS: [(&str, Version, &str); 3] = [
 async fn chat_json_reaches_the_tls_upstream_with_sni_and_the_chosen_protocol() {
     for (protocol, version, alpn) in PROTOCOLS {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let proxy = ProxyStart::tls(&mock, &ca, protocol).start().await;
         for _ in 0..3 {
             let response = client()
                 .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
@@ -80,7 +80,7 @@ async fn chat_json_reaches_the_tls_upstream_with_sni_and_the_chosen_protocol() {
 async fn sse_events_arrive_over_tls_before_the_stream_ends() {
     for (protocol, _, _) in PROTOCOLS {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let proxy = ProxyStart::tls(&mock, &ca, protocol).start().await;
         let started = Instant::now();
         let response = client()
             .request(stream_request(&proxy.url("/v1/chat/completions"), 5, 150))
@@ -119,7 +119,7 @@ async fn a_25_mib_transcription_arrives_byte_identical_over_tls() {
     let body = Bytes::from(multipart(25 << 20, boundary));
     for (protocol, version, _) in PROTOCOLS {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let proxy = ProxyStart::tls(&mock, &ca, protocol).start().await;
         let request = transcription_request(
             &proxy.url("/v1/audio/transcriptions"),
             boundary,
@@ -143,7 +143,7 @@ async fn a_25_mib_transcription_arrives_byte_identical_over_tls() {
 async fn streamed_transcription_arrives_as_events_over_tls() {
     for (protocol, _, _) in PROTOCOLS {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+        let proxy = ProxyStart::tls(&mock, &ca, protocol).start().await;
         let boundary = "b0undary";
         let url = proxy.url("/v1/audio/transcriptions");
         let mut request = transcription_request(&url, boundary, multipart(10_000, boundary));
@@ -169,7 +169,7 @@ async fn streamed_transcription_arrives_as_events_over_tls() {
 #[tokio::test]
 async fn an_http1_only_upstream_works_under_auto_and_http2_names_the_problem() {
     let (mock, ca) = tls_mock(Alpn::Http1Only, MockOptions::default()).await;
-    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, "auto").start().await;
     for _ in 0..2 {
         let response = client()
             .request(stream_request(&proxy.url("/v1/chat/completions"), 2, 0))
@@ -181,7 +181,7 @@ async fn an_http1_only_upstream_works_under_auto_and_http2_names_the_problem() {
     assert_eq!(mock.last_request().version, Version::HTTP_11);
     assert_eq!(mock.connections_opened(), 1);
 
-    let forced = spawn_tls_proxy(&mock, &ca, "http2", &[]).await;
+    let forced = ProxyStart::tls(&mock, &ca, "http2").start().await;
     let response = client()
         .request(chat_request(&forced.url("/v1/chat/completions"), "{}"))
         .await
@@ -195,7 +195,7 @@ async fn an_http1_only_upstream_works_under_auto_and_http2_names_the_problem() {
 #[tokio::test]
 async fn http1_offers_only_http11_even_to_an_upstream_that_prefers_h2() {
     let (mock, ca) = tls_mock(Alpn::Http2Only, MockOptions::default()).await;
-    let proxy = spawn_tls_proxy(&mock, &ca, "http1", &[]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, "http1").start().await;
     let response = client()
         .request(chat_request(&proxy.url("/v1/chat/completions"), "{}"))
         .await
@@ -212,7 +212,7 @@ async fn http1_offers_only_http11_even_to_an_upstream_that_prefers_h2() {
 #[tokio::test]
 async fn new_upstream_connections_resume_the_tls_session() {
     let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-    let proxy = spawn_tls_proxy(&mock, &ca, "http1", &[]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, "http1").start().await;
     // One request opens a connection; then two at once over HTTP/1.1 need a second one.
     let url = proxy.url("/v1/chat/completions");
     let first = client().request(stream_request(&url, 2, 0)).await.unwrap();
@@ -239,7 +239,7 @@ async fn new_upstream_connections_resume_the_tls_session() {
 #[tokio::test]
 async fn uploads_and_chat_requests_multiplexed_on_one_http2_connection_arrive_intact() {
     let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, "auto").start().await;
     let boundary = "------------------------5d2b5c7a9e0f1a3c";
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..4u8 {

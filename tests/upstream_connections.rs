@@ -20,7 +20,7 @@ const PROTOCOLS: [&str; 3] = ["auto", "http1", "http2"];
 async fn edge(options: MockOptions, protocol: &str) -> (MockUpstream, TestProxy) {
     capture::logs_with_quiet_dependencies();
     let (mock, ca) = tls_mock(Alpn::Both, options).await;
-    let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, protocol).start().await;
     (mock, proxy)
 }
 

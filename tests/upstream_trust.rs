@@ -26,7 +26,7 @@ async fn chat(proxy: &TestProxy) -> (u16, String) {
 async fn an_upstream_certificate_from_an_untrusted_ca_is_a_certificate_error() {
     let (mock, _their_ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
     let our_ca = TestCa::new("someone-else");
-    let proxy = spawn_tls_proxy(&mock, &our_ca, "auto", &[]).await;
+    let proxy = ProxyStart::tls(&mock, &our_ca, "auto").start().await;
     let (status, body) = chat(&proxy).await;
     assert_eq!(status, 502);
     let (code, message) = error_fields(&body);
@@ -40,7 +40,10 @@ async fn a_certificate_for_another_name_is_a_certificate_error() {
     // The mock's certificate names localhost; the proxy is told 127.0.0.1.
     let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
     let base = format!("https://127.0.0.1:{}/v1", mock.addr.port());
-    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[("OPENAI_BASE_URL", &base)]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, "auto")
+        .settings(&[("OPENAI_BASE_URL", &base)])
+        .start()
+        .await;
     let (status, body) = chat(&proxy).await;
     assert_eq!(status, 502);
     let (code, message) = error_fields(&body);
@@ -54,7 +57,7 @@ async fn the_extra_ca_adds_to_the_built_in_roots() {
     // Trusted through PROXY_UPSTREAM_CA; the unit test in src/upstream/connect.rs checks that
     // the built-in public roots stay beside it.
     let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
-    let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[]).await;
+    let proxy = ProxyStart::tls(&mock, &ca, "auto").start().await;
     assert_eq!(chat(&proxy).await, (200, CHAT_JSON.to_owned()));
 }
 
@@ -86,7 +89,10 @@ async fn egress_goes_through_the_connect_proxy_with_its_credentials() {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
         let forward = ConnectProxy::start(None).await;
         let proxy_url = format!("http://egress-user:{PROXY_PASSWORD}@{}", forward.addr);
-        let proxy = spawn_tls_proxy(&mock, &ca, protocol, &[("HTTPS_PROXY", &proxy_url)]).await;
+        let proxy = ProxyStart::tls(&mock, &ca, protocol)
+            .settings(&[("HTTPS_PROXY", &proxy_url)])
+            .start()
+            .await;
         assert_eq!(
             chat(&proxy).await,
             (200, CHAT_JSON.to_owned()),
@@ -134,13 +140,10 @@ async fn egress_goes_through_the_connect_proxy_with_its_credentials() {
 async fn no_proxy_bypasses_the_forward_proxy() {
     let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
     let forward = ConnectProxy::start(None).await;
-    let proxy = spawn_tls_proxy(
-        &mock,
-        &ca,
-        "auto",
-        &[("HTTPS_PROXY", &forward.url()), ("NO_PROXY", "localhost")],
-    )
-    .await;
+    let proxy = ProxyStart::tls(&mock, &ca, "auto")
+        .settings(&[("HTTPS_PROXY", &forward.url()), ("NO_PROXY", "localhost")])
+        .start()
+        .await;
     assert_eq!(chat(&proxy).await, (200, CHAT_JSON.to_owned()));
     assert!(forward.tunnels().is_empty());
     assert_eq!(mock.requests().len(), 1);
@@ -152,7 +155,10 @@ async fn a_forward_proxy_that_refuses_gets_a_502_naming_the_proxy() {
         let (mock, ca) = tls_mock(Alpn::Both, MockOptions::default()).await;
         let forward = ConnectProxy::start(Some(refusal)).await;
         let proxy_url = format!("http://egress-user:{PROXY_PASSWORD}@{}", forward.addr);
-        let proxy = spawn_tls_proxy(&mock, &ca, "auto", &[("HTTPS_PROXY", &proxy_url)]).await;
+        let proxy = ProxyStart::tls(&mock, &ca, "auto")
+            .settings(&[("HTTPS_PROXY", &proxy_url)])
+            .start()
+            .await;
         let (status, body) = chat(&proxy).await;
         assert_eq!(status, 502, "{refusal}");
         let (code, message) = error_fields(&body);

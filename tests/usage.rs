@@ -181,13 +181,10 @@ async fn usage_is_counted_over_tls_with_each_upstream_protocol() {
         ("http2", tls::Alpn::Http2Only),
     ] {
         let (mock, ca) = tls_mock(alpn, mock::MockOptions::default()).await;
-        let proxy = spawn_tls_proxy(
-            &mock,
-            &ca,
-            protocol,
-            &[("PROXY_CLIENT_KEYS", &keys), ("PROXY_EXTRA_ROUTES", ROUTES)],
-        )
-        .await;
+        let proxy = ProxyStart::tls(&mock, &ca, protocol)
+            .settings(&[("PROXY_CLIENT_KEYS", &keys), ("PROXY_EXTRA_ROUTES", ROUTES)])
+            .start()
+            .await;
         every_answer_counts_exactly(&proxy, &mock).await;
         let version = mock.last_request().version;
         let want = if protocol == "http1" {

@@ -111,11 +111,13 @@ impl Drop for Binary {
     }
 }
 
-/// `memoctopus --check-config` in `dir` with only `vars` in its environment: the exit status,
-/// standard output and standard error.
-pub fn check_config_in(dir: &Path, vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
+/// What a run of the binary left: its exit status, standard output and standard error.
+pub type Ran = (Option<i32>, String, String);
+
+/// `memoctopus ARGS` in `dir` with only `vars` in its environment, to its end.
+pub fn run_in(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Ran {
     let out = Command::new(env!("CARGO_BIN_EXE_memoctopus"))
-        .arg("--check-config")
+        .args(args)
         .env_clear()
         .envs(vars.iter().copied())
         .current_dir(dir)
@@ -126,6 +128,30 @@ pub fn check_config_in(dir: &Path, vars: &[(&str, &str)]) -> (Option<i32>, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// [`run_in`] a fresh scratch directory of its own (no `.env`): the tests run at once, and
+/// each empties its own.
+pub fn run_once(args: &[&str], vars: &[(&str, &str)]) -> Ran {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.file_stem().unwrap().to_string_lossy().into_owned();
+    run_in(
+        &super::scratch_dir(&format!("{binary}-run-{call}")),
+        args,
+        vars,
+    )
+}
+
+/// `memoctopus --check-config` with only `vars`, in a directory of its own.
+pub fn check_config(vars: &[(&str, &str)]) -> Ran {
+    run_once(&["--check-config"], vars)
+}
+
+/// `memoctopus --check-config` in `dir` (and its `.env`) with only `vars`.
+pub fn check_config_in(dir: &Path, vars: &[(&str, &str)]) -> Ran {
+    run_in(dir, &["--check-config"], vars)
 }
 
 /// The address in a start-up line: `... memoctopus listening address=127.0.0.1:8000 ...` as

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
-pub use binary::{check_config_in, Binary};
+pub use binary::{check_config, check_config_in, run_in, run_once, Binary};
 pub use mock::MockUpstream;
 
 pub const SERVER_KEY: &str = "sk-server-secret-0123456789";
@@ -38,6 +38,8 @@ pub const SERVER_KEY: &str = "sk-server-secret-0123456789";
 /// A running proxy. Dropping it leaves the server running until the test's runtime ends.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener's address, when it was started with one.
+    pub admin: Option<SocketAddr>,
     /// A client key the proxy was started with, which `/metrics` on its port then needs.
     pub metrics_key: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -53,6 +55,7 @@ impl TestProxy {
     pub fn external(addr: SocketAddr) -> TestProxy {
         TestProxy {
             addr,
+            admin: None,
             metrics_key: None,
             shutdown: None,
             handle: tokio::spawn(async {
@@ -72,41 +75,124 @@ impl TestProxy {
     }
 }
 
-/// Starts the proxy in front of `upstream` with extra settings.
+/// Starts the proxy in front of `upstream` with extra settings: what most tests need.
 pub async fn spawn_proxy(upstream: &MockUpstream, extra: &[(&str, &str)]) -> TestProxy {
-    spawn_proxy_at(&format!("http://{}/v1", upstream.addr), extra).await
+    ProxyStart::before(upstream).settings(extra).start().await
 }
 
-/// Starts the proxy in front of whatever serves `base_url`, with extra settings.
-pub async fn spawn_proxy_at(base_url: &str, extra: &[(&str, &str)]) -> TestProxy {
-    let base_url = base_url.to_owned();
-    let mut vars: Vec<(String, String)> = vec![
-        ("OPENAI_API_KEY".into(), SERVER_KEY.into()),
-        ("OPENAI_BASE_URL".into(), base_url),
-        ("HOST".into(), "127.0.0.1".into()),
-        ("PORT".into(), "0".into()),
-    ];
-    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    spawn_proxy_with(Config::from_vars(vars).expect("test configuration")).await
+/// How a test starts the proxy in-process: in front of a mock or any base URL (or from a
+/// whole `Config`), with settings, an admin listener, or on a listener the test bound itself.
+pub struct ProxyStart {
+    config: Result<Config, Vec<(String, String)>>,
+    listener: Option<tokio::net::TcpListener>,
+    admin: bool,
 }
 
-/// Starts the proxy in front of a TLS `upstream` at `https://localhost:PORT/v1`, trusting
-/// `ca` through `PROXY_UPSTREAM_CA`, speaking `protocol` (`auto`, `http1`, `http2`).
-pub async fn spawn_tls_proxy(
-    upstream: &MockUpstream,
-    ca: &tls::TestCa,
-    protocol: &str,
-    extra: &[(&str, &str)],
-) -> TestProxy {
-    let base_url = format!("https://localhost:{}/v1", upstream.addr.port());
-    let ca_path = ca.ca_pem_path();
-    let mut vars: Vec<(&str, &str)> = vec![
-        ("OPENAI_BASE_URL", &base_url),
-        ("PROXY_UPSTREAM_CA", &ca_path),
-        ("PROXY_UPSTREAM_PROTOCOL", protocol),
-    ];
-    vars.extend_from_slice(extra);
-    spawn_proxy(upstream, &vars).await
+impl ProxyStart {
+    /// In front of whatever serves `base_url`, with the server's key, on `127.0.0.1:0`.
+    pub fn at(base_url: &str) -> ProxyStart {
+        let vars = [
+            ("OPENAI_API_KEY", SERVER_KEY),
+            ("OPENAI_BASE_URL", base_url),
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+        ];
+        ProxyStart {
+            config: Err(vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()),
+            listener: None,
+            admin: false,
+        }
+    }
+
+    /// In front of a plain `upstream`.
+    pub fn before(upstream: &MockUpstream) -> ProxyStart {
+        ProxyStart::at(&format!("http://{}/v1", upstream.addr))
+    }
+
+    /// In front of a TLS `upstream` at `https://localhost:PORT/v1`, trusting `ca` through
+    /// `PROXY_UPSTREAM_CA`, speaking `protocol` (`auto`, `http1`, `http2`).
+    pub fn tls(upstream: &MockUpstream, ca: &tls::TestCa, protocol: &str) -> ProxyStart {
+        ProxyStart::at(&format!("https://localhost:{}/v1", upstream.addr.port())).settings(&[
+            ("PROXY_UPSTREAM_CA", &ca.ca_pem_path()),
+            ("PROXY_UPSTREAM_PROTOCOL", protocol),
+        ])
+    }
+
+    /// A proxy whose upstream port is closed.
+    pub fn without_upstream() -> ProxyStart {
+        ProxyStart::at(&closed_upstream_url())
+    }
+
+    /// From a whole configuration the test made.
+    pub fn config(config: Config) -> ProxyStart {
+        ProxyStart {
+            config: Ok(config),
+            listener: None,
+            admin: false,
+        }
+    }
+
+    /// More settings, over those so far.
+    pub fn settings(mut self, extra: &[(&str, &str)]) -> ProxyStart {
+        if let Err(vars) = &mut self.config {
+            vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
+        self
+    }
+
+    /// With the admin listener (`PROXY_METRICS_ADDR`) on `127.0.0.1:0`: [`TestProxy::admin`].
+    pub fn with_admin(mut self) -> ProxyStart {
+        self.admin = true;
+        self.settings(&[("PROXY_METRICS_ADDR", "127.0.0.1:0")])
+    }
+
+    /// On a listener the test bound itself, to know its address first.
+    pub fn on(mut self, listener: tokio::net::TcpListener) -> ProxyStart {
+        self.listener = Some(listener);
+        self
+    }
+
+    pub async fn start(self) -> TestProxy {
+        capture::logs();
+        let config = self
+            .config
+            .unwrap_or_else(|vars| Config::from_vars(vars).expect("test configuration"));
+        let listener = self.listener.unwrap_or_else(|| {
+            memoctopus::inbound::listener::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                config.listen_backlog,
+            )
+            .unwrap()
+        });
+        let admin = match self.admin {
+            true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let addr = listener.local_addr().unwrap();
+        let admin_addr = admin.as_ref().map(|a| a.local_addr().unwrap());
+        let metrics_key = config
+            .a_client_key()
+            .map(|key| String::from_utf8_lossy(key).into_owned());
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(memoctopus::run_with_admin_listener(
+            listener,
+            admin,
+            config,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestProxy {
+            addr,
+            admin: admin_addr,
+            metrics_key,
+            shutdown: Some(tx),
+            handle,
+        }
+    }
 }
 
 /// A TLS mock upstream with its own test CA, offering `alpn`.
@@ -155,72 +241,6 @@ pub async fn metric(proxy: &TestProxy, series_name: &str) -> f64 {
 pub fn series(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-pub async fn spawn_proxy_with(config: Config) -> TestProxy {
-    spawn_proxy_with_admin(config, None).await
-}
-
-/// Starts the proxy with its admin listener (`PROXY_METRICS_ADDR`) on `127.0.0.1:0`; returns
-/// the proxy and the admin listener's address.
-pub async fn spawn_proxy_and_admin(
-    upstream: &MockUpstream,
-    extra: &[(&str, &str)],
-) -> (TestProxy, SocketAddr) {
-    let base_url = format!("http://{}/v1", upstream.addr);
-    let mut vars: Vec<(String, String)> = vec![
-        ("OPENAI_API_KEY".into(), SERVER_KEY.into()),
-        ("OPENAI_BASE_URL".into(), base_url),
-        ("HOST".into(), "127.0.0.1".into()),
-        ("PORT".into(), "0".into()),
-        ("PROXY_METRICS_ADDR".into(), "127.0.0.1:0".into()),
-    ];
-    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let config = Config::from_vars(vars).expect("test configuration");
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    (
-        spawn_proxy_with_admin(config, Some(admin)).await,
-        admin_addr,
-    )
-}
-
-async fn spawn_proxy_with_admin(
-    config: Config,
-    admin: Option<tokio::net::TcpListener>,
-) -> TestProxy {
-    let listener =
-        memoctopus::inbound::listener::bind("127.0.0.1:0".parse().unwrap(), config.listen_backlog)
-            .unwrap();
-    spawn_proxy_on(listener, admin, config).await
-}
-
-/// Starts the proxy on a listener the test bound itself (to know its address first).
-pub async fn spawn_proxy_on(
-    listener: tokio::net::TcpListener,
-    admin: Option<tokio::net::TcpListener>,
-    config: Config,
-) -> TestProxy {
-    capture::logs();
-    let addr = listener.local_addr().unwrap();
-    let metrics_key = config
-        .a_client_key()
-        .map(|key| String::from_utf8_lossy(key).into_owned());
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(memoctopus::run_with_admin_listener(
-        listener,
-        admin,
-        config,
-        async {
-            let _ = rx.await;
-        },
-    ));
-    TestProxy {
-        addr,
-        metrics_key,
-        shutdown: Some(tx),
-        handle,
-    }
 }
 
 pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -303,12 +323,6 @@ pub fn closed_upstream_url() -> String {
         .unwrap()
         .port();
     format!("http://127.0.0.1:{port}/v1")
-}
-
-/// A proxy whose upstream port is closed.
-pub async fn spawn_proxy_without_upstream() -> TestProxy {
-    let mock = MockUpstream::start().await;
-    spawn_proxy(&mock, &[("OPENAI_BASE_URL", &closed_upstream_url())]).await
 }
 
 /// Reads a body to its end: what arrived, and whether it ended cleanly rather than abnormally.
