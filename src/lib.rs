@@ -5,35 +5,41 @@
 //! Events, is streamed back frame by frame. Bodies are never collected or parsed.
 //!
 //! # Layout
-//! From the bottom layer up; each layer uses only the ones listed before it.
-//! - [`bounds`], [`outcome`], [`drain`], [`trim`]: the protocol bounds more than one layer needs (head
-//!   sizes, HTTP/2 settings and request bounds, the admin listener's cap, the upstream pools'
-//!   idle time), the words for how things end and whose fault a failure is, what graceful
-//!   shutdown counts, and handing freed heap back to the OS.
+//! From the bottom layer up; each layer uses only the ones listed before it, and no two files
+//! import each other.
+//! - [`bounds`], [`outcome`], [`drain`], [`trim`]: the protocol bounds more than one layer
+//!   needs (head sizes, HTTP/2 settings and request bounds, the retry buffer, the admin
+//!   listener's cap, the upstream pools' idle time), the words for how things end (outcomes,
+//!   retry reasons, failure kinds), what graceful shutdown counts, and handing freed heap back
+//!   to the OS.
 //! - [`usage`]: the usage meter, which reads an answer's `usage` object as its bytes pass, and
 //!   the estimate for an answer without one.
 //! - [`policy`]: pure rules: routes and the upstream query, header rewriting, the key swap and
-//!   the `Via` loop guard, client keys with their names and limits, the per-client limits and
-//!   token budgets, WebSocket upgrades, CORS.
+//!   the `Via` loop guard, client keys with their names and limits, the rules of the per-client
+//!   limits and token budgets, WebSocket upgrades, CORS.
 //! - [`config`]: the environment, `.env` and key files to a validated [`Config`], a file per
 //!   group of settings, all parsed from one table that declares each setting once (its name,
-//!   default and meaning), which `--help`, the unknown-variable warnings and the documentation
-//!   test also read.
-//! - [`error`]: who is at fault, to an OpenAI-style JSON answer and the exchange's outcome.
+//!   default and meaning), which `--help`, `--check-config`, the unknown-variable warnings and
+//!   the documentation test also read.
+//! - [`error`]: every error the proxy answers itself, one row each: whose fault, its status,
+//!   `code`, outcome and message, in OpenAI's shape.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.
 //! - [`keys`]: the keys in force, and the watcher that reloads their files while serving.
-//! - [`store`]: where the client limits are kept: in the process, or in a Redis that every
-//!   replica shares, with the fallback while it does not answer.
+//! - [`store`]: where the client limits are counted: in the process (`store::local`), or in a
+//!   Redis that every replica shares (`store::shared`), with the fallback while it does not
+//!   answer.
 //! - [`upstream`]: connecting (TCP, forward-proxy tunnel, TLS and ALPN), the HTTP/1.1 and
-//!   HTTP/2 pools, the retry rule, and WebSocket upgrades on connections of their own.
-//! - [`exchange`]: one request and its answer: the record and access log line, the bodies
-//!   that forward frames with their limits and timeouts, and a WebSocket session's byte pipe.
-//! - [`proxy`]: the service that ties these together, and the admin listener's answers.
-//! - [`inbound`]: client connections: one accept loop for the proxy's port and the admin
-//!   listener, with its connection limit and drain, the graceful close of open connections,
-//!   an HTTP/2 connection's idle and request bounds, the HTTP/1 framing guard, panics; [`run`]
-//!   is the entry point.
+//!   HTTP/2 pools, the retry rule with its one failure shape, and WebSocket upgrades on
+//!   connections of their own.
+//! - [`exchange`]: one request and its answer: the record (ended, counted, charged and logged
+//!   once, where the answer ends), the bodies that forward frames with their limits and
+//!   timeouts, and a WebSocket session's byte pipe.
+//! - [`proxy`]: the service: the state every flow shares, the steps of an upstream call,
+//!   forwarding, WebSocket sessions, the proxy's own answers, and routing to the flow.
+//! - [`inbound`]: client connections: the HTTP/1 framing guard, an HTTP/2 connection's streams
+//!   and bounds, the graceful close, panics, one connection served, a listener's accept loop
+//!   under its cap, and [`run`], the entry point, with its drain.
 //! - [`cli`]: `--help`, `--version`, `--check-config`.
 //!
 //! # Public surface

@@ -41,7 +41,7 @@ impl Keys {
 
     /// The client, if the key it presents (in a WebSocket subprotocol, else in the headers) is
     /// one of the client keys now in force.
-    pub(crate) fn admit_with(
+    pub(crate) fn identify(
         &self,
         headers: &HeaderMap,
         subprotocol_key: Option<&[u8]>,

@@ -91,7 +91,7 @@ impl Context {
     ) -> Result<(), ProxyError> {
         let client = self
             .keys
-            .admit_with(headers, subprotocol_key)
+            .identify(headers, subprotocol_key)
             .ok_or(ProxyError::InvalidClientKey)?;
         exchange.identified(client.name.clone());
         // After the key check, so that a client without a key learns nothing but 401; before

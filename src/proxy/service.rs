@@ -87,7 +87,7 @@ impl Proxy {
             Ok(Route::Ready) => ready(&self.0.drain),
             // With client keys set, the proxy's port shows its metrics (client names, their
             // traffic) only to a client; `PROXY_METRICS_ADDR` serves them without a key.
-            Ok(Route::Metrics) => match self.0.keys.admit_with(request.headers(), None) {
+            Ok(Route::Metrics) => match self.0.keys.identify(request.headers(), None) {
                 Some(_) => metrics_response(&self.0.metrics),
                 None => ProxyError::InvalidClientKey.into_response(),
             },
