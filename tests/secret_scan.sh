@@ -25,7 +25,7 @@ keys=(
   ck-usage-                     # tests/usage.rs: every client key there starts so
   ck-shared-                    # tests/shared_limits.rs: likewise
   pw-shared-redis-secret-5150   # tests/shared_limits.rs: the Redis password
-  sk-unit-server-key-4242 client-key-unit-77  # src/inbound/server.rs: the panic hook's unit test
+  sk-unit-server-key-4242 client-key-unit-77  # src/inbound/connection.rs: the panic hook's unit test (which also checks its own logs)
   pp-egress-secret-4242         # tests/upstream_trust.rs: the forward proxy's password
   ZWdyZXNzLXVzZXI6cHAtZWdyZXNzLXNlY3JldC00MjQy  # ...and its Proxy-Authorization
 )
