@@ -137,11 +137,7 @@ pub fn run_once(args: &[&str], vars: &[(&str, &str)]) -> Ran {
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let exe = std::env::current_exe().unwrap();
     let binary = exe.file_stem().unwrap().to_string_lossy().into_owned();
-    run_in(
-        &super::scratch_dir(&format!("{binary}-run-{call}")),
-        args,
-        vars,
-    )
+    run_in(&scratch_dir(&format!("{binary}-run-{call}")), args, vars)
 }
 
 /// `memoctopus --check-config` with only `vars`, in a directory of its own.
@@ -167,4 +163,12 @@ fn listening_address(line: &str) -> Option<SocketAddr> {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("address="))?;
     value.parse().ok()
+}
+
+/// A fresh directory of its own for one test's files, under the system's temp directory.
+pub fn scratch_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("memoctopus-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

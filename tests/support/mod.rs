@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
-pub use binary::{check_config, check_config_in, run_in, run_once, Binary};
+pub use binary::{check_config, check_config_in, run_in, run_once, scratch_dir, Binary};
 pub use mock::MockUpstream;
 
 pub const SERVER_KEY: &str = "sk-server-secret-0123456789";
@@ -437,14 +437,6 @@ pub async fn raw_connect(addr: SocketAddr) -> TcpStream {
 
 pub fn io(stream: TcpStream) -> TokioIo<TcpStream> {
     TokioIo::new(stream)
-}
-
-/// A fresh directory of its own for one test's files, under the system's temp directory.
-pub fn scratch_dir(test: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("memoctopus-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` passes; returns how long it took.
