@@ -275,26 +275,6 @@ impl ResponseBody {
     }
 }
 
-/// Counts the blank lines that end SSE events in `data`; `after_newline` carries across frames
-/// whether the last line so far ended, since an event's closing blank line may straddle two.
-pub(super) fn count_sse_events(data: &[u8], after_newline: &mut bool) -> u64 {
-    let mut events = 0;
-    let mut line_start = 0;
-    for end in memchr::memchr_iter(b'\n', data) {
-        // A blank line: nothing but an optional '\r' since the previous line ended.
-        let blank =
-            matches!(&data[line_start..end], [] | [b'\r']) && (line_start > 0 || *after_newline);
-        events += u64::from(blank);
-        line_start = end + 1;
-    }
-    if matches!(&data[line_start..], [] | [b'\r']) {
-        *after_newline |= line_start > 0;
-    } else {
-        *after_newline = false;
-    }
-    events
-}
-
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -448,25 +428,5 @@ impl Body for ProxyBody {
             }
             ProxyBody::Forwarded(body) => body.size_hint(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_events_are_counted_across_frames() {
-        let mut state = false;
-        assert_eq!(count_sse_events(b"data: a\n\ndata: b\n", &mut state), 1);
-        assert_eq!(count_sse_events(b"\ndata: c\r\n\r\n", &mut state), 2);
-        assert_eq!(count_sse_events(b"data: [DONE]\n\n", &mut state), 1);
-        assert_eq!(count_sse_events(b"no events here", &mut state), 0);
-        assert_eq!(count_sse_events(b"\n", &mut state), 0);
-        assert_eq!(count_sse_events(b"\r", &mut state), 0);
-        assert_eq!(count_sse_events(b"\n", &mut state), 1);
-        assert_eq!(count_sse_events(b"data: x\n", &mut state), 0);
-        assert_eq!(count_sse_events(b"", &mut state), 0);
-        assert_eq!(count_sse_events(b"\r\n", &mut state), 1);
     }
 }

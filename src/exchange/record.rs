@@ -217,7 +217,7 @@ impl Exchange {
     pub(crate) fn answer_frame(&mut self, data: &[u8], sse: Option<&mut bool>) {
         self.response_bytes += data.len() as u64;
         if let Some(after_newline) = sse {
-            self.sse_events += super::body::count_sse_events(data, after_newline);
+            self.sse_events += count_sse_events(data, after_newline);
         }
         if let Some(meter) = &mut self.meter {
             meter.feed(data);
@@ -474,5 +474,45 @@ impl Exchange {
             ),
             _ => none,
         }
+    }
+}
+
+/// Counts the blank lines that end SSE events in `data`; `after_newline` carries across frames
+/// whether the last line so far ended, since an event's closing blank line may straddle two.
+fn count_sse_events(data: &[u8], after_newline: &mut bool) -> u64 {
+    let mut events = 0;
+    let mut line_start = 0;
+    for end in memchr::memchr_iter(b'\n', data) {
+        // A blank line: nothing but an optional '\r' since the previous line ended.
+        let blank =
+            matches!(&data[line_start..end], [] | [b'\r']) && (line_start > 0 || *after_newline);
+        events += u64::from(blank);
+        line_start = end + 1;
+    }
+    if matches!(&data[line_start..], [] | [b'\r']) {
+        *after_newline |= line_start > 0;
+    } else {
+        *after_newline = false;
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_counted_across_frames() {
+        let mut state = false;
+        assert_eq!(count_sse_events(b"data: a\n\ndata: b\n", &mut state), 1);
+        assert_eq!(count_sse_events(b"\ndata: c\r\n\r\n", &mut state), 2);
+        assert_eq!(count_sse_events(b"data: [DONE]\n\n", &mut state), 1);
+        assert_eq!(count_sse_events(b"no events here", &mut state), 0);
+        assert_eq!(count_sse_events(b"\n", &mut state), 0);
+        assert_eq!(count_sse_events(b"\r", &mut state), 0);
+        assert_eq!(count_sse_events(b"\n", &mut state), 1);
+        assert_eq!(count_sse_events(b"data: x\n", &mut state), 0);
+        assert_eq!(count_sse_events(b"", &mut state), 0);
+        assert_eq!(count_sse_events(b"\r\n", &mut state), 1);
     }
 }
