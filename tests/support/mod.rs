@@ -83,9 +83,15 @@ pub async fn spawn_proxy(upstream: &MockUpstream, extra: &[(&str, &str)]) -> Tes
 /// How a test starts the proxy in-process: in front of a mock or any base URL (or from a
 /// whole `Config`), with settings, an admin listener, or on a listener the test bound itself.
 pub struct ProxyStart {
-    config: Result<Config, Vec<(String, String)>>,
+    config: Settings,
     listener: Option<tokio::net::TcpListener>,
     admin: bool,
+}
+
+/// What the proxy is configured from: settings still to add to, or a whole `Config`.
+enum Settings {
+    Vars(Vec<(String, String)>),
+    Whole(Box<Config>),
 }
 
 impl ProxyStart {
@@ -98,10 +104,11 @@ impl ProxyStart {
             ("PORT", "0"),
         ];
         ProxyStart {
-            config: Err(vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()),
+            config: Settings::Vars(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             listener: None,
             admin: false,
         }
@@ -129,16 +136,19 @@ impl ProxyStart {
     /// From a whole configuration the test made.
     pub fn config(config: Config) -> ProxyStart {
         ProxyStart {
-            config: Ok(config),
+            config: Settings::Whole(Box::new(config)),
             listener: None,
             admin: false,
         }
     }
 
-    /// More settings, over those so far.
+    /// More settings, over those so far. A whole `Config` takes none: the test made it.
     pub fn settings(mut self, extra: &[(&str, &str)]) -> ProxyStart {
-        if let Err(vars) = &mut self.config {
-            vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        match &mut self.config {
+            Settings::Vars(vars) => {
+                vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            }
+            Settings::Whole(_) => panic!("settings added to a whole Config would be lost"),
         }
         self
     }
@@ -157,9 +167,10 @@ impl ProxyStart {
 
     pub async fn start(self) -> TestProxy {
         capture::logs();
-        let config = self
-            .config
-            .unwrap_or_else(|vars| Config::from_vars(vars).expect("test configuration"));
+        let config = match self.config {
+            Settings::Vars(vars) => Config::from_vars(vars).expect("test configuration"),
+            Settings::Whole(config) => *config,
+        };
         let listener = self.listener.unwrap_or_else(|| {
             memoctopus::inbound::listener::bind(
                 "127.0.0.1:0".parse().unwrap(),
