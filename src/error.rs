@@ -90,14 +90,14 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    fn new(fault: Fault, status: StatusCode, code: &'static str, message: String) -> Facts {
+    fn new(fault: Fault, status: StatusCode, code: Option<&'static str>, message: String) -> Facts {
         let (kind, outcome) = match fault {
             Fault::Client => ("invalid_request_error", Outcome::Rejected),
             Fault::Upstream | Fault::Proxy => ("server_error", Outcome::UpstreamFailed),
         };
         Facts {
             status,
-            code: Some(code),
+            code,
             outcome,
             kind,
             message,
@@ -106,16 +106,20 @@ impl Facts {
         }
     }
 
-    fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Facts {
-        Facts::new(Fault::Client, status, code, message.into())
+    fn client(
+        status: StatusCode,
+        code: impl Into<Option<&'static str>>,
+        message: impl Into<String>,
+    ) -> Facts {
+        Facts::new(Fault::Client, status, code.into(), message.into())
     }
 
     fn upstream(status: StatusCode, code: &'static str, message: String) -> Facts {
-        Facts::new(Fault::Upstream, status, code, message)
+        Facts::new(Fault::Upstream, status, Some(code), message)
     }
 
     fn proxy(status: StatusCode, code: &'static str, message: String) -> Facts {
-        Facts::new(Fault::Proxy, status, code, message)
+        Facts::new(Fault::Proxy, status, Some(code), message)
     }
 
     fn outcome(mut self, outcome: Outcome) -> Facts {
@@ -185,10 +189,9 @@ impl ProxyError {
         use StatusCode as S;
         match self {
             // The same words OpenAI uses for a URL it does not serve, and no `code`.
-            ProxyError::NotFound { method, path } => Facts {
-                code: None,
-                ..Facts::client(S::NOT_FOUND, "", format!("Invalid URL ({method} {path})"))
-            },
+            ProxyError::NotFound { method, path } => {
+                Facts::client(S::NOT_FOUND, None, format!("Invalid URL ({method} {path})"))
+            }
             ProxyError::MethodNotAllowed { method, allow } => Facts {
                 header: HeaderValue::from_str(allow).ok().map(|v| (header::ALLOW, v)),
                 ..Facts::client(
