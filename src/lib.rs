@@ -25,13 +25,18 @@
 //!   `code`, outcome and message, in OpenAI's shape.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.
-//! - [`keys`]: the keys in force, and the watcher that reloads their files while serving.
+//! - [`keys`]: the client keys in force.
 //! - [`store`]: where the client limits are counted: in the process (`store::local`), or in a
 //!   Redis that every replica shares (`store::shared`), with the fallback while it does not
 //!   answer.
 //! - [`upstream`]: connecting (TCP, forward-proxy tunnel, TLS and ALPN), the HTTP/1.1 and
 //!   HTTP/2 pools, the retry rule with its one failure shape, and WebSocket upgrades on
 //!   connections of their own.
+//! - [`upstreams`]: the set of upstreams in force (one, or those of `PROXY_UPSTREAMS_FILE`):
+//!   which one a request tries next by priority and weight, how long one rests, the retry
+//!   budget that bounds failovers, and the failover rule itself.
+//! - [`watch`]: the watcher that re-reads the key files and the upstreams file while serving,
+//!   and applies a change to the keys or the upstreams in force.
 //! - [`exchange`]: one request and its answer: the record (ended, counted, charged and logged
 //!   once, where the answer ends), the bodies that forward frames with their limits and
 //!   timeouts, and a WebSocket session's byte pipe.
@@ -70,7 +75,9 @@ pub(crate) mod store;
 pub mod telemetry;
 pub(crate) mod trim;
 pub(crate) mod upstream;
+pub(crate) mod upstreams;
 pub mod usage;
+pub(crate) mod watch;
 
 pub use config::Config;
 pub use drain::DrainReport;

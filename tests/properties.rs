@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use memoctopus::config::{parse_duration, Config};
 use memoctopus::inbound::framing::{FramingGuard, Refusals};
 use memoctopus::policy::headers::{
-    rewrite_request, rewrite_response, UpstreamAuth, UpstreamIdentity,
+    rewrite_request, rewrite_response, Credential, UpstreamAuth, UpstreamIdentity,
 };
 use memoctopus::policy::routes::{ExtraRoute, Route, Routes};
 use proptest::prelude::*;
@@ -93,9 +93,10 @@ proptest! {
             headers.append("authorization", v);
         }
         let before = headers.clone();
-        let credential = UpstreamAuth::Bearer.credential(&HeaderValue::from_static("sk-ours"));
-        let identity = UpstreamIdentity { auth: UpstreamAuth::Bearer, organization: None, project: None, via: memoctopus::policy::headers::via_entry() };
-        rewrite_request(&mut headers, &identity, &credential, &HeaderValue::from_static("id-1"));
+        let credential = Credential::new(UpstreamAuth::Bearer, &HeaderValue::from_static("sk-ours"));
+        let identity = UpstreamIdentity { organization: None, project: None, via: memoctopus::policy::headers::via_entry() };
+        rewrite_request(&mut headers, &identity, &HeaderValue::from_static("id-1"));
+        credential.put(&mut headers);
 
         let auth: Vec<_> = headers.get_all("authorization").iter().collect();
         prop_assert_eq!(auth.len(), 1);

@@ -668,7 +668,7 @@ async fn a_sessions_usage_is_read_from_its_response_done_events_and_charged() {
     let (input, output, cached) = support::ws_mock::RESPONSES_USAGE;
     let series = |kind: &str| {
         format!(
-            "memoctopus_tokens_total{{client=\"talker\",model=\"gpt-realtime\",type=\"{kind}\"}}"
+            "memoctopus_tokens_total{{client=\"talker\",model=\"gpt-realtime\",upstream=\"default\",type=\"{kind}\"}}"
         )
     };
     wait_for_metric(

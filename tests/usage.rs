@@ -53,7 +53,7 @@ async fn read_timed(response: http::Response<hyper::body::Incoming>) -> (Vec<u8>
 }
 
 fn tokens_series(client: &str, model: &str, kind: &str) -> String {
-    format!("memoctopus_tokens_total{{client=\"{client}\",model=\"{model}\",type=\"{kind}\"}}")
+    format!("memoctopus_tokens_total{{client=\"{client}\",model=\"{model}\",upstream=\"default\",type=\"{kind}\"}}")
 }
 
 /// Sends every canned answer through `proxy` as its own client, and checks the bytes, the
@@ -464,7 +464,7 @@ async fn three_hundred_models_give_at_most_a_hundred_and_one_label_values() {
     assert_eq!(models.len(), 101, "{models:?}");
     assert!(models.contains(&"other"));
     // The 200 past the first hundred count under `other`: 20 input tokens each.
-    let other = "memoctopus_tokens_total{client=\"anonymous\",model=\"other\",type=\"input\"}";
+    let other = "memoctopus_tokens_total{client=\"anonymous\",model=\"other\",upstream=\"default\",type=\"input\"}";
     assert_eq!(metric(&proxy, other).await, 200.0 * 20.0);
 }
 

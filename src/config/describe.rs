@@ -80,24 +80,51 @@ impl Config {
     /// The server's key, the upstream and the way to it.
     fn describe_upstream(&self, lines: &mut Lines) {
         let (keys, upstream) = (&self.keys, &self.upstream);
-        lines.line(
-            file_or(
-                &keys.api_key_file,
-                d::openai_api_key,
-                d::openai_api_key_file,
-            ),
-            from_file(
-                &keys.api_key_file,
-                format!("(set, {} characters, masked)", keys.api_key.len()),
-            ),
-        );
-        lines.set(
-            d::openai_base_url,
-            format_args!(
-                "{}://{}{}",
-                upstream.scheme, upstream.authority, upstream.base_path
-            ),
-        );
+        match (&keys.api_key, &self.upstreams_file) {
+            (Some(key), _) => {
+                lines.line(
+                    file_or(
+                        &keys.api_key_file,
+                        d::openai_api_key,
+                        d::openai_api_key_file,
+                    ),
+                    from_file(
+                        &keys.api_key_file,
+                        format!("(set, {} characters, masked)", key.len()),
+                    ),
+                );
+                lines.set(
+                    d::openai_base_url,
+                    format_args!(
+                        "{}://{}{}",
+                        upstream.scheme, upstream.authority, upstream.base_path
+                    ),
+                );
+            }
+            (None, file) => {
+                let entries: Vec<String> = self
+                    .upstreams
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let s = &e.settings;
+                        format!(
+                            "{} {}://{}{} auth={} priority={} weight={} (key set, {} characters, masked)",
+                            e.name, s.scheme, s.authority, s.base_path, s.auth.as_str(), e.priority, e.weight, e.api_key.len()
+                        )
+                    })
+                    .collect();
+                lines.set(
+                    d::proxy_upstreams_file,
+                    format_args!(
+                        "{}, reloaded when it changes: {}",
+                        file.as_ref()
+                            .map_or_else(String::new, |f| f.path.display().to_string()),
+                        entries.join("; ")
+                    ),
+                );
+            }
+        }
         lines.set(d::proxy_upstream_protocol, upstream.protocol.as_str());
         lines.set(d::proxy_upstream_max_streams, upstream.max_streams);
         lines.set(d::proxy_upstream_auth, upstream.auth.as_str());

@@ -14,8 +14,9 @@ use crate::policy::client_keys::{ClientKeys, KeyListError};
 /// The keys as loaded at start, and the files they are reloaded from.
 #[derive(Clone, Debug)]
 pub(crate) struct KeySettings {
-    /// The server's OpenAI key alone (no scheme), marked sensitive.
-    pub api_key: HeaderValue,
+    /// The server's OpenAI key alone (no scheme), marked sensitive; `None` when
+    /// `PROXY_UPSTREAMS_FILE` gives each upstream its own.
+    pub api_key: Option<HeaderValue>,
     /// `OPENAI_API_KEY_FILE`: watched, and re-read when it changes.
     pub api_key_file: Option<PathBuf>,
     /// The client keys; empty only when neither setting is set, which means no inbound check.
@@ -59,24 +60,34 @@ pub(crate) fn check_entries(keys: &ClientKeys, rules: EntryRules) -> Result<(), 
 /// The settings' names, as the reload metrics and logs give them.
 pub(crate) const API_KEY_FILE: &str = declared::openai_api_key_file.name;
 pub(crate) const CLIENT_KEYS_FILE: &str = declared::proxy_client_keys_file.name;
+pub(crate) const UPSTREAMS_FILE: &str = declared::proxy_upstreams_file.name;
 
-/// `OPENAI_API_KEY` or its file, and `PROXY_CLIENT_KEYS` or its file.
+/// `OPENAI_API_KEY` or its file (neither, when `PROXY_UPSTREAMS_FILE` names the upstreams and
+/// their keys), and `PROXY_CLIENT_KEYS` or its file.
 pub(super) fn validate(found: &Found<'_>) -> Result<KeySettings, ConfigError> {
     let (key, key_file) = (found.openai_api_key, found.openai_api_key_file);
+    let several = found.proxy_upstreams_file.get().is_some();
     let (api_key, api_key_file) = match (key.get(), key_file.get()) {
+        (None, None) if several => (None, None),
+        (Some(_), _) | (_, Some(_)) if several => {
+            let set = if key.get().is_some() { key } else { key_file };
+            return Err(set.invalid(
+                "is set, and so is PROXY_UPSTREAMS_FILE, whose entries each name their own api_key_file; unset one of them (in .env, leave OPENAI_API_KEY empty)",
+            ));
+        }
         (Some(_), Some(_)) => {
             return Err(key.invalid(
                 "and OPENAI_API_KEY_FILE are both set; set exactly one of them",
             ))
         }
-        (Some(text), None) => (parse_api_key(text).map_err(|m| key.invalid(m))?, None),
+        (Some(text), None) => (Some(parse_api_key(text).map_err(|m| key.invalid(m))?), None),
         (None, Some(path)) => (
-            read_api_key(Path::new(path)).map_err(|m| key_file.invalid(m))?,
+            Some(read_api_key(Path::new(path)).map_err(|m| key_file.invalid(m))?),
             Some(PathBuf::from(path)),
         ),
         (None, None) => {
             return Err(key.invalid(
-                "is required (or OPENAI_API_KEY_FILE); set it in the environment or in .env (see config/example.env)",
+                "is required (or OPENAI_API_KEY_FILE, or PROXY_UPSTREAMS_FILE); set it in the environment or in .env (see config/example.env)",
             ))
         }
     };

@@ -16,17 +16,21 @@ pub mod settings;
 mod shared_limits;
 mod timeouts;
 mod upstream;
+mod upstreams;
 mod values;
 
 pub(crate) use clients::UsageSettings;
 pub(crate) use egress::EGRESS_VARIABLES;
 pub(crate) use keys::{
     api_key_file, check_entries, client_keys_file, read as read_key_file, EntryRules, KeySettings,
-    API_KEY_FILE, CLIENT_KEYS_FILE,
+    API_KEY_FILE, CLIENT_KEYS_FILE, UPSTREAMS_FILE,
 };
 pub(crate) use shared_limits::{Fallback, SharedLimitsSettings};
 pub(crate) use timeouts::Timeouts;
 pub(crate) use upstream::{UpstreamProtocol, UpstreamSettings};
+pub(crate) use upstreams::{
+    FailoverRules, Snapshot, UpstreamEntry, UpstreamSet, UpstreamsFile, DEFAULT_UPSTREAM,
+};
 pub use values::{parse_duration, ConfigError};
 
 use crate::policy::client_limits::LimitSettings;
@@ -43,8 +47,14 @@ pub struct Config {
     /// The server's key and the clients' keys, as loaded at start, and the files that
     /// replace them while serving.
     pub(crate) keys: KeySettings,
-    /// Where every proxied request goes, and how.
+    /// How every upstream is reached (`OPENAI_BASE_URL`'s, or the base of each entry of
+    /// `PROXY_UPSTREAMS_FILE`).
     pub(crate) upstream: UpstreamSettings,
+    /// The upstreams requests go to, with their keys: `OPENAI_BASE_URL`'s alone, or the
+    /// entries of `PROXY_UPSTREAMS_FILE`.
+    pub(crate) upstreams: UpstreamSet,
+    /// `PROXY_UPSTREAMS_FILE`: re-read while serving.
+    pub(crate) upstreams_file: Option<UpstreamsFile>,
     /// `HOST`:`PORT`, the address `main` binds.
     pub listen: SocketAddr,
     /// `PROXY_LISTEN_BACKLOG`: connections the kernel queues before they are accepted.
@@ -162,7 +172,12 @@ impl Config {
             envy::from_iter(ours).map_err(|e| invalid("environment", e.to_string()))?;
         let mut config = validate(&values.found(), &egress)?;
         config.warnings = warnings;
-        if config.keys.api_key.as_bytes() == PLACEHOLDER_KEY.as_bytes() {
+        if config
+            .keys
+            .api_key
+            .as_ref()
+            .is_some_and(|key| key.as_bytes() == PLACEHOLDER_KEY.as_bytes())
+        {
             config.warnings.push(format!(
                 "OPENAI_API_KEY is still {PLACEHOLDER_KEY}, the placeholder from config/example.env: OpenAI refuses it, so every request gets 502 upstream_auth_failed; put your key in .env, or try the proxy against the mock upstream (see the README)"
             ));
@@ -202,8 +217,15 @@ impl Config {
         self.keys.client_keys.secrets().next()
     }
 
-    /// The upstream's base URL, for the start-up line.
+    /// The upstream's base URL, or the upstreams file, for the start-up line.
     pub fn upstream_url(&self) -> String {
+        if let Some(file) = &self.upstreams_file {
+            return format!(
+                "{} upstreams from {}",
+                self.upstreams.entries.len(),
+                file.path.display()
+            );
+        }
         let u = &self.upstream;
         format!("{}://{}{}", u.scheme, u.authority, u.base_path)
     }
@@ -238,7 +260,13 @@ fn validate(
     })?;
     let shared_limits = shared_limits::validate(found)?;
     let listen = inbound::listen(found)?;
-    upstream::not_this_proxy(&upstream, listen)?;
+    let (upstreams, upstreams_file) = match &keys.api_key {
+        Some(key) => {
+            upstream::not_this_proxy(&upstream, listen)?;
+            (upstreams::single(&upstream, key), None)
+        }
+        None => upstreams_file(found, &upstream, egress, listen)?,
+    };
     let metrics_addr = inbound::metrics_addr(found.proxy_metrics_addr)?;
     let mut routes = Routes::with_extra(parse_extra_routes(found.proxy_extra_routes)?);
     if metrics_addr.is_some() {
@@ -247,6 +275,8 @@ fn validate(
     Ok(Config {
         keys,
         upstream,
+        upstreams,
+        upstreams_file,
         listen,
         listen_backlog: found.proxy_listen_backlog.at_least_one()?,
         timeouts,
@@ -267,6 +297,43 @@ fn validate(
         tls: inbound::tls(found.proxy_tls_cert, found.proxy_tls_key)?,
         warnings: Vec::new(),
     })
+}
+
+/// `PROXY_UPSTREAMS_FILE`, read against the shared upstream settings. The settings it replaces
+/// must not be set beside it: two answers to "where do requests go" is a mistake.
+fn upstreams_file(
+    found: &settings::Found<'_>,
+    base: &UpstreamSettings,
+    egress: &HashMap<String, String>,
+    listen: SocketAddr,
+) -> Result<(UpstreamSet, Option<UpstreamsFile>), ConfigError> {
+    let setting = found.proxy_upstreams_file;
+    for replaced in [
+        found.openai_base_url,
+        found.proxy_upstream_auth,
+        found.proxy_upstream_query,
+    ] {
+        if !replaced.is_default() {
+            return Err(replaced.invalid(
+                "is set, and so is PROXY_UPSTREAMS_FILE, whose entries each give their own; unset one of them",
+            ));
+        }
+    }
+    let path = setting.get().map(std::path::PathBuf::from).ok_or_else(|| {
+        found.openai_api_key.invalid(
+            "is required (or OPENAI_API_KEY_FILE, or PROXY_UPSTREAMS_FILE); set it in the environment or in .env (see config/example.env)",
+        )
+    })?;
+    let snapshot = UpstreamsFile::read(&path).map_err(|m| setting.invalid(m))?;
+    let file = UpstreamsFile {
+        path,
+        base: base.clone(),
+        egress: egress.clone(),
+        listen,
+        loaded: Arc::new(snapshot),
+    };
+    let set = file.parse(&file.loaded).map_err(|m| setting.invalid(m))?;
+    Ok((set, Some(file)))
 }
 
 fn is_our_setting(name: &str) -> bool {
@@ -364,7 +431,7 @@ mod tests {
             ("PROXY_CLIENT_KEYS_FILE", clients),
         ])
         .unwrap();
-        assert_eq!(c.keys.api_key.as_bytes(), b"sk-from-a-file");
+        assert_eq!(c.upstreams.entries[0].api_key.as_bytes(), b"sk-from-a-file");
         assert_eq!(c.keys.client_keys.len(), 2);
         assert!(c.describe().contains("reloaded when it changes"));
         let both = with(&[("OPENAI_API_KEY_FILE", key)]).unwrap_err();
@@ -433,7 +500,7 @@ mod tests {
         let env = vec![("PORT".to_string(), "9002".to_string())];
         let c = Config::load(env, Some(&path)).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9002".parse().unwrap());
-        assert_eq!(c.keys.api_key.as_bytes(), b"sk-from-file");
+        assert_eq!(c.upstreams.entries[0].api_key.as_bytes(), b"sk-from-file");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

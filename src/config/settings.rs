@@ -68,6 +68,7 @@ settings! {
     read openai_project: "OPENAI_PROJECT" = "unset", "sent upstream as OpenAI-Project";
     read proxy_upstream_auth: "PROXY_UPSTREAM_AUTH" = "bearer", "bearer (Authorization: Bearer) or api-key (Azure OpenAI)";
     read proxy_upstream_query: "PROXY_UPSTREAM_QUERY" = "unset", "name=value&... added to every upstream URL (api-version=...)";
+    read proxy_upstreams_file: "PROXY_UPSTREAMS_FILE" = "unset", "a TOML file of several upstreams and their keys, with failover; re-read while serving";
     read proxy_upstream_ca: "PROXY_UPSTREAM_CA" = "unset", "a PEM file of certificates trusted upstream besides the built-in roots";
     read proxy_upstream_protocol: "PROXY_UPSTREAM_PROTOCOL" = "auto", "auto, http1 or http2: what ALPN offers the upstream";
     // RFC 9113 asks peers to allow at least 100 concurrent streams; OpenAI's edge and nginx

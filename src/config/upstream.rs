@@ -79,13 +79,6 @@ pub(super) fn validate(
 ) -> Result<UpstreamSettings, ConfigError> {
     let base_url = found.openai_base_url;
     let (scheme, authority, base_path) = parse_base_url(base_url)?;
-    // OpenAI serves the API under /v1 only: without it every request would get its 404.
-    if authority.host().eq_ignore_ascii_case("api.openai.com") && !base_path.starts_with("/v1") {
-        return Err(base_url.invalid(
-            format!(
-                "{scheme}://{authority}{base_path} lacks /v1, so OpenAI would answer every request with 404; use {DEFAULT_BASE_URL}"
-            )));
-    }
     let protocol = found.proxy_upstream_protocol.choice(&[
         ("auto", UpstreamProtocol::Auto),
         ("http1", UpstreamProtocol::Http1),
@@ -93,12 +86,7 @@ pub(super) fn validate(
     ])?;
     let max_streams = found.proxy_upstream_max_streams.at_least_one::<usize>()?;
     let extra_roots = load_roots(found.proxy_upstream_ca)?;
-    let target = Uri::builder()
-        .scheme(scheme.clone())
-        .authority(authority.clone())
-        .path_and_query("/")
-        .build()
-        .map_err(|e| base_url.invalid(e.to_string()))?;
+    let target = origin(&scheme, &authority).map_err(|m| base_url.invalid(m))?;
     let egress = egress_proxy(egress, &target)?;
     let auth = found.proxy_upstream_auth.choice(&[
         ("bearer", UpstreamAuth::Bearer),
@@ -122,31 +110,48 @@ pub(super) fn validate(
 }
 
 fn parse_base_url(setting: Value<'_>) -> Result<(Scheme, Authority, String), ConfigError> {
-    let value = setting.or_default();
+    base_url(setting.or_default()).map_err(|m| setting.invalid(m))
+}
+
+/// A base URL: `http://` or `https://`, a host, an optional path; no credentials, no query. An
+/// OpenAI URL without `/v1` is refused, since OpenAI would answer every request with 404.
+pub(super) fn base_url(value: &str) -> Result<(Scheme, Authority, String), String> {
     let uri: Uri = value
         .parse()
-        .map_err(|e| setting.invalid(format!("{value:?} is not a URL: {e}")))?;
+        .map_err(|e| format!("{value:?} is not a URL: {e}"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
         Some("https") => Scheme::HTTPS,
-        _ => return Err(setting.invalid(format!("{value:?} must start with http:// or https://"))),
+        _ => return Err(format!("{value:?} must start with http:// or https://")),
     };
     let authority = uri
         .authority()
         .filter(|a| !a.host().is_empty())
         .cloned()
-        .ok_or_else(|| setting.invalid(format!("{value:?} has no host")))?;
+        .ok_or_else(|| format!("{value:?} has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(setting.invalid("must not carry credentials; the key goes in OPENAI_API_KEY"));
+        return Err("must not carry credentials; the key goes in its own setting".to_owned());
     }
     if uri.query().is_some() {
-        return Err(setting.invalid("must not have a query string"));
+        return Err("must not have a query string".to_owned());
     }
-    Ok((
-        scheme,
-        authority,
-        uri.path().trim_end_matches('/').to_owned(),
-    ))
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    if authority.host().eq_ignore_ascii_case("api.openai.com") && !base_path.starts_with("/v1") {
+        return Err(format!(
+            "{scheme}://{authority}{base_path} lacks /v1, so OpenAI would answer every request with 404; use {DEFAULT_BASE_URL}"
+        ));
+    }
+    Ok((scheme, authority, base_path))
+}
+
+/// `scheme://authority/` of an upstream, as the forward-proxy rules match it.
+pub(super) fn origin(scheme: &Scheme, authority: &Authority) -> Result<Uri, String> {
+    Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Reads every certificate in `PROXY_UPSTREAM_CA`'s PEM file, if it is set; a file without one
@@ -182,6 +187,20 @@ pub(super) fn not_this_proxy(
     upstream: &UpstreamSettings,
     listen: SocketAddr,
 ) -> Result<(), ConfigError> {
+    if points_here(upstream, listen) {
+        return Err(invalid(
+            declared::openai_base_url.name,
+            format!(
+                "{}://{}{} is this proxy's own address (HOST:PORT {listen}); if your shell exports OPENAI_BASE_URL for the app, unset it where the proxy starts, or set the upstream in the proxy's environment",
+                upstream.scheme, upstream.authority, upstream.base_path
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `upstream` is the address the proxy listens on.
+pub(super) fn points_here(upstream: &UpstreamSettings, listen: SocketAddr) -> bool {
     let port = upstream
         .authority
         .port_u16()
@@ -204,14 +223,5 @@ pub(super) fn not_this_proxy(
             || (ip.is_loopback() || ip.is_unspecified())
                 && (listen.ip().is_unspecified() || listen.ip().is_loopback())
     });
-    if listen.port() != 0 && port == listen.port() && same_host {
-        return Err(invalid(
-            declared::openai_base_url.name,
-            format!(
-                "{}://{}{} is this proxy's own address (HOST:PORT {listen}); if your shell exports OPENAI_BASE_URL for the app, unset it where the proxy starts, or set the upstream in the proxy's environment",
-                upstream.scheme, upstream.authority, upstream.base_path
-            ),
-        ));
-    }
-    Ok(())
+    listen.port() != 0 && port == listen.port() && same_host
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
+use crate::config::DEFAULT_UPSTREAM;
 use crate::drain::DrainState;
 use crate::metrics::{Ended, Metrics, RouteMetrics, UsageSeen};
 use crate::outcome::{Outcome, UpstreamErrorKind};
@@ -84,6 +85,10 @@ pub(crate) struct Exchange {
     outcome: Option<Outcome>,
     /// The `code` of the error the proxy answered with itself, such as which limit refused.
     error_code: Option<&'static str>,
+    /// The upstream that answered, or was tried last.
+    upstream: Option<Arc<str>>,
+    /// How many upstreams were tried.
+    attempts: u32,
     /// Whether [`Exchange::end`] has counted it.
     ended: bool,
     drain: Arc<DrainState>,
@@ -122,6 +127,8 @@ impl Exchange {
             unread: None,
             outcome: None,
             error_code: None,
+            upstream: None,
+            attempts: 0,
             ended: false,
             drain,
             metrics,
@@ -197,6 +204,20 @@ impl Exchange {
     }
 
     /// The upstream's answer head arrived and is not passed on (its key was rejected).
+    /// Which upstream answered (or was tried last), after how many.
+    pub(crate) fn tried(&mut self, upstream: Option<Arc<str>>, attempts: u32) {
+        self.upstream = upstream;
+        self.attempts = attempts;
+    }
+
+    /// The upstream as the token series label it.
+    fn upstream_label(&self) -> &Arc<str> {
+        static DEFAULT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        self.upstream
+            .as_ref()
+            .unwrap_or_else(|| DEFAULT.get_or_init(|| Arc::from(DEFAULT_UPSTREAM)))
+    }
+
     pub(crate) fn upstream_head(&mut self, status: StatusCode) {
         self.upstream_status = Some(status);
         self.head_after = Some(self.started.elapsed());
@@ -324,6 +345,8 @@ impl Exchange {
             upstream_request_id = upstream_id,
             outcome = outcome.as_str(),
             error_code = self.error_code.unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            attempts = self.attempts,
             // The metrics' label for an answer that names no model.
             model = self.meter.as_deref().and_then(Meter::model).unwrap_or("unknown"),
             input_tokens = usage.tokens.input,
@@ -390,9 +413,12 @@ impl Exchange {
     fn usage(&self, outcome: Outcome, request_bytes: u64) -> Cost {
         let cost = self.cost(outcome, request_bytes);
         if let Some(reason) = cost.reason {
-            self.metrics
-                .usage
-                .seen(&self.client, &self.route, UsageSeen::Missing(reason));
+            self.metrics.usage.seen(
+                &self.client,
+                self.upstream_label(),
+                &self.route,
+                UsageSeen::Missing(reason),
+            );
         }
         if let Some(permit) = &self.permit {
             permit.charge(cost.tokens.billed());
@@ -423,6 +449,7 @@ impl Exchange {
             if let Some(tokens) = meter.reported() {
                 self.metrics.usage.seen(
                     &self.client,
+                    self.upstream_label(),
                     &self.route,
                     UsageSeen::Reported {
                         tokens: &tokens,

@@ -74,7 +74,11 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 }
 
 fn secrets_of(config: &Config) -> Vec<Vec<u8>> {
-    std::iter::once(config.keys.api_key.as_bytes())
+    config
+        .upstreams
+        .entries
+        .iter()
+        .map(|entry| entry.api_key.as_bytes())
         .chain(config.keys.client_keys.secrets())
         .filter(|k| !k.is_empty())
         .map(<[u8]>::to_vec)

@@ -3,6 +3,8 @@
 //! listener still accepts, then it closes and idle connections are closed, and exchanges in
 //! flight get `PROXY_SHUTDOWN_GRACE` to finish before they are cut.
 
+use crate::upstreams::Upstreams;
+use crate::watch;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -67,14 +69,26 @@ impl Server {
     ) -> io::Result<Server> {
         let drain = Arc::new(DrainState::default());
         let metrics = Arc::new(Metrics::new(&config.routes, config.usage.max_models));
-        let keys = Arc::new(Keys::new(&config.keys, config.upstream.auth));
-        let key_watcher = tokio::spawn(crate::keys::watch::watch(
-            keys.clone(),
-            config.keys.clone(),
-            metrics.clone(),
-        ));
-        let proxy = Proxy::new(config.clone(), keys, drain.clone(), metrics.clone())
+        let keys = Arc::new(Keys::new(&config.keys));
+        let upstreams = Upstreams::new(&config.upstreams, config.timeouts.connect, metrics.clone())
             .map_err(io::Error::other)?;
+        let targets = watch::Targets {
+            keys: keys.clone(),
+            upstreams: upstreams.clone(),
+            upstreams_file: config.upstreams_file.clone(),
+        };
+        let watched = config.clone();
+        let watcher_metrics = metrics.clone();
+        let key_watcher =
+            tokio::spawn(async move { watch::watch(targets, &watched, watcher_metrics).await });
+        let proxy = Proxy::new(
+            config.clone(),
+            keys,
+            upstreams,
+            drain.clone(),
+            metrics.clone(),
+        )
+        .map_err(io::Error::other)?;
         let trimmer = tokio::spawn(crate::trim::trim_when_idle());
         let builders = Arc::new(Builders::new(&config));
         // The admin listener serves the proxy's own endpoints with the same accept loop,

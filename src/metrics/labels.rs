@@ -95,6 +95,7 @@ pub(super) struct LimitLabels {
 pub(super) struct TokenLabels {
     pub(super) client: Label,
     pub(super) model: Label,
+    pub(super) upstream: Label,
     #[prometheus(flatten)]
     pub(super) kind: TokenType,
 }
@@ -115,5 +116,23 @@ pub(super) struct ModelLabels {
 pub(super) struct MissingLabels {
     pub(super) client: Label,
     pub(super) route: Label,
+    pub(super) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct AttemptLabels {
+    pub(super) upstream: Label,
+    pub(super) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct UpstreamLabels {
+    pub(super) upstream: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct FailoverLabels {
+    pub(super) from: Label,
+    pub(super) to: Label,
     pub(super) reason: &'static str,
 }

@@ -6,7 +6,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::labels::{KindLabels, ProtocolLabels, ReasonLabels};
+use std::sync::Arc;
+
+use super::labels::{
+    AttemptLabels, FailoverLabels, KindLabels, Label, ProtocolLabels, ReasonLabels, UpstreamLabels,
+};
 use crate::outcome::{RetryReason, UpstreamErrorKind};
 
 const PROTOCOLS: [&str; 2] = ["http1", "http2"];
@@ -27,6 +31,9 @@ pub(crate) struct UpstreamMetrics {
     open: [Gauge; 2],
     retries: Family<ReasonLabels, Counter>,
     realtime_sessions: Gauge,
+    attempts: Family<AttemptLabels, Counter>,
+    available: Family<UpstreamLabels, Gauge>,
+    failovers: Family<FailoverLabels, Counter>,
 }
 
 impl UpstreamMetrics {
@@ -76,7 +83,28 @@ impl UpstreamMetrics {
             "WebSocket sessions (the Realtime API) open now",
             realtime_sessions.clone(),
         );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Attempts at each upstream, by result: answered (passed to the client), rate_limited (429), unavailable (503), key_rejected (401), server_error (500), unreachable (no connection, TLS), reset, timeout, failed (may have been processed)",
+            attempts.clone(),
+        );
+        let available = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_available",
+            "1 while an upstream takes requests, 0 while it cools down after a 429, a 503, a failed connection or a rejected key",
+            available.clone(),
+        );
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        registry.register(
+            "upstream_failovers",
+            "Requests sent on to another upstream, by the one left, the one tried next, and why",
+            failovers.clone(),
+        );
         UpstreamMetrics {
+            attempts,
+            available,
+            failovers,
             errors,
             opened: PROTOCOLS
                 .map(|protocol| opened.get_or_create_owned(&ProtocolLabels { protocol })),
@@ -112,6 +140,43 @@ impl UpstreamMetrics {
         self.retries
             .get_or_create(&ReasonLabels {
                 reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// One attempt at `upstream`, and how it went.
+    pub(crate) fn attempt(&self, upstream: &Arc<str>, result: &'static str) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                upstream: Label(upstream.clone()),
+                result,
+            })
+            .inc();
+    }
+
+    /// Whether `upstream` takes requests now.
+    pub(crate) fn available(&self, upstream: &Arc<str>, available: bool) {
+        self.available
+            .get_or_create(&UpstreamLabels {
+                upstream: Label(upstream.clone()),
+            })
+            .set(i64::from(available));
+    }
+
+    /// An upstream no longer in the set: its series go.
+    pub(crate) fn removed(&self, upstream: &Arc<str>) {
+        self.available.remove(&UpstreamLabels {
+            upstream: Label(upstream.clone()),
+        });
+    }
+
+    /// A request sent on from one upstream to the next.
+    pub(crate) fn failover(&self, from: &Arc<str>, to: &Arc<str>, reason: &'static str) {
+        self.failovers
+            .get_or_create(&FailoverLabels {
+                from: Label(from.clone()),
+                to: Label(to.clone()),
+                reason,
             })
             .inc();
     }

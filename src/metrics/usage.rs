@@ -13,8 +13,8 @@ use super::exchanges::RouteMetrics;
 use super::labels::{Label, MissingLabels, ModelLabels, TokenLabels, TokenType};
 use crate::usage::Tokens;
 
-/// One client's token series, by model label.
-type ByModel = HashMap<Arc<str>, [Counter; 4]>;
+/// One client's token series, by upstream and model label.
+type ByModel = HashMap<(Arc<str>, Arc<str>), [Counter; 4]>;
 
 /// The `type` label's values, in the order of [`UsageMetrics::counters`]' series.
 const TOKEN_TYPES: [&str; 4] = ["input", "output", "cached", "reasoning"];
@@ -48,7 +48,7 @@ impl UsageMetrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "tokens",
-            "Tokens the upstream reported in its answers' usage, by client, model and type: input, output, cached (part of input), reasoning (part of output)",
+            "Tokens the upstream reported in its answers' usage, by client, model, upstream and type: input, output, cached (part of input), reasoning (part of output)",
             tokens.clone(),
         );
         let audio_seconds = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
@@ -72,8 +72,14 @@ impl UsageMetrics {
         }
     }
 
-    /// An answer's usage, as the meter saw it.
-    pub(crate) fn seen(&self, client: &Arc<str>, route: &RouteMetrics, seen: UsageSeen<'_>) {
+    /// An answer's usage, as the meter saw it, from the upstream that answered.
+    pub(crate) fn seen(
+        &self,
+        client: &Arc<str>,
+        upstream: &Arc<str>,
+        route: &RouteMetrics,
+        seen: UsageSeen<'_>,
+    ) {
         let client = Label(client.clone());
         match seen {
             UsageSeen::Reported {
@@ -93,18 +99,17 @@ impl UsageMetrics {
                     Some(of_client) => of_client,
                     None => counters.entry(client.0.clone()).or_default(),
                 };
-                let series = match of_client.get(&*model.0) {
-                    Some(series) => series,
-                    None => of_client.entry(model.0.clone()).or_insert_with(|| {
-                        TOKEN_TYPES.map(|r#type| {
-                            self.tokens.get_or_create_owned(&TokenLabels {
-                                client: client.clone(),
-                                model: model.clone(),
-                                kind: TokenType { r#type },
-                            })
+                let key = (model.0.clone(), upstream.clone());
+                let series = of_client.entry(key).or_insert_with(|| {
+                    TOKEN_TYPES.map(|r#type| {
+                        self.tokens.get_or_create_owned(&TokenLabels {
+                            client: client.clone(),
+                            model: model.clone(),
+                            upstream: Label(upstream.clone()),
+                            kind: TokenType { r#type },
                         })
-                    }),
-                };
+                    })
+                });
                 for (counter, count) in series.iter().zip([
                     tokens.input,
                     tokens.output,

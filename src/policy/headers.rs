@@ -31,11 +31,20 @@ impl UpstreamAuth {
             UpstreamAuth::ApiKey => "api-key",
         }
     }
+}
 
-    /// The header value that carries `key`, marked sensitive so that neither `Debug` nor
-    /// HTTP/2's HPACK table ever holds it in the clear. Made once per key, not per request.
-    pub fn credential(self, key: &HeaderValue) -> HeaderValue {
-        let mut value = match self {
+/// An upstream's key as it goes up: in the header its `auth` names, marked sensitive so that
+/// neither `Debug` nor HTTP/2's HPACK table ever holds it in the clear. Made once per key, not
+/// per request.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    auth: UpstreamAuth,
+    value: HeaderValue,
+}
+
+impl Credential {
+    pub fn new(auth: UpstreamAuth, key: &HeaderValue) -> Credential {
+        let mut value = match auth {
             UpstreamAuth::Bearer => {
                 let mut bytes = Vec::with_capacity(7 + key.len());
                 bytes.extend_from_slice(b"Bearer ");
@@ -46,14 +55,21 @@ impl UpstreamAuth {
             UpstreamAuth::ApiKey => key.clone(),
         };
         value.set_sensitive(true);
-        value
+        Credential { auth, value }
+    }
+
+    /// Puts the key in the request's headers, where [`rewrite_request`] left none.
+    pub fn put(&self, headers: &mut HeaderMap) {
+        match self.auth {
+            UpstreamAuth::Bearer => headers.insert(header::AUTHORIZATION, self.value.clone()),
+            UpstreamAuth::ApiKey => headers.insert(API_KEY.clone(), self.value.clone()),
+        };
     }
 }
 
 /// The headers the proxy itself puts on every upstream request, besides the key.
 #[derive(Debug, Clone)]
 pub struct UpstreamIdentity {
-    pub auth: UpstreamAuth,
     pub organization: Option<HeaderValue>,
     pub project: Option<HeaderValue>,
     /// This proxy's `Via` entry, from [`via_entry`].
@@ -88,12 +104,11 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Makes a client's request headers fit to send upstream.
-/// `credential` is the server's key as [`UpstreamAuth::credential`] made it.
+/// Makes a client's request headers fit to send upstream: every key the client presented is
+/// gone, and the upstream's goes in with [`Credential::put`].
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     identity: &UpstreamIdentity,
-    credential: &HeaderValue,
     request_id: &HeaderValue,
 ) {
     remove_hop_by_hop(headers);
@@ -104,15 +119,7 @@ pub fn rewrite_request(
     headers.remove(header::EXPECT);
     // Whatever the client presented, in either header, stays here.
     headers.remove(&API_KEY);
-    match identity.auth {
-        UpstreamAuth::Bearer => {
-            headers.insert(header::AUTHORIZATION, credential.clone());
-        }
-        UpstreamAuth::ApiKey => {
-            headers.remove(header::AUTHORIZATION);
-            headers.insert(API_KEY.clone(), credential.clone());
-        }
-    }
+    headers.remove(header::AUTHORIZATION);
     // The server's key decides the organization and project, never the client.
     headers.remove(&OPENAI_ORGANIZATION);
     headers.remove(&OPENAI_PROJECT);
@@ -206,15 +213,14 @@ mod tests {
 
     fn identity() -> UpstreamIdentity {
         UpstreamIdentity {
-            auth: UpstreamAuth::Bearer,
             organization: Some(HeaderValue::from_static("org-server")),
             project: None,
             via: via_entry(),
         }
     }
 
-    fn server_key() -> HeaderValue {
-        UpstreamAuth::Bearer.credential(&HeaderValue::from_static("sk-server"))
+    fn server_key() -> Credential {
+        Credential::new(UpstreamAuth::Bearer, &HeaderValue::from_static("sk-server"))
     }
 
     #[test]
@@ -250,7 +256,8 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("client-req"));
         let id = HeaderValue::from_static("req-1");
         h.insert("api-key", HeaderValue::from_static("client-azure-key"));
-        rewrite_request(&mut h, &identity(), &server_key(), &id);
+        rewrite_request(&mut h, &identity(), &id);
+        server_key().put(&mut h);
 
         assert_eq!(h[header::AUTHORIZATION], "Bearer sk-server");
         assert!(h[header::AUTHORIZATION].is_sensitive());
@@ -280,13 +287,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer ck"));
         let identity = UpstreamIdentity {
-            auth: UpstreamAuth::ApiKey,
             organization: None,
             project: None,
             via: via_entry(),
         };
-        let key = UpstreamAuth::ApiKey.credential(&HeaderValue::from_static("azure-key"));
-        rewrite_request(&mut h, &identity, &key, &HeaderValue::from_static("r"));
+        let key = Credential::new(UpstreamAuth::ApiKey, &HeaderValue::from_static("azure-key"));
+        rewrite_request(&mut h, &identity, &HeaderValue::from_static("r"));
+        key.put(&mut h);
         assert_eq!(h["api-key"], "azure-key");
         assert!(h["api-key"].is_sensitive());
         assert!(!h.contains_key(header::AUTHORIZATION));

@@ -17,7 +17,7 @@ use crate::keys::Keys;
 use crate::metrics::{self, Metrics};
 use crate::policy::headers::{self, UpstreamIdentity};
 use crate::store::Limiter;
-use crate::upstream::Upstream;
+use crate::upstreams::Upstreams;
 
 /// The service's state, one per proxy, shared by every connection.
 pub(super) struct Context {
@@ -26,7 +26,8 @@ pub(super) struct Context {
     /// The keys in force now; the file watcher replaces them.
     pub(super) keys: Arc<Keys>,
     pub(super) limits: Limiter,
-    pub(super) upstream: Upstream<RequestBody>,
+    /// The upstreams in force now; the file watcher replaces them.
+    pub(super) upstreams: Arc<Upstreams<RequestBody>>,
     pub(super) drain: Arc<DrainState>,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -35,11 +36,10 @@ impl Context {
     pub(super) fn new(
         config: Config,
         keys: Arc<Keys>,
+        upstreams: Arc<Upstreams<RequestBody>>,
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
     ) -> Result<Context, String> {
-        let upstream = Upstream::new(&config.upstream, config.timeouts.connect, metrics.clone())
-            .map_err(|e| format!("the upstream's TLS settings: {e}"))?;
         let limits = Limiter::new(
             config.client_limits,
             config.output_reserve,
@@ -47,7 +47,6 @@ impl Context {
             metrics.clone(),
         )?;
         let identity = UpstreamIdentity {
-            auth: config.upstream.auth,
             organization: config.upstream.organization.clone(),
             project: config.upstream.project.clone(),
             via: headers::via_entry(),
@@ -57,7 +56,7 @@ impl Context {
             config,
             identity,
             keys,
-            upstream,
+            upstreams,
             drain,
             metrics,
         })

@@ -10,6 +10,7 @@ use crate::exchange::body::{FrameClock, ProxyBody, RequestBody, ResponseBody};
 use crate::exchange::record::{Exchange, Unread};
 use crate::policy::headers;
 use crate::upstream::Lease;
+use crate::upstreams::Tried;
 use crate::usage::Meter;
 
 use super::context::Context;
@@ -72,7 +73,7 @@ impl Context {
         }
 
         exchange.request_is_json(headers::is_json(parts.headers.get(header::CONTENT_TYPE)));
-        self.upstream_head(&mut parts, exchange)?;
+        self.upstream_head(&mut parts, exchange);
         let started = exchange.started();
         let clock = FrameClock::new(config.timeouts.idle, self.total_deadline(started));
         let mut body = RequestBody::new(
@@ -89,13 +90,14 @@ impl Context {
         // Boxed once here: an async fn's future holds each future it awaits, and every level
         // above copies the whole of it when it starts (rust-lang/rust#62958): unboxed, the
         // upstream call's future would grow at every level and be copied on every request.
-        let sending = Box::pin(self.upstream.send(Request::from_parts(parts, body)));
+        let mut tried = Tried::default();
+        let sending = Box::pin(self.upstreams.send(parts, body, &mut tried));
         exchange.sending();
 
-        let response = self
-            .wait_for_head(sending, exchange)
-            .await
-            .inspect_err(|error| exchange.send_failed(error.upstream_may_have_it()))?;
+        let response = self.wait_for_head(sending, exchange).await;
+        exchange.tried(tried.upstream, tried.attempts);
+        let response =
+            response.inspect_err(|error| exchange.send_failed(error.upstream_may_have_it()))?;
         self.check_key_accepted(response.0.status(), exchange)?;
         Ok(response)
     }

@@ -10,12 +10,13 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::drain::DrainState;
 use crate::error::ProxyError;
-use crate::exchange::body::ProxyBody;
+use crate::exchange::body::{ProxyBody, RequestBody};
 use crate::keys::Keys;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::cors;
 use crate::policy::routes::{carries_usage, Route, Routes};
 use crate::policy::websocket;
+use crate::upstreams::Upstreams;
 
 use super::answers::{health, metrics_response, not_found, ready, unrouted};
 use super::context::Context;
@@ -30,10 +31,12 @@ impl Proxy {
     pub(crate) fn new(
         config: Config,
         keys: Arc<Keys>,
+        upstreams: Arc<Upstreams<RequestBody>>,
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, String> {
-        Context::new(config, keys, drain, metrics).map(|context| Proxy(Arc::new(context)))
+        Context::new(config, keys, upstreams, drain, metrics)
+            .map(|context| Proxy(Arc::new(context)))
     }
 
     /// Answers one request. Never fails: every problem becomes an OpenAI-style error answer.

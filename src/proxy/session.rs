@@ -4,7 +4,6 @@
 
 use http::header;
 use http::{Request, Response};
-use http_body_util::Empty;
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
@@ -13,6 +12,7 @@ use crate::exchange::record::Exchange;
 use crate::exchange::session::{Handoff, Pipe};
 use crate::policy::websocket;
 use crate::upstream::websocket::WebSocketAnswer;
+use crate::upstreams::Tried;
 use crate::usage::Meter;
 
 use super::context::Context;
@@ -100,17 +100,18 @@ impl Context {
         let meter = exchange
             .is_metered()
             .then(|| Box::new(Meter::websocket(url_model(&parts.uri))));
-        self.upstream_head(&mut parts, exchange)?;
+        self.upstream_head(&mut parts, exchange);
         websocket::mark_upgrade(&mut parts.headers);
         if meter.is_some() {
             // A compressed message cannot be metered: no compression is offered upstream, so
             // none is agreed (RFC 7692, section 5), and the session's frames stay readable.
             parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
-        let opening = self
-            .upstream
-            .open_websocket(Request::from_parts(parts, Empty::new()));
-        match self.wait_for_head(opening, exchange).await? {
+        let mut tried = Tried::default();
+        let opening = self.upstreams.open_websocket(parts, &mut tried);
+        let answer = self.wait_for_head(opening, exchange).await;
+        exchange.tried(tried.upstream, tried.attempts);
+        match answer? {
             WebSocketAnswer::Refused(response) => {
                 self.check_key_accepted(response.status(), exchange)?;
                 Ok(Opened::Refused(response))

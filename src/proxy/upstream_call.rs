@@ -5,50 +5,26 @@
 use std::future::Future;
 
 use http::header;
-use http::{HeaderValue, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Response, StatusCode, Version};
 
 use crate::error::ProxyError;
 use crate::exchange::body::ProxyBody;
 use crate::exchange::record::Exchange;
 use crate::outcome::UpstreamErrorKind;
 use crate::policy::headers::{self, CLIENT_REQUEST_ID};
-use crate::policy::routes::upstream_target;
 use crate::upstream::{self, UpstreamError};
 
 use super::context::Context;
 
 impl Context {
-    /// Makes a client's request head fit to go upstream: the target under the base URL, with
-    /// `PROXY_UPSTREAM_QUERY`; the server's key in place of the client's; the headers rewritten.
-    pub(super) fn upstream_head(
-        &self,
-        parts: &mut http::request::Parts,
-        exchange: &Exchange,
-    ) -> Result<(), ProxyError> {
-        let upstream = &self.config.upstream;
-        let target = upstream_target(
-            &upstream.base_path,
-            parts.uri.path(),
-            parts.uri.query(),
-            &upstream.query,
-        );
-        parts.uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(target)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded"))?;
+    /// Makes a client's request head fit to go upstream: the headers rewritten, and no key of
+    /// the client's left. The upstream chosen puts in its URL and its key.
+    pub(super) fn upstream_head(&self, parts: &mut http::request::Parts, exchange: &Exchange) {
         // hyper-util picks HTTP/1.1 or HTTP/2 per upstream connection; a request that insists
         // on the client's version would be refused by a connection of the other kind.
         parts.version = Version::HTTP_11;
         parts.extensions.clear();
-        let credential = self.keys.credential();
-        headers::rewrite_request(
-            &mut parts.headers,
-            &self.identity,
-            &credential,
-            exchange.id(),
-        );
+        headers::rewrite_request(&mut parts.headers, &self.identity, exchange.id());
         if self.config.usage.enabled {
             // The meter reads the answer as it passes, which it cannot do compressed.
             parts.headers.insert(
@@ -56,7 +32,6 @@ impl Context {
                 HeaderValue::from_static("identity"),
             );
         }
-        Ok(())
     }
 
     /// Waits for the upstream's response head within `PROXY_FIRST_BYTE_TIMEOUT` (and

@@ -167,12 +167,16 @@ where
     /// response: the body must hold it while it flows.
     ///
     /// A request the upstream provably did not process is sent again, on another connection,
-    /// up to [`MAX_ATTEMPTS`] in all; nothing else is.
+    /// up to [`MAX_ATTEMPTS`] in all; nothing else is. `kept` is how the body comes back to be
+    /// sent again: a caller that may send it elsewhere records it and passes its recovery here,
+    /// else it is recorded here for an HTTP/2 retry; what is left of it when this returns, or is
+    /// dropped, is the caller's.
     pub(crate) async fn send(
         &self,
-        request: Request<B>,
+        request: Request<Replayable<B>>,
+        kept: &mut Option<Recovery<B>>,
     ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
-        let (head, body) = request.into_parts();
+        let (head, mut body) = request.into_parts();
         let (http2, probe_retried) = match self.use_http2().await {
             Ok(http2) => (http2, false),
             // The probe's connect failed: nothing was sent; once more.
@@ -185,12 +189,10 @@ where
         // hyper gives back an HTTP/2 request only if it never left, so a copy of the head and
         // the frames sent are kept (unless the one retry went to the probe); an HTTP/1.1
         // request that was written is never retried.
-        let (body, mut recovery, head_copy) = if http2 && !probe_retried {
-            let (body, recovery) = Replayable::recorded(body);
-            (body, Some(recovery), Some(copy_head(&head)))
-        } else {
-            (Replayable::once(body), None, None)
-        };
+        let head_copy = (http2 && !probe_retried).then(|| copy_head(&head));
+        if head_copy.is_some() && kept.is_none() {
+            *kept = body.record();
+        }
         let mut request = Request::from_parts(head, Box::new(body));
         let (mut http2, mut attempts, mut connect_retried) = (http2, 1, false);
         loop {
@@ -221,9 +223,9 @@ where
                 } => (request, reason),
                 Unanswered::Unprocessed { reason, error } => {
                     let head = head_copy.as_ref().map(copy_head);
-                    match Box::pin(recover(recovery.take(), head)).await {
+                    match Box::pin(recover(kept.take(), head)).await {
                         Some((again, next)) => {
-                            recovery = Some(next);
+                            *kept = Some(next);
                             (again, reason)
                         }
                         None => return Err(error),
@@ -368,7 +370,7 @@ async fn recover<B: SendBody>(
 }
 
 /// The parts of a request head that are sent; extensions are not.
-fn copy_head(head: &Parts) -> Parts {
+pub(crate) fn copy_head(head: &Parts) -> Parts {
     let mut copy = Request::new(()).into_parts().0;
     copy.method = head.method.clone();
     copy.uri = head.uri.clone();

@@ -115,23 +115,41 @@ impl<B> Replayable<B> {
     }
 
     /// A body that records what it sends, and the [`Recovery`] that gets it back.
+    #[cfg(test)]
     pub(crate) fn recorded(body: B) -> (Replayable<B>, Recovery<B>) {
-        let (give_back, recovery) = oneshot::channel();
-        let body = Replayable {
+        again(Recovered {
+            sent: Vec::new(),
             rest: Some(body),
-            replay: VecDeque::new(),
-            recorder: Some(Recorder {
-                sent: Vec::new(),
-                bytes: 0,
-                ended: false,
-                give_back,
-            }),
-        };
-        (body, Recovery(recovery))
+        })
+    }
+}
+
+impl<B> Replayable<B> {
+    /// Starts recording a body that was not, before any frame of it was handed out: the
+    /// [`Recovery`] that gets it back. `None` if it records already, or has handed out frames.
+    pub(crate) fn record(&mut self) -> Option<Recovery<B>> {
+        if self.recorder.is_some() || !self.replay.is_empty() {
+            return None;
+        }
+        let (give_back, recovery) = oneshot::channel();
+        self.recorder = Some(Recorder {
+            sent: Vec::new(),
+            bytes: 0,
+            ended: false,
+            give_back,
+        });
+        Some(Recovery(recovery))
     }
 }
 
 impl<B> Recovery<B> {
+    /// The body again if it has come back already: a body the pools still hold is not waited
+    /// for.
+    pub(crate) fn now(mut self) -> Option<(Replayable<B>, Recovery<B>)> {
+        let recovered = self.0.try_recv().ok()?;
+        Some(again(recovered))
+    }
+
     /// The body again, frames already sent first, recorded as it is sent again (with its own
     /// recovery), or `None` if it cannot be replayed (it outgrew the retry buffer, carried
     /// trailers, or did not come back).
@@ -140,19 +158,26 @@ impl<B> Recovery<B> {
             .await
             .ok()?
             .ok()?;
-        let (give_back, recovery) = oneshot::channel();
-        let body = Replayable {
-            rest: recovered.rest,
-            replay: recovered.sent.into(),
-            recorder: Some(Recorder {
-                sent: Vec::new(),
-                bytes: 0,
-                ended: false,
-                give_back,
-            }),
-        };
-        Some((body, Recovery(recovery)))
+        Some(again(recovered))
     }
+}
+
+/// A recovered body, recorded again as it is sent again, with its own recovery.
+fn again<B>(recovered: Recovered<B>) -> (Replayable<B>, Recovery<B>) {
+    let mut body = Replayable {
+        rest: recovered.rest,
+        replay: VecDeque::new(),
+        recorder: None,
+    };
+    let (give_back, recovery) = oneshot::channel();
+    body.recorder = Some(Recorder {
+        sent: Vec::new(),
+        bytes: 0,
+        ended: false,
+        give_back,
+    });
+    body.replay = recovered.sent.into();
+    (body, Recovery(recovery))
 }
 
 impl<B> Drop for Replayable<B> {

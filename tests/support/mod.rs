@@ -6,6 +6,7 @@ pub mod binary;
 pub mod capture;
 pub mod connect_proxy;
 pub mod faults;
+pub mod fleet;
 pub mod goaway_upstream;
 pub mod h2_frames;
 pub mod mock;
@@ -100,6 +101,24 @@ impl ProxyStart {
         let vars = [
             ("OPENAI_API_KEY", SERVER_KEY),
             ("OPENAI_BASE_URL", base_url),
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+        ];
+        ProxyStart {
+            config: Settings::Vars(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            listener: None,
+            admin: false,
+        }
+    }
+
+    /// In front of the upstreams `PROXY_UPSTREAMS_FILE` names, on `127.0.0.1:0`.
+    pub fn upstreams_file(path: &std::path::Path) -> ProxyStart {
+        let vars = [
+            ("PROXY_UPSTREAMS_FILE", path.to_str().unwrap()),
             ("HOST", "127.0.0.1"),
             ("PORT", "0"),
         ];

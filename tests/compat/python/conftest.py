@@ -5,7 +5,9 @@ through PROXY_UPSTREAM_CA), which is the path users take to api.openai.com."""
 import json
 import os
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,10 @@ def _proxy(mock_addr, extra=None, base_path="/v1"):
         "PROXY_UPSTREAM_PROTOCOL": os.environ.get("COMPAT_PROTOCOL", "auto"),
         **(extra or {}),
     }
+    if "PROXY_UPSTREAMS_FILE" in env:
+        # The file names the upstreams and their keys, in place of these.
+        for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            del env[name]
 
     def ready(line):
         try:
@@ -138,3 +144,63 @@ def realtime_proxy_url(mock_upstream):
         mock_upstream,
         {"PROXY_EXTRA_ROUTES": "GET /v1/realtime", "PROXY_CLIENT_KEYS": f"voice-app:{CLIENT_KEY}"},
     )
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    """An upstream that answers every request as OpenAI does past a rate limit."""
+
+    seen = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        _Refusing.seen.append(self.headers.get("authorization"))
+        body = json.dumps(
+            {
+                "error": {
+                    "message": "Rate limit reached for gpt-4 on requests per min (RPM)",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            }
+        ).encode()
+        self.send_response(429)
+        self.send_header("content-type", "application/json")
+        self.send_header("retry-after", "1")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def two_upstreams(mock_upstream, tmp_path_factory):
+    """PROXY_UPSTREAMS_FILE with two upstreams: first (priority 0) one that answers 429 with
+    Retry-After: 1, then the mock. Yields the proxy's base URL and what the first one saw."""
+    refusing = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=refusing.serve_forever, daemon=True).start()
+    folder = tmp_path_factory.mktemp("upstreams")
+    (folder / "key-refusing").write_text("sk-refusing-key\n")
+    (folder / "key-mock").write_text(SERVER_KEY + "\n")
+    port = mock_upstream.rsplit(":", 1)[1]
+    mock_base = f"https://localhost:{port}/v1" if TLS else f"http://{mock_upstream}/v1"
+    (folder / "upstreams.toml").write_text(
+        f"""
+[[upstream]]
+name = "refusing"
+base_url = "http://127.0.0.1:{refusing.server_port}/v1"
+api_key_file = "key-refusing"
+priority = 0
+
+[[upstream]]
+name = "mock"
+base_url = "{mock_base}"
+api_key_file = "key-mock"
+priority = 1
+"""
+    )
+    for url in _serving(mock_upstream, {"PROXY_UPSTREAMS_FILE": str(folder / "upstreams.toml")}):
+        yield url, _Refusing.seen
+    refusing.shutdown()

@@ -1,6 +1,7 @@
 """The official OpenAI Python SDK, pointed at memoctopus by base_url, as a user would."""
 
 import json
+import os
 import time
 
 import openai
@@ -148,8 +149,8 @@ def test_a_spent_token_budget_is_a_429_the_sdk_waits_out(budget_proxy_url):
     assert caught.value.type == "tokens"
     retry_after = int(caught.value.response.headers["retry-after"])
     assert abs(retry_after - _seconds_left_in_minute()) <= 1.5, retry_after
-    assert _metric(budget_proxy_url, 'memoctopus_tokens_total{client="team",model="gpt-4",type="input"}') == 19 + 20
-    assert _metric(budget_proxy_url, 'memoctopus_tokens_total{client="team",model="gpt-4",type="output"}') == 20 + 9
+    assert _metric(budget_proxy_url, 'memoctopus_tokens_total{client="team",model="gpt-4",upstream="default",type="input"}') == 19 + 20
+    assert _metric(budget_proxy_url, 'memoctopus_tokens_total{client="team",model="gpt-4",upstream="default",type="output"}') == 20 + 9
     assert (
         _metric(budget_proxy_url, 'memoctopus_client_limit_rejections_total{client="team",limit="token_budget"}')
         == 1
@@ -209,3 +210,32 @@ def test_realtime_with_a_wrong_client_key_is_refused(realtime_proxy_url):
         with c.realtime.connect(model="gpt-realtime", max_retries=0) as connection:
             connection.recv()
     assert "401" in str(caught.value)
+
+
+def test_two_upstreams_one_refusing_the_sdk_sees_only_successes(two_upstreams):
+    if os.environ.get("COMPAT_PROTOCOL") == "http2":
+        pytest.skip("the refusing upstream speaks HTTP/1 only, and http2 would reach it by h2c")
+    url, refused = two_upstreams
+    # No SDK retries: every success is the proxy's failover, not the SDK trying again.
+    c = client(url)
+    started = time.monotonic()
+    answers = 0
+    while time.monotonic() - started < 2.6:
+        completion = c.chat.completions.create(model="gpt-4", messages=MESSAGES)
+        assert completion.choices[0].message.content == "Hello! How can I help you today?"
+        text = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in c.chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True)
+            if chunk.choices
+        )
+        assert text.startswith("Hello!")
+        answers += 2
+        time.sleep(0.1)
+    # The refusing one was asked, with its own key, again after each 1 s rest, never the client's.
+    assert len(refused) >= 2, refused
+    assert set(refused) == {"Bearer sk-refusing-key"}
+    failovers = _metric(
+        url, 'memoctopus_upstream_failovers_total{from="refusing",to="mock",reason="rate_limited"}'
+    )
+    assert failovers == len(refused), (failovers, refused)
+    assert _metric(url, 'memoctopus_upstream_attempts_total{upstream="mock",result="answered"}') == answers
