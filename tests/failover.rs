@@ -38,6 +38,20 @@ async fn chat(proxy: &TestProxy) -> (u16, http::HeaderMap, String) {
     (status, headers, body_string(response).await)
 }
 
+/// `a`, behaving so, tried first (priority 0), and `b` serving behind it (priority 1).
+async fn a_then_b(test: &str, behaviour: Behaviour) -> (FleetUpstream, FleetUpstream, TestProxy) {
+    let dir = scratch_dir(test);
+    let a = FleetUpstream::start("a", behaviour).await;
+    let b = FleetUpstream::start("b", Behaviour::Serve).await;
+    let file = write_file(&dir, &[(&a, 0, 1), (&b, 1, 1)], "");
+    let proxy = ProxyStart::upstreams_file(&file).start().await;
+    (a, b, proxy)
+}
+
+fn refuse_429(retry_after: &str) -> Behaviour {
+    Behaviour::Refuse(429, vec![("retry-after", retry_after.to_owned())])
+}
+
 #[tokio::test]
 async fn a_down_upstream_loses_no_request_and_each_goes_with_its_own_key() {
     let dir = scratch_dir("failover-down");
@@ -73,16 +87,7 @@ async fn a_down_upstream_loses_no_request_and_each_goes_with_its_own_key() {
 
 #[tokio::test]
 async fn a_429_with_retry_after_rests_its_upstream_that_long_then_it_serves_again() {
-    let dir = scratch_dir("failover-429");
-    let a = FleetUpstream::start(
-        "a",
-        Behaviour::Refuse(429, vec![("retry-after", "2".to_owned())]),
-    )
-    .await;
-    let b = FleetUpstream::start("b", Behaviour::Serve).await;
-    // a first: a lower priority number is tried first.
-    let file = write_file(&dir, &[(&a, 0, 1), (&b, 1, 1)], "");
-    let proxy = ProxyStart::upstreams_file(&file).start().await;
+    let (a, b, proxy) = a_then_b("failover-429", refuse_429("2")).await;
     let (status, _, body) = chat(&proxy).await;
     assert_eq!(status, 200, "{body}");
     let refused_at = a.seen()[0].at;
@@ -107,11 +112,7 @@ async fn a_429_with_retry_after_rests_its_upstream_that_long_then_it_serves_agai
 #[tokio::test]
 async fn a_rejected_key_rests_its_upstream_is_logged_once_and_the_others_serve() {
     let logs = support::capture::logs();
-    let dir = scratch_dir("failover-401");
-    let a = FleetUpstream::start("a", Behaviour::Refuse(401, vec![])).await;
-    let b = FleetUpstream::start("b", Behaviour::Serve).await;
-    let file = write_file(&dir, &[(&a, 0, 1), (&b, 1, 1)], "");
-    let proxy = ProxyStart::upstreams_file(&file).start().await;
+    let (a, b, proxy) = a_then_b("failover-401", Behaviour::Refuse(401, vec![])).await;
     let mut first = chat_request(&proxy.url("/v1/chat/completions"), CHAT);
     first
         .headers_mut()
@@ -197,11 +198,7 @@ async fn weights_3_to_1_over_4000_requests_hold_within_5_percent() {
 
 #[tokio::test]
 async fn a_stream_cut_after_its_first_event_is_never_failed_over() {
-    let dir = scratch_dir("failover-cut");
-    let a = FleetUpstream::start("a", Behaviour::CutAfterFirstEvent).await;
-    let b = FleetUpstream::start("b", Behaviour::Serve).await;
-    let file = write_file(&dir, &[(&a, 0, 1), (&b, 1, 1)], "");
-    let proxy = ProxyStart::upstreams_file(&file).start().await;
+    let (a, b, proxy) = a_then_b("failover-cut", Behaviour::CutAfterFirstEvent).await;
     let request = chat_request(
         &proxy.url("/v1/chat/completions"),
         r#"{"model":"gpt-4","stream":true}"#,
@@ -227,15 +224,7 @@ async fn a_stream_cut_after_its_first_event_is_never_failed_over() {
 
 #[tokio::test]
 async fn an_upload_beyond_the_retry_buffer_gets_the_first_upstreams_answer() {
-    let dir = scratch_dir("failover-upload");
-    let a = FleetUpstream::start(
-        "a",
-        Behaviour::Refuse(429, vec![("retry-after", "1".to_owned())]),
-    )
-    .await;
-    let b = FleetUpstream::start("b", Behaviour::Serve).await;
-    let file = write_file(&dir, &[(&a, 0, 1), (&b, 1, 1)], "");
-    let proxy = ProxyStart::upstreams_file(&file).start().await;
+    let (a, b, proxy) = a_then_b("failover-upload", refuse_429("1")).await;
     let boundary = "b0undary";
     let body = multipart(5 << 20, boundary);
     let response = client()
@@ -312,16 +301,8 @@ async fn a_storm_of_429s_stays_within_the_retry_budget_and_keeps_the_last_answer
 #[tokio::test]
 async fn when_every_upstream_rests_the_last_answer_says_when_the_first_is_back() {
     let dir = scratch_dir("failover-all-resting");
-    let a = FleetUpstream::start(
-        "a",
-        Behaviour::Refuse(429, vec![("retry-after", "30".to_owned())]),
-    )
-    .await;
-    let b = FleetUpstream::start(
-        "b",
-        Behaviour::Refuse(429, vec![("retry-after", "7".to_owned())]),
-    )
-    .await;
+    let a = FleetUpstream::start("a", refuse_429("30")).await;
+    let b = FleetUpstream::start("b", refuse_429("7")).await;
     let file = write_file(&dir, &[(&a, 0, 1), (&b, 1, 1)], "");
     let proxy = ProxyStart::upstreams_file(&file).start().await;
     let (status, headers, body) = chat(&proxy).await;

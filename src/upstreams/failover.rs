@@ -31,6 +31,12 @@ pub(crate) struct Tried {
     pub(crate) attempts: u32,
 }
 
+/// Where a request starts: its turn among the upstreams, and the first it tries.
+struct Start {
+    turn: u64,
+    first: usize,
+}
+
 /// What one attempt says about whether to move on, and why, as the metrics label it.
 enum Verdict {
     /// The answer, or the failure, goes to the client.
@@ -51,20 +57,13 @@ impl<B: SendBody> Upstreams<B> {
         let set = self.set.load_full();
         let several = set.members.len() > 1;
         let client = parts.uri.path_and_query().cloned();
-        let (turn, mut now) = (
-            self.turn.fetch_add(u64::from(several), Ordering::Relaxed),
-            0,
-        );
-        if several {
-            now = self.now();
-            self.budget.deposit(now);
-        }
+        let Start { turn, first } = self.start(&set);
         let mut body = Replayable::once(body);
         // Kept for another upstream only where there is one: alone, the body is recorded only
         // for an HTTP/2 retry, as the pools decide.
         let mut kept = if several { body.record() } else { None };
         let head = several.then(|| copy_head(&parts));
-        let (mut tried_mask, mut index) = (0u64, set.pick(0, turn, now, true).unwrap_or(0));
+        let (mut tried_mask, mut index) = (0u64, first);
         loop {
             let Some(member) = set.members.get(index) else {
                 return Err(nowhere());
@@ -85,17 +84,10 @@ impl<B: SendBody> Upstreams<B> {
                 None => sending.await,
             };
             let verdict = self.judge(member, &set, &result);
-            let reason = match verdict {
-                Verdict::Pass(label) => {
-                    self.metrics.upstream.attempt(&member.entry.name, label);
-                    return result;
-                }
-                Verdict::MoveOn(label) => {
-                    self.metrics.upstream.attempt(&member.entry.name, label);
-                    label
-                }
+            let Some(reason) = self.counted(member, verdict) else {
+                return result;
             };
-            now = self.now();
+            let now = self.now();
             let next = several
                 .then(|| set.pick(tried_mask, turn, now, false))
                 .flatten();
@@ -140,15 +132,8 @@ impl<B: SendBody> Upstreams<B> {
         let set = self.set.load_full();
         let several = set.members.len() > 1;
         let client = parts.uri.path_and_query().cloned();
-        let (turn, mut now) = (
-            self.turn.fetch_add(u64::from(several), Ordering::Relaxed),
-            0,
-        );
-        if several {
-            now = self.now();
-            self.budget.deposit(now);
-        }
-        let (mut tried_mask, mut index) = (0u64, set.pick(0, turn, now, true).unwrap_or(0));
+        let Start { turn, first } = self.start(&set);
+        let (mut tried_mask, mut index) = (0u64, first);
         let mut template = Some(parts);
         loop {
             let Some(member) = set.members.get(index) else {
@@ -181,17 +166,10 @@ impl<B: SendBody> Upstreams<B> {
                 }
                 Err(error) => self.judge_failure(member, &set, error),
             };
-            let reason = match verdict {
-                Verdict::Pass(label) => {
-                    self.metrics.upstream.attempt(&member.entry.name, label);
-                    return result;
-                }
-                Verdict::MoveOn(label) => {
-                    self.metrics.upstream.attempt(&member.entry.name, label);
-                    label
-                }
+            let Some(reason) = self.counted(member, verdict) else {
+                return result;
             };
-            now = self.now();
+            let now = self.now();
             let next = several
                 .then(|| set.pick(tried_mask, turn, now, false))
                 .flatten();
@@ -212,6 +190,30 @@ impl<B: SendBody> Upstreams<B> {
             );
             index = next;
         }
+    }
+
+    /// A request's turn among the upstreams, counted in the budget when there are several,
+    /// and the upstream it tries first.
+    fn start(&self, set: &Set<B>) -> Start {
+        let several = set.members.len() > 1;
+        let turn = self.turn.fetch_add(u64::from(several), Ordering::Relaxed);
+        let mut now = 0;
+        if several {
+            now = self.now();
+            self.budget.deposit(now);
+        }
+        let first = set.pick(0, turn, now, true).unwrap_or(0);
+        Start { turn, first }
+    }
+
+    /// Counts an attempt by its verdict; the reason to move on, if it may.
+    fn counted(&self, member: &Member<B>, verdict: Verdict) -> Option<&'static str> {
+        let (label, moves_on) = match verdict {
+            Verdict::Pass(label) => (label, false),
+            Verdict::MoveOn(label) => (label, true),
+        };
+        self.metrics.upstream.attempt(&member.entry.name, label);
+        moves_on.then_some(label)
     }
 
     /// What one attempt says about its upstream, which rests if it asked to or could not be

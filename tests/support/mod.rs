@@ -98,15 +98,19 @@ enum Settings {
 impl ProxyStart {
     /// In front of whatever serves `base_url`, with the server's key, on `127.0.0.1:0`.
     pub fn at(base_url: &str) -> ProxyStart {
-        let vars = [
+        ProxyStart::listening(&[
             ("OPENAI_API_KEY", SERVER_KEY),
             ("OPENAI_BASE_URL", base_url),
-            ("HOST", "127.0.0.1"),
-            ("PORT", "0"),
-        ];
+        ])
+    }
+
+    /// These settings, on `127.0.0.1:0`.
+    fn listening(vars: &[(&str, &str)]) -> ProxyStart {
+        let port = [("HOST", "127.0.0.1"), ("PORT", "0")];
         ProxyStart {
             config: Settings::Vars(
                 vars.iter()
+                    .chain(&port)
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             ),
@@ -117,20 +121,7 @@ impl ProxyStart {
 
     /// In front of the upstreams `PROXY_UPSTREAMS_FILE` names, on `127.0.0.1:0`.
     pub fn upstreams_file(path: &std::path::Path) -> ProxyStart {
-        let vars = [
-            ("PROXY_UPSTREAMS_FILE", path.to_str().unwrap()),
-            ("HOST", "127.0.0.1"),
-            ("PORT", "0"),
-        ];
-        ProxyStart {
-            config: Settings::Vars(
-                vars.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            listener: None,
-            admin: false,
-        }
+        ProxyStart::listening(&[("PROXY_UPSTREAMS_FILE", path.to_str().unwrap())])
     }
 
     /// In front of a plain `upstream`.
