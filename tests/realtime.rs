@@ -749,3 +749,59 @@ async fn a_session_without_usage_or_with_unreadable_frames_is_estimated_and_says
     // One token for every byte the upstream sent: the frame's 2-byte header and 24 bytes.
     assert_eq!(unread["output_tokens"], 26, "{unread}");
 }
+
+#[tokio::test]
+async fn an_upgrade_refused_with_429_switches_on_the_next_upstream_which_then_keeps_it() {
+    use support::fleet::{Behaviour, FleetUpstream};
+    let busy = FleetUpstream::start(
+        "busy",
+        Behaviour::Refuse(429, vec![("retry-after", "30".to_owned())]),
+    )
+    .await;
+    let ws = WsMock::start(None).await;
+    let dir = scratch_dir("realtime-failover");
+    std::fs::write(dir.join("busy-key"), "sk-busy").unwrap();
+    std::fs::write(dir.join("ws-key"), SERVER_KEY).unwrap();
+    std::fs::write(
+        dir.join("upstreams.toml"),
+        format!(
+            "[[upstream]]\nname = \"busy\"\nbase_url = \"{}\"\napi_key_file = \"busy-key\"\npriority = 0\n\n\
+             [[upstream]]\nname = \"ws\"\nbase_url = \"http://{}/v1\"\napi_key_file = \"ws-key\"\npriority = 1\n",
+            busy.base_url(),
+            ws.addr
+        ),
+    )
+    .unwrap();
+    let proxy = ProxyStart::upstreams_file(&dir.join("upstreams.toml"))
+        .settings(&[REALTIME])
+        .start()
+        .await;
+    for session in 0..2 {
+        let (mut socket, response) =
+            connect(&proxy, "/v1/realtime?model=gpt-realtime", &[CLIENT_AUTH])
+                .await
+                .expect("upgrade refused");
+        assert_eq!(response.status(), 101);
+        let text = Message::text(format!(r#"{{"type":"session.update","n":{session}}}"#));
+        assert_eq!(echo(&mut socket, text.clone()).await, text);
+    }
+    // busy was asked once, with its own key, then rested; ws switched both.
+    let asked = busy.seen();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].authorization, "Bearer sk-busy");
+    let switched = ws.handshakes();
+    assert_eq!(switched.len(), 2);
+    assert_eq!(
+        switched[0].headers["authorization"],
+        format!("Bearer {SERVER_KEY}")
+    );
+    assert_eq!(switched[0].uri, "/v1/realtime?model=gpt-realtime");
+    assert_eq!(
+        metric(
+            &proxy,
+            "memoctopus_upstream_failovers_total{from=\"busy\",to=\"ws\",reason=\"rate_limited\"}"
+        )
+        .await,
+        1.0
+    );
+}
