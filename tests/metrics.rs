@@ -237,3 +237,42 @@ async fn metrics_can_move_to_their_own_listener() {
         1.0
     );
 }
+
+/// The process's own figures, read from `/proc/self` at each scrape: what the dashboard's
+/// memory and CPU panels show. Compared with what `/proc` says of the test's process, which is
+/// the proxy's too.
+#[tokio::test]
+async fn the_process_memory_cpu_and_descriptors_are_read_at_each_scrape() {
+    let mock = MockUpstream::start().await;
+    let proxy = spawn_proxy(&mock, &[]).await;
+    let text = scrape(&proxy.url("/metrics")).await;
+    let resident = value(&text, "memoctopus_process_resident_memory_bytes");
+    let kib = memory_kib(std::process::id(), "VmRSS:") as f64;
+    assert!(
+        (resident / 1024.0 - kib).abs() < kib * 0.5,
+        "{resident} bytes against VmRSS {kib} kB"
+    );
+    let fds = value(&text, "memoctopus_process_open_fds");
+    assert!(fds >= 3.0, "{fds}");
+    // A held connection is one more descriptor at the next scrape.
+    let held: Vec<_> =
+        futures_util::future::join_all((0..20).map(|_| raw_connect(proxy.addr))).await;
+    let text = scrape(&proxy.url("/metrics")).await;
+    assert!(value(&text, "memoctopus_process_open_fds") >= fds + 20.0);
+    drop(held);
+    // CPU time only grows: spend some and see it.
+    let before = value(&text, "memoctopus_process_cpu_seconds_total");
+    let spin = std::time::Instant::now();
+    while spin.elapsed() < Duration::from_millis(300) {
+        std::hint::black_box((0..1000u64).sum::<u64>());
+    }
+    let text = scrape(&proxy.url("/metrics")).await;
+    let after = value(&text, "memoctopus_process_cpu_seconds_total");
+    assert!(after - before >= 0.2, "{before} then {after}");
+    let started = value(&text, "memoctopus_process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(started <= now && now - started < 600.0, "{started}");
+}

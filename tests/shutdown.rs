@@ -21,6 +21,10 @@ async fn a_stream_in_flight_finishes_while_ready_reports_draining() {
         ],
     )
     .await;
+    assert_eq!(
+        metric(&proxy, "memoctopus_drain_started_timestamp_seconds").await,
+        0.0
+    );
     // 30 events 100 ms apart: a 3-second stream.
     let request = stream_request(&proxy.url("/v1/chat/completions"), 30, 100);
     let response = client().request(request).await.unwrap();
@@ -43,6 +47,13 @@ async fn a_stream_in_flight_finishes_while_ready_reports_draining() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // The drain's start is on /metrics, for an alert on a drain that does not end.
+    let started = metric(&proxy, "memoctopus_drain_started_timestamp_seconds").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - started).abs() < 5.0, "{started} vs {now}");
 
     // After the delay: new connections are refused.
     sleep(Duration::from_millis(600)).await;

@@ -52,6 +52,7 @@ struct Server {
     config: Config,
     proxy: Proxy,
     drain: Arc<DrainState>,
+    metrics: Arc<Metrics>,
     acceptor: Acceptor<Proxy>,
     /// The admin listener's accept loop. It runs until the drain has ended: the kubelet's
     /// probes see `/ready` go 503.
@@ -122,6 +123,7 @@ impl Server {
             config,
             proxy,
             drain,
+            metrics,
             acceptor,
             admin,
             helpers: [key_watcher, trimmer],
@@ -132,6 +134,7 @@ impl Server {
     async fn serve_until(&mut self, shutdown: impl Future<Output = ()>) {
         self.acceptor.accept_until(shutdown).await;
         self.drain.start_draining();
+        self.metrics.connections.drain_started();
         let delay = self.config.shutdown_delay;
         tracing::info!(?delay, "shutdown signal received; /ready answers 503");
         self.acceptor.accept_until(tokio::time::sleep(delay)).await;
@@ -147,6 +150,7 @@ impl Server {
             acceptor,
             admin,
             helpers,
+            ..
         } = self;
         let Acceptor {
             listener,

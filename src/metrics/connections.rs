@@ -4,12 +4,16 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::labels::{KindLabels, ReasonLabels};
 use crate::outcome::Refused;
 
 pub(crate) struct ConnectionMetrics {
     pub open: Gauge,
+    /// When the drain began, in seconds since the Unix epoch; 0 while serving.
+    drain_started: Gauge<f64, AtomicU64>,
     /// HTTP/2 streams the client reset before their answer ended.
     pub stream_resets: Counter,
     /// Client connections the proxy closed on its own, by why: `idle` or `max_requests`.
@@ -31,6 +35,12 @@ impl ConnectionMetrics {
             "open_connections",
             "Inbound client connections open",
             open.clone(),
+        );
+        let drain_started = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "drain_started_timestamp_seconds",
+            "When the shutdown signal began the drain, in seconds since the Unix epoch; 0 while serving",
+            drain_started.clone(),
         );
         let stream_resets = Counter::default();
         registry.register(
@@ -60,10 +70,19 @@ impl ConnectionMetrics {
         }
         ConnectionMetrics {
             open,
+            drain_started,
             stream_resets,
             closed,
             refused_heads,
         }
+    }
+
+    /// The shutdown signal came: the drain begins now.
+    pub(crate) fn drain_started(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.drain_started.set(now);
     }
 
     /// A client connection the proxy closed on its own: `idle` or `max_requests`.

@@ -48,6 +48,11 @@ impl LimitMetrics {
             "Calls to the limits' Redis that failed, by kind: timeout, connection, response",
             redis_errors.clone(),
         );
+        // Each kind starts at zero, so that its rate and the fallback alert work before the
+        // first failure.
+        for kind in ["timeout", "connection", "response"] {
+            drop(redis_errors.get_or_create(&KindLabels { kind }));
+        }
         let redis_round_trips = Histogram::new(REDIS_BUCKETS);
         registry.register(
             "limits_redis_seconds",

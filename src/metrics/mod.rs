@@ -11,6 +11,7 @@ mod exchanges;
 mod keys;
 mod labels;
 mod limits;
+mod process;
 mod upstream;
 mod usage;
 
@@ -49,6 +50,7 @@ impl Metrics {
         let upstream = UpstreamMetrics::register(&mut registry);
         let keys = KeyMetrics::register(&mut registry);
         let connections = ConnectionMetrics::register(&mut registry);
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
         Metrics {
             registry,
             exchanges,
