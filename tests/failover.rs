@@ -68,8 +68,14 @@ async fn a_down_upstream_loses_no_request_and_each_goes_with_its_own_key() {
     assert_eq!(b.processed().len() + c.processed().len(), 30);
     assert!(!b.seen().is_empty() && !c.seen().is_empty());
     // Each upstream got its own key, and no client key.
-    assert!(b.seen().iter().all(|s| s.authorization == "Bearer sk-b"));
-    assert!(c.seen().iter().all(|s| s.authorization == "Bearer sk-c"));
+    assert!(b
+        .seen()
+        .iter()
+        .all(|s| s.authorization == format!("Bearer {}", b.key())));
+    assert!(c
+        .seen()
+        .iter()
+        .all(|s| s.authorization == format!("Bearer {}", c.key())));
     // The down one was tried once, then rested: one failover, not one a request.
     let text = metrics_text(&proxy).await;
     let failovers: f64 = text
@@ -374,7 +380,7 @@ async fn a_reloaded_file_sends_nothing_new_to_a_removed_upstream_and_its_stream_
 async fn an_azure_entry_takes_its_key_in_api_key_and_its_query() {
     let dir = scratch_dir("failover-azure");
     let azure = FleetUpstream::start("azure", Behaviour::Serve).await;
-    std::fs::write(dir.join("key-azure"), "azure-key\n").unwrap();
+    std::fs::write(dir.join("key-azure"), "sk-fleet-azure-key\n").unwrap();
     let file = dir.join("upstreams.toml");
     std::fs::write(
         &file,
@@ -388,7 +394,7 @@ async fn an_azure_entry_takes_its_key_in_api_key_and_its_query() {
     let (status, _, _) = chat(&proxy).await;
     assert_eq!(status, 200);
     let seen = &azure.seen()[0];
-    assert_eq!(seen.api_key, "azure-key");
+    assert_eq!(seen.api_key, "sk-fleet-azure-key");
     assert_eq!(seen.authorization, "");
     assert!(
         seen.uri
@@ -409,7 +415,7 @@ fn a_bad_file_or_a_second_upstream_setting_stops_the_start() {
     )])
     .unwrap_err();
     assert_eq!(bad.setting, "PROXY_UPSTREAMS_FILE");
-    std::fs::write(dir.join("key"), "sk-k").unwrap();
+    std::fs::write(dir.join("key"), "sk-fleet-k").unwrap();
     std::fs::write(
         dir.join("good.toml"),
         "[[upstream]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_file = \"key\"\n",
@@ -447,7 +453,7 @@ fn the_kubernetes_configmaps_file_starts_with_its_keys_beside_it() {
     let dir = scratch_dir("failover-configmap");
     for key in ["openai", "azure-eastus"] {
         std::fs::create_dir_all(dir.join(key)).unwrap();
-        std::fs::write(dir.join(key).join("api-key"), format!("sk-{key}")).unwrap();
+        std::fs::write(dir.join(key).join("api-key"), format!("sk-fleet-{key}")).unwrap();
     }
     std::fs::write(dir.join("upstreams.toml"), toml).unwrap();
     let config = memoctopus::Config::from_vars([(
@@ -458,8 +464,8 @@ fn the_kubernetes_configmaps_file_starts_with_its_keys_beside_it() {
     let described = format!("{config:?}");
     assert!(described.contains("azure-eastus"), "{described}");
     // Its debug form holds no key, as bytes or text.
-    assert!(!described.contains("sk-openai"), "{described}");
-    let key_bytes = format!("{:?}", b"sk-openai".to_vec());
+    assert!(!described.contains("sk-fleet-openai"), "{described}");
+    let key_bytes = format!("{:?}", b"sk-fleet-openai".to_vec());
     assert!(
         !described.contains(&key_bytes[1..key_bytes.len() - 1]),
         "{described}"

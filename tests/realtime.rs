@@ -760,7 +760,7 @@ async fn an_upgrade_refused_with_429_switches_on_the_next_upstream_which_then_ke
     .await;
     let ws = WsMock::start(None).await;
     let dir = scratch_dir("realtime-failover");
-    std::fs::write(dir.join("busy-key"), "sk-busy").unwrap();
+    std::fs::write(dir.join("busy-key"), "sk-fleet-busy").unwrap();
     std::fs::write(dir.join("ws-key"), SERVER_KEY).unwrap();
     std::fs::write(
         dir.join("upstreams.toml"),
@@ -788,7 +788,7 @@ async fn an_upgrade_refused_with_429_switches_on_the_next_upstream_which_then_ke
     // busy was asked once, with its own key, then rested; ws switched both.
     let asked = busy.seen();
     assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0].authorization, "Bearer sk-busy");
+    assert_eq!(asked[0].authorization, "Bearer sk-fleet-busy");
     let switched = ws.handshakes();
     assert_eq!(switched.len(), 2);
     assert_eq!(

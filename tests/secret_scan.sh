@@ -27,6 +27,7 @@ keys=(
   pw-shared-redis-secret-5150   # tests/shared_limits.rs: the Redis password
   sk-unit-server-key-4242 client-key-unit-77  # src/inbound/connection.rs: the panic hook's unit test (which also checks its own logs)
   pp-egress-secret-4242         # tests/upstream_trust.rs: the forward proxy's password
+  sk-fleet-                     # tests/failover.rs, tests/realtime.rs: each upstream's key
   ZWdyZXNzLXVzZXI6cHAtZWdyZXNzLXNlY3JldC00MjQy  # ...and its Proxy-Authorization
 )
 found=0

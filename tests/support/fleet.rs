@@ -109,6 +109,12 @@ impl FleetUpstream {
             .collect()
     }
 
+    /// The key its entry in [`write_file`]'s file gives it (the secret scan looks for
+    /// `sk-fleet-`).
+    pub fn key(&self) -> String {
+        format!("sk-fleet-{}-upstream-key", self.name)
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
@@ -215,12 +221,12 @@ fn events(n: usize, gap: Duration, cut: bool) -> Response<FleetBody> {
 }
 
 /// An upstreams file naming `upstreams`, each `(upstream, priority, weight)`, with `extra` at
-/// the top, and a key file for each (`sk-<name>`), in `dir`.
+/// the top, and a key file for each ([`key`]), in `dir`.
 pub fn write_file(dir: &Path, upstreams: &[(&FleetUpstream, u32, u32)], extra: &str) -> PathBuf {
     let mut toml = format!("{extra}\n");
     for (upstream, priority, weight) in upstreams {
         let key = dir.join(format!("key-{}", upstream.name));
-        std::fs::write(&key, format!("sk-{}\n", upstream.name)).unwrap();
+        std::fs::write(&key, format!("{}\n", upstream.key())).unwrap();
         toml.push_str(&format!(
             "[[upstream]]\nname = \"{}\"\nbase_url = \"{}\"\napi_key_file = \"key-{}\"\npriority = {priority}\nweight = {weight}\n\n",
             upstream.name,
