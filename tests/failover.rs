@@ -480,3 +480,32 @@ fn the_kubernetes_configmaps_file_starts_with_its_keys_beside_it() {
     assert_eq!(missing.setting, "PROXY_UPSTREAMS_FILE");
     assert!(missing.to_string().contains("azure-eastus"), "{missing}");
 }
+
+/// Without `PROXY_UPSTREAMS_FILE` nothing changes: the one upstream's 429 passes as it came,
+/// and it never rests, since there is nowhere else to go.
+#[tokio::test]
+async fn alone_an_upstream_never_rests_and_its_429_passes_unchanged() {
+    let a = FleetUpstream::start("a", refuse_429("30")).await;
+    let proxy = ProxyStart::at(&a.base_url()).start().await;
+    for _ in 0..3 {
+        let (status, headers, body) = chat(&proxy).await;
+        assert_eq!(status, 429);
+        assert_eq!(headers["retry-after"], "30");
+        assert!(body.contains("refused by a"), "{body}");
+    }
+    assert_eq!(a.seen().len(), 3);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = metrics_text(&proxy).await;
+    assert_eq!(
+        series(&text, "memoctopus_upstream_available{upstream=\"default\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            "memoctopus_upstream_attempts_total{upstream=\"default\",result=\"rate_limited\"}"
+        ),
+        Some(3.0)
+    );
+}

@@ -109,11 +109,7 @@ impl<B: SendBody> Upstreams<B> {
                 return self.last(&set, result);
             }
             drop(result);
-            self.metrics.upstream.failover(
-                &member.entry.name,
-                &set.members[next].entry.name,
-                reason,
-            );
+            self.failed_over(&set, member, next, reason);
             parts = copy_head(head);
             body = again;
             kept = Some(next_kept);
@@ -183,11 +179,7 @@ impl<B: SendBody> Upstreams<B> {
                 });
             };
             drop(result);
-            self.metrics.upstream.failover(
-                &member.entry.name,
-                &set.members[next].entry.name,
-                reason,
-            );
+            self.failed_over(&set, member, next, reason);
             index = next;
         }
     }
@@ -204,6 +196,15 @@ impl<B: SendBody> Upstreams<B> {
         }
         let first = set.pick(0, turn, now, true).unwrap_or(0);
         Start { turn, first }
+    }
+
+    /// Counts a request moving from `member` to the upstream at `next`.
+    fn failed_over(&self, set: &Set<B>, member: &Member<B>, next: usize, reason: &'static str) {
+        if let Some(to) = set.members.get(next) {
+            self.metrics
+                .upstream
+                .failover(&member.entry.name, &to.entry.name, reason);
+        }
     }
 
     /// Counts an attempt by its verdict; the reason to move on, if it may.
@@ -241,7 +242,7 @@ impl<B: SendBody> Upstreams<B> {
             | FailureKind::Tls
             | FailureKind::Certificate
             | FailureKind::ForwardProxy => {
-                self.cool_down(member, rules.cooldown);
+                self.cool_down(set, member, rules.cooldown);
                 Verdict::MoveOn("unreachable")
             }
             // Broken before the request could reach it, or provably not processed.
@@ -266,16 +267,19 @@ impl<B: SendBody> Upstreams<B> {
         let asked = || cooldown::asked(headers, SystemTime::now()).unwrap_or(rules.cooldown);
         match status {
             StatusCode::TOO_MANY_REQUESTS => {
-                self.cool_down(member, asked());
+                self.cool_down(set, member, asked());
                 Verdict::MoveOn("rate_limited")
             }
             StatusCode::SERVICE_UNAVAILABLE => {
-                self.cool_down(member, asked());
+                self.cool_down(set, member, asked());
                 Verdict::MoveOn("unavailable")
             }
             StatusCode::UNAUTHORIZED => {
-                self.cool_down(member, rules.key_rejected_cooldown);
-                if !member.rest.key_rejected_told.swap(true, Ordering::Relaxed) {
+                self.cool_down(set, member, rules.key_rejected_cooldown);
+                // Alone, the upstream is told of as OPENAI_API_KEY's fault where the 401 is
+                // answered; one of several is told of here, once.
+                let several = set.members.len() > 1;
+                if several && !member.rest.key_rejected_told.swap(true, Ordering::Relaxed) {
                     tracing::error!(
                         upstream = %member.entry.name,
                         cooldown_s = rules.key_rejected_cooldown.as_secs(),

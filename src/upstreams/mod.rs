@@ -90,20 +90,19 @@ impl<B: SendBody> Upstreams<B> {
             metrics,
         });
         upstreams.replace(set.clone())?;
-        if set.entries.len() > 1 {
-            // The availability gauges follow the cooldowns' ends.
-            let weak = Arc::downgrade(&upstreams);
-            tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    ticks.tick().await;
-                    let Some(upstreams) = weak.upgrade() else {
-                        return;
-                    };
-                    upstreams.show_availability();
-                }
-            });
-        }
+        // The availability gauges follow the cooldowns' ends, whatever a reload makes of the
+        // set.
+        let weak = Arc::downgrade(&upstreams);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                let Some(upstreams) = weak.upgrade() else {
+                    return;
+                };
+                upstreams.show_availability();
+            }
+        });
         Ok(upstreams)
     }
 
@@ -188,8 +187,12 @@ impl<B: SendBody> Upstreams<B> {
         }
     }
 
-    /// `member` rests for `rest` from now, unless it already rests longer.
-    fn cool_down(&self, member: &Member<B>, rest: Duration) {
+    /// `member` rests for `rest` from now, unless it already rests longer. An upstream alone
+    /// never rests: there is nowhere else to go, and its availability is not shown.
+    fn cool_down(&self, set: &Set<B>, member: &Member<B>, rest: Duration) {
+        if set.members.len() < 2 {
+            return;
+        }
         let until = self.now() + rest.as_millis() as u64;
         member.rest.until.fetch_max(until, Ordering::Relaxed);
         self.metrics.upstream.available(&member.entry.name, false);
