@@ -509,3 +509,55 @@ async fn alone_an_upstream_never_rests_and_its_429_passes_unchanged() {
         Some(3.0)
     );
 }
+
+/// The same failovers over HTTP/2 (h2c), where the pools also keep the body for their own
+/// retries: a chat of several frames passes a down upstream (never sent) and a 429 (sent
+/// whole, and whole again); a large upload stops at the first 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_chat_passes_a_down_upstream_and_a_429_and_a_large_upload_stops_at_one() {
+    let dir = scratch_dir("failover-h2");
+    let down = FleetUpstream::down("down");
+    let a = FleetUpstream::start("a", refuse_429("30")).await;
+    let b = FleetUpstream::start("b", Behaviour::Serve).await;
+    let c = FleetUpstream::start("c", Behaviour::Serve).await;
+    let file = write_file(
+        &dir,
+        &[(&down, 0, 1), (&a, 1, 1), (&b, 2, 1), (&c, 3, 1)],
+        "",
+    );
+    let proxy = ProxyStart::upstreams_file(&file)
+        .settings(&[("PROXY_UPSTREAM_PROTOCOL", "http2")])
+        .start()
+        .await;
+    let body = format!(
+        r#"{{"model":"gpt-4","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(40_000)
+    );
+    let response = client()
+        .request(chat_request(&proxy.url("/v1/chat/completions"), &body))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-served-by"], "b");
+    body_string(response).await;
+    assert_eq!(a.seen()[0].body_bytes, body.len());
+    assert_eq!(b.processed()[0].body_bytes, body.len());
+    // down and a rest; b refuses a 5 MiB upload, which is not sent to c.
+    b.set(refuse_429("30"));
+    let boundary = "h2boundary";
+    let upload = multipart(5 << 20, boundary);
+    let response = client()
+        .request(transcription_request(
+            &proxy.url("/v1/audio/transcriptions"),
+            boundary,
+            upload.clone(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(body_string(response).await.contains("refused by b"));
+    assert_eq!(b.seen()[1].body_bytes, upload.len());
+    assert!(c.seen().is_empty(), "a 5 MiB upload was sent twice");
+    assert_eq!(a.seen().len(), 1);
+    processed_once(&[&a, &b, &c]);
+}
