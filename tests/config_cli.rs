@@ -137,3 +137,32 @@ fn bad_key_files_exit_64_naming_the_setting_and_never_the_contents() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn check_config_describes_each_upstream_of_the_file_with_its_key_masked() {
+    let dir = scratch_dir("check-upstreams");
+    std::fs::write(dir.join("key-openai"), "sk-fleet-check-openai\n").unwrap();
+    std::fs::write(dir.join("key-azure"), "sk-fleet-check-azure\n").unwrap();
+    std::fs::write(
+        dir.join("upstreams.toml"),
+        "[[upstream]]\nname = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\napi_key_file = \"key-openai\"\nweight = 3\n\n\
+         [[upstream]]\nname = \"azure\"\nbase_url = \"https://x.openai.azure.com/openai\"\napi_key_file = \"key-azure\"\nauth = \"api-key\"\nquery = \"api-version=2024-10-21\"\npriority = 1\n",
+    )
+    .unwrap();
+    let file = dir.join("upstreams.toml");
+    let (code, stdout, stderr) =
+        check_config_in(&dir, &[("PROXY_UPSTREAMS_FILE", file.to_str().unwrap())]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("openai https://api.openai.com/v1 auth=bearer query=(unset) priority=0 weight=3 (key set, 21 characters, masked)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("azure https://x.openai.azure.com/openai auth=api-key query=api-version=2024-10-21 priority=1 weight=1 (key set, 20 characters, masked)"),
+        "{stdout}"
+    );
+    // The settings the file stands in for are not shown as if they applied.
+    assert!(!stdout.contains("PROXY_UPSTREAM_AUTH="), "{stdout}");
+    assert!(!stdout.contains("OPENAI_BASE_URL="), "{stdout}");
+    assert!(!stdout.contains("sk-fleet-check"), "{stdout}");
+}

@@ -100,6 +100,9 @@ impl Config {
                         upstream.scheme, upstream.authority, upstream.base_path
                     ),
                 );
+                // Each entry of an upstreams file gives its own.
+                lines.set(d::proxy_upstream_auth, upstream.auth.as_str());
+                lines.set(d::proxy_upstream_query, query(&upstream.query));
             }
             (None, file) => {
                 let entries: Vec<String> = self
@@ -109,8 +112,8 @@ impl Config {
                     .map(|e| {
                         let s = &e.settings;
                         format!(
-                            "{} {}://{}{} auth={} priority={} weight={} (key set, {} characters, masked)",
-                            e.name, s.scheme, s.authority, s.base_path, s.auth.as_str(), e.priority, e.weight, e.api_key.len()
+                            "{} {}://{}{} auth={} query={} priority={} weight={} (key set, {} characters, masked)",
+                            e.name, s.scheme, s.authority, s.base_path, s.auth.as_str(), query(&s.query), e.priority, e.weight, e.api_key.len()
                         )
                     })
                     .collect();
@@ -127,14 +130,6 @@ impl Config {
         }
         lines.set(d::proxy_upstream_protocol, upstream.protocol.as_str());
         lines.set(d::proxy_upstream_max_streams, upstream.max_streams);
-        lines.set(d::proxy_upstream_auth, upstream.auth.as_str());
-        lines.set(
-            d::proxy_upstream_query,
-            match upstream.query.describe() {
-                q if q.is_empty() => "(unset)".to_owned(),
-                q => q,
-            },
-        );
         lines.set(
             d::proxy_upstream_ca,
             match upstream.extra_roots.len() {
@@ -291,5 +286,13 @@ impl Config {
                 LogFormat::Json => "json",
             },
         );
+    }
+}
+
+/// An upstream query as it is sent, or `(unset)`.
+fn query(query: &crate::policy::routes::UpstreamQuery) -> String {
+    match query.describe() {
+        q if q.is_empty() => "(unset)".to_owned(),
+        q => q,
     }
 }
