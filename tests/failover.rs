@@ -561,3 +561,43 @@ async fn over_http2_a_chat_passes_a_down_upstream_and_a_429_and_a_large_upload_s
     assert_eq!(a.seen().len(), 1);
     processed_once(&[&a, &b, &c]);
 }
+
+/// `failover_on = ["timeout"]`: an upstream that holds its head past `attempt_timeout` is left
+/// for the next; without it, the slow one's answer is waited for.
+#[tokio::test]
+async fn with_timeout_in_failover_on_a_slow_head_is_left_for_the_next_upstream() {
+    for (extra, served_by, at_most) in [
+        (
+            "failover_on = [\"timeout\"]\nattempt_timeout = \"200ms\"",
+            "b",
+            Duration::from_millis(900),
+        ),
+        ("", "a", Duration::from_millis(2500)),
+    ] {
+        let dir = scratch_dir("failover-timeout");
+        let a = FleetUpstream::start("a", Behaviour::SlowHead(Duration::from_millis(1200))).await;
+        let b = FleetUpstream::start("b", Behaviour::Serve).await;
+        let file = write_file(&dir, &[(&a, 0, 1), (&b, 1, 1)], extra);
+        let proxy = ProxyStart::upstreams_file(&file).start().await;
+        let started = Instant::now();
+        let (status, headers, _) = chat(&proxy).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-served-by"], served_by, "{extra:?}");
+        assert!(took < at_most, "{extra:?}: {took:?}");
+        if served_by == "b" {
+            assert!(took >= Duration::from_millis(200), "{took:?}");
+            assert_eq!(
+                metric(
+                    &proxy,
+                    "memoctopus_upstream_failovers_total{from=\"a\",to=\"b\",reason=\"timeout\"}"
+                )
+                .await,
+                1.0
+            );
+        } else {
+            assert!(took >= Duration::from_millis(1200), "{took:?}");
+            assert!(b.seen().is_empty());
+        }
+    }
+}

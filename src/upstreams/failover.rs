@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 
+use super::bounded::{AttemptTimedOut, Bounded};
 use super::{cooldown, Member, Set, Upstreams};
 use crate::outcome::FailureKind;
 use crate::upstream::retry::Replayable;
@@ -50,11 +51,60 @@ impl<B: SendBody> Upstreams<B> {
     /// answers with something that goes to the client.
     pub(crate) async fn send(
         &self,
-        mut parts: Parts,
+        parts: Parts,
         body: B,
         tried: &mut Tried,
     ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
         let set = self.set.load_full();
+        if let [member] = &set.members[..] {
+            return self.send_alone(member, &set, parts, body, tried).await;
+        }
+        // Boxed: the failover loop's state (the head kept for the next upstream, the last
+        // answer while the body comes back) would otherwise enlarge the future that the
+        // common path copies into its box on every request (rust-lang/rust#62958).
+        Box::pin(self.send_among(set, parts, body, tried)).await
+    }
+
+    /// The one upstream of the set: no failover, and no body kept for one.
+    async fn send_alone(
+        &self,
+        member: &Member<B>,
+        set: &Set<B>,
+        mut parts: Parts,
+        body: B,
+        tried: &mut Tried,
+    ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
+        let client = parts.uri.path_and_query().cloned();
+        if !member.aim(&mut parts, client.as_ref()) {
+            return Err(unroutable());
+        }
+        tried.upstream = Some(member.entry.name.clone());
+        tried.attempts = 1;
+        let request = Request::from_parts(parts, Replayable::once(body));
+        self.judged_alone(member, set, member.pools.send(request, &mut None).await)
+    }
+
+    /// The one upstream's answer, counted; it goes to the client whatever it is.
+    fn judged_alone(
+        &self,
+        member: &Member<B>,
+        set: &Set<B>,
+        result: Result<(Response<Incoming>, Lease<B>), UpstreamError>,
+    ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
+        let verdict = self.judge(member, set, &result);
+        self.counted(member, verdict);
+        result
+    }
+
+    /// Several upstreams: tried in turn until one answers with something that goes to the
+    /// client, or the request may not move on.
+    async fn send_among(
+        &self,
+        set: Arc<Set<B>>,
+        mut parts: Parts,
+        body: B,
+        tried: &mut Tried,
+    ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
         let several = set.members.len() > 1;
         let client = parts.uri.path_and_query().cloned();
         let Start { turn, first } = self.start(&set);
@@ -74,15 +124,13 @@ impl<B: SendBody> Upstreams<B> {
             }
             tried.upstream = Some(member.entry.name.clone());
             tried.attempts += 1;
-            let sending = member
-                .pools
-                .send(Request::from_parts(parts, body), &mut kept);
-            let result = match set.rules.attempt_timeout.filter(|_| several) {
-                Some(limit) => tokio::time::timeout(limit, sending)
-                    .await
-                    .unwrap_or_else(|_| Err(attempt_timed_out(limit))),
-                None => sending.await,
-            };
+            let result = Bounded::new(
+                member
+                    .pools
+                    .send(Request::from_parts(parts, body), &mut kept),
+                set.rules.attempt_timeout.filter(|_| several),
+            )
+            .await;
             let verdict = self.judge(member, &set, &result);
             let Some(reason) = self.counted(member, verdict) else {
                 return result;
@@ -322,26 +370,6 @@ impl<B: SendBody> Upstreams<B> {
             }
         }
     }
-}
-
-/// An attempt abandoned for the next upstream after `failover_on`'s `attempt_timeout`.
-#[derive(Debug)]
-struct AttemptTimedOut(Duration);
-
-impl std::fmt::Display for AttemptTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "no answer within attempt_timeout ({} ms)",
-            self.0.as_millis()
-        )
-    }
-}
-
-impl std::error::Error for AttemptTimedOut {}
-
-fn attempt_timed_out(limit: Duration) -> UpstreamError {
-    UpstreamError::new(FailureKind::AfterSend, AttemptTimedOut(limit))
 }
 
 /// A target that cannot be made a URL of the upstream: cannot happen, since every part of it

@@ -11,6 +11,7 @@
 //! so an upstream removed while it serves finishes what it holds and gets nothing new. An
 //! upstream kept across a change (same name, same place) keeps its connections and its rest.
 
+mod bounded;
 mod budget;
 mod choice;
 mod cooldown;

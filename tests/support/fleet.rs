@@ -28,6 +28,8 @@ pub enum Behaviour {
     CutAfterFirstEvent,
     /// A stream of `n` events, `gap` apart.
     SlowStream(usize, Duration),
+    /// `Serve`, after holding the answer's head this long.
+    SlowHead(Duration),
 }
 
 /// One request as an upstream of the fleet saw it.
@@ -149,6 +151,9 @@ impl FleetUpstream {
             body_bytes: body.len(),
             at: Instant::now(),
         });
+        if let Behaviour::SlowHead(delay) = behaviour {
+            tokio::time::sleep(delay).await;
+        }
         let mut response = match behaviour {
             Behaviour::Refuse(status, headers) => {
                 let mut response = Response::new(full(format!(
@@ -161,8 +166,10 @@ impl FleetUpstream {
                 }
                 response
             }
-            Behaviour::Serve if !stream => Response::new(full(CHAT_JSON.to_owned())),
-            Behaviour::Serve => events(3, Duration::ZERO, false),
+            Behaviour::Serve | Behaviour::SlowHead(_) if !stream => {
+                Response::new(full(CHAT_JSON.to_owned()))
+            }
+            Behaviour::Serve | Behaviour::SlowHead(_) => events(3, Duration::ZERO, false),
             Behaviour::CutAfterFirstEvent => events(1, Duration::ZERO, true),
             Behaviour::SlowStream(n, gap) => events(n, gap, false),
         };
