@@ -22,7 +22,7 @@ pub(crate) use connections::ConnectionMetrics;
 pub(crate) use exchanges::{Ended, ExchangeMetrics, RouteMetrics};
 pub(crate) use keys::KeyMetrics;
 pub(crate) use limits::LimitMetrics;
-pub(crate) use upstream::{OpenConnection, UpstreamMetrics};
+pub(crate) use upstream::{OpenConnection, UpstreamMetrics, ANSWERED};
 pub(crate) use usage::{UsageMetrics, UsageSeen};
 
 use crate::policy::routes::Routes;

@@ -24,6 +24,9 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The attempts' result when the answer, or the failure, went to the client as it came.
+pub(crate) const ANSWERED: &str = "answered";
+
 pub(crate) struct UpstreamMetrics {
     errors: Family<KindLabels, Counter>,
     /// The two protocols' series, made at start: opening a connection allocates nothing.
@@ -142,6 +145,15 @@ impl UpstreamMetrics {
                 reason: reason.label(),
             })
             .inc();
+    }
+
+    /// The series of `upstream`'s attempts whose answer went to the client: a handle the
+    /// upstream keeps, so that the common case needs no label lookup.
+    pub(crate) fn answered(&self, upstream: &Arc<str>) -> Counter {
+        self.attempts.get_or_create_owned(&AttemptLabels {
+            upstream: Label(upstream.clone()),
+            result: ANSWERED,
+        })
     }
 
     /// One attempt at `upstream`, and how it went.

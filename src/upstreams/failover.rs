@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 
 use super::bounded::{AttemptTimedOut, Bounded};
 use super::{cooldown, Member, Set, Upstreams};
+use crate::metrics::ANSWERED;
 use crate::outcome::FailureKind;
 use crate::upstream::retry::Replayable;
 use crate::upstream::websocket::WebSocketAnswer;
@@ -204,7 +205,7 @@ impl<B: SendBody> Upstreams<B> {
             let request = Request::from_parts(parts, Empty::<Bytes>::new());
             let result = member.pools.open_websocket(request).await;
             let verdict = match &result {
-                Ok(WebSocketAnswer::Switched { .. }) => Verdict::Pass("answered"),
+                Ok(WebSocketAnswer::Switched { .. }) => Verdict::Pass(ANSWERED),
                 Ok(WebSocketAnswer::Refused(response)) => {
                     self.judge_status(member, &set, response.status(), response.headers())
                 }
@@ -257,12 +258,20 @@ impl<B: SendBody> Upstreams<B> {
 
     /// Counts an attempt by its verdict; the reason to move on, if it may.
     fn counted(&self, member: &Member<B>, verdict: Verdict) -> Option<&'static str> {
-        let (label, moves_on) = match verdict {
-            Verdict::Pass(label) => (label, false),
-            Verdict::MoveOn(label) => (label, true),
-        };
-        self.metrics.upstream.attempt(&member.entry.name, label);
-        moves_on.then_some(label)
+        match verdict {
+            Verdict::Pass(ANSWERED) => {
+                member.answered.inc();
+                None
+            }
+            Verdict::Pass(label) => {
+                self.metrics.upstream.attempt(&member.entry.name, label);
+                None
+            }
+            Verdict::MoveOn(label) => {
+                self.metrics.upstream.attempt(&member.entry.name, label);
+                Some(label)
+            }
+        }
     }
 
     /// What one attempt says about its upstream, which rests if it asked to or could not be
@@ -337,7 +346,7 @@ impl<B: SendBody> Upstreams<B> {
                 Verdict::MoveOn("key_rejected")
             }
             StatusCode::INTERNAL_SERVER_ERROR if rules.on_500 => Verdict::MoveOn("server_error"),
-            _ => Verdict::Pass("answered"),
+            _ => Verdict::Pass(ANSWERED),
         }
     }
 

@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 pub(crate) use failover::Tried;
@@ -61,6 +62,8 @@ struct Member<B: SendBody> {
     credential: Credential,
     pools: Arc<Upstream<B>>,
     rest: Arc<Rest>,
+    /// Its `memoctopus_upstream_attempts_total{result="answered"}`.
+    answered: Counter,
 }
 
 /// An upstream's cooldown, kept across reloads that keep it.
@@ -126,6 +129,7 @@ impl<B: SendBody> Upstreams<B> {
                 _ => Arc::default(),
             };
             members.push(Member {
+                answered: self.metrics.upstream.answered(&entry.name),
                 credential: Credential::new(entry.settings.auth, &entry.api_key),
                 entry,
                 pools,
