@@ -106,14 +106,12 @@ impl<B: SendBody> Upstreams<B> {
         body: B,
         tried: &mut Tried,
     ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
-        let several = set.members.len() > 1;
         let client = parts.uri.path_and_query().cloned();
         let Start { turn, first } = self.start(&set);
         let mut body = Replayable::once(body);
-        // Kept for another upstream only where there is one: alone, the body is recorded only
-        // for an HTTP/2 retry, as the pools decide.
-        let mut kept = if several { body.record() } else { None };
-        let head = several.then(|| copy_head(&parts));
+        // Kept for the next upstream: the body's frames as they are sent, and the head.
+        let mut kept = body.record();
+        let head = copy_head(&parts);
         let (mut tried_mask, mut index) = (0u64, first);
         loop {
             let Some(member) = set.members.get(index) else {
@@ -129,7 +127,7 @@ impl<B: SendBody> Upstreams<B> {
                 member
                     .pools
                     .send(Request::from_parts(parts, body), &mut kept),
-                set.rules.attempt_timeout.filter(|_| several),
+                set.rules.attempt_timeout,
             )
             .await;
             let verdict = self.judge(member, &set, &result);
@@ -137,10 +135,7 @@ impl<B: SendBody> Upstreams<B> {
                 return result;
             };
             let now = self.now();
-            let next = several
-                .then(|| set.pick(tried_mask, turn, now, false))
-                .flatten();
-            let Some(next) = next else {
+            let Some(next) = set.pick(tried_mask, turn, now, false) else {
                 return self.last(&set, result);
             };
             // The body comes back from the attempt: at once from an answer (the pools dropped
@@ -151,7 +146,7 @@ impl<B: SendBody> Upstreams<B> {
                 (Err(_), Some(recovery)) => recovery.recover().await,
                 (_, None) => None,
             };
-            let (Some((again, next_kept)), Some(head)) = (again, &head) else {
+            let Some((again, next_kept)) = again else {
                 return self.last(&set, result);
             };
             if !self.budget.withdraw(now) {
@@ -159,7 +154,7 @@ impl<B: SendBody> Upstreams<B> {
             }
             drop(result);
             self.failed_over(&set, member, next, reason);
-            parts = copy_head(head);
+            parts = copy_head(&head);
             body = again;
             kept = Some(next_kept);
             index = next;
