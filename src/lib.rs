@@ -73,6 +73,7 @@ pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod store;
 pub mod telemetry;
+pub(crate) mod traces;
 pub(crate) mod trim;
 pub(crate) mod upstream;
 pub(crate) mod upstreams;

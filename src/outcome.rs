@@ -94,6 +94,37 @@ impl RetryReason {
     }
 }
 
+/// A request sent again, for its trace: on the same upstream for a reason that proves the
+/// first try went unprocessed, or to the next upstream after `from` refused or failed it.
+#[derive(Debug, Clone)]
+pub(crate) struct Resent {
+    pub(crate) at: std::time::SystemTime,
+    /// A [`RetryReason`]'s label, or the failover's reason as the metrics label it.
+    pub(crate) reason: &'static str,
+    /// The upstream left behind, for a failover.
+    pub(crate) from: Option<std::sync::Arc<str>>,
+}
+
+impl Resent {
+    /// Sent again on the same upstream.
+    pub(crate) fn retried(reason: RetryReason) -> Resent {
+        Resent {
+            at: std::time::SystemTime::now(),
+            reason: reason.label(),
+            from: None,
+        }
+    }
+
+    /// Sent on to the next upstream.
+    pub(crate) fn moved_on(from: std::sync::Arc<str>, reason: &'static str) -> Resent {
+        Resent {
+            at: std::time::SystemTime::now(),
+            reason,
+            from: Some(from),
+        }
+    }
+}
+
 /// What went wrong talking to the upstream, for the answer and the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureKind {

@@ -15,6 +15,7 @@ mod keys;
 pub mod settings;
 mod shared_limits;
 mod timeouts;
+mod traces;
 mod upstream;
 mod upstreams;
 mod values;
@@ -27,6 +28,7 @@ pub(crate) use keys::{
 };
 pub(crate) use shared_limits::{Fallback, SharedLimitsSettings};
 pub(crate) use timeouts::Timeouts;
+pub(crate) use traces::{GenAiNames, Root, Sampling, TraceSettings};
 pub(crate) use upstream::{UpstreamProtocol, UpstreamSettings};
 pub(crate) use upstreams::{
     FailoverRules, Snapshot, UpstreamEntry, UpstreamSet, UpstreamsFile, DEFAULT_UPSTREAM,
@@ -84,6 +86,8 @@ pub struct Config {
     pub(crate) cors_origins: Option<CorsOrigins>,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// `OTEL_*`: where traces are exported; `None` keeps them off.
+    pub(crate) traces: Option<TraceSettings>,
     /// The routes forwarded upstream: the two built-in ones plus `PROXY_EXTRA_ROUTES`.
     pub(crate) routes: Routes,
     /// `PROXY_METRICS_ADDR`: serve `/metrics` on its own listener instead of the proxy's port.
@@ -294,6 +298,7 @@ fn validate(
             .choice(&[("text", LogFormat::Text), ("json", LogFormat::Json)])?,
         routes,
         metrics_addr,
+        traces: traces::validate(found)?,
         tls: inbound::tls(found.proxy_tls_cert, found.proxy_tls_key)?,
         warnings: Vec::new(),
     })
@@ -337,7 +342,11 @@ fn upstreams_file(
 }
 
 fn is_our_setting(name: &str) -> bool {
-    name.starts_with("OPENAI_") || name.starts_with("PROXY_") || name == "HOST" || name == "PORT"
+    name.starts_with("OPENAI_")
+        || name.starts_with("PROXY_")
+        || name.starts_with("OTEL_")
+        || name == "HOST"
+        || name == "PORT"
 }
 
 fn parse_extra_routes(value: Value<'_>) -> Result<Vec<ExtraRoute>, ConfigError> {

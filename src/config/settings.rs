@@ -112,6 +112,25 @@ settings! {
     read proxy_tls_cert: "PROXY_TLS_CERT" = "unset", "PEM certificate chain: serve HTTPS (with PROXY_TLS_KEY)";
     read proxy_tls_key: "PROXY_TLS_KEY" = "unset", "PEM private key";
     read proxy_log_format: "PROXY_LOG_FORMAT" = "text", "text or json; levels through RUST_LOG (default info)";
+    read otel_exporter_otlp_endpoint: "OTEL_EXPORTER_OTLP_ENDPOINT" = "unset", "an OTLP/HTTP collector (http://collector:4318): traces go to its /v1/traces";
+    read otel_exporter_otlp_traces_endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" = "unset", "the traces URL itself, in place of the one above";
+    read otel_exporter_otlp_protocol: "OTEL_EXPORTER_OTLP_PROTOCOL" = "http/protobuf", "the only protocol this build exports with";
+    read otel_exporter_otlp_traces_protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" = "http/protobuf", "the same, for traces";
+    read otel_exporter_otlp_headers: "OTEL_EXPORTER_OTLP_HEADERS" = "unset", "key=value,... sent with every export (never logged)";
+    read otel_exporter_otlp_traces_headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS" = "unset", "the same, for traces, in place of the one above";
+    read otel_exporter_otlp_timeout: "OTEL_EXPORTER_OTLP_TIMEOUT" = "10000", "milliseconds one export may take";
+    read otel_exporter_otlp_traces_timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT" = "unset", "the same, for traces";
+    read otel_exporter_otlp_certificate: "OTEL_EXPORTER_OTLP_CERTIFICATE" = "unset", "a PEM file of roots for an https:// collector besides the built-in ones";
+    read otel_traces_exporter: "OTEL_TRACES_EXPORTER" = "otlp", "otlp, or none: no traces whatever the endpoint";
+    read otel_sdk_disabled: "OTEL_SDK_DISABLED" = "false", "true: no traces whatever the endpoint";
+    read otel_service_name: "OTEL_SERVICE_NAME" = "memoctopus", "service.name of every span";
+    read otel_resource_attributes: "OTEL_RESOURCE_ATTRIBUTES" = "unset", "key=value,... on every span's resource (deployment.environment.name=prod)";
+    read otel_traces_sampler: "OTEL_TRACES_SAMPLER" = "parentbased_always_on", "always_on, always_off, traceidratio or parentbased_ of each: which requests are traced";
+    read otel_traces_sampler_arg: "OTEL_TRACES_SAMPLER_ARG" = "1.0", "the ratio, from 0 to 1, of the traceidratio samplers";
+    read otel_semconv_stability_opt_in: "OTEL_SEMCONV_STABILITY_OPT_IN" = "unset", "gen_ai_latest_experimental: the GenAI attributes by the newest names";
+    read otel_bsp_max_queue_size: "OTEL_BSP_MAX_QUEUE_SIZE" = "2048", "spans waiting for export; more are dropped and counted";
+    read otel_bsp_max_export_batch_size: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" = "512", "spans in one export";
+    read otel_bsp_schedule_delay: "OTEL_BSP_SCHEDULE_DELAY" = "5000", "milliseconds a span waits at most before its batch is exported";
 }
 
 /// The setting named `name`, if there is one.

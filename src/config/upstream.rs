@@ -156,7 +156,7 @@ pub(super) fn origin(scheme: &Scheme, authority: &Authority) -> Result<Uri, Stri
 
 /// Reads every certificate in `PROXY_UPSTREAM_CA`'s PEM file, if it is set; a file without one
 /// is a mistake, not an empty set.
-fn load_roots(setting: Value<'_>) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+pub(super) fn load_roots(setting: Value<'_>) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let Some(path) = setting.get().map(Path::new) else {
         return Ok(Vec::new());
     };

@@ -15,6 +15,8 @@ use crate::metrics::{Ended, Metrics, RouteMetrics, UsageSeen};
 use crate::outcome::{Outcome, UpstreamErrorKind};
 use crate::policy::client_keys::UNAUTHENTICATED;
 use crate::store::Permit;
+use crate::traces::{self, Spans};
+use crate::upstreams::Tried;
 use crate::usage::{Meter, Tokens};
 
 /// A fresh request id: random per process, then a counter, so ids never repeat within a
@@ -70,6 +72,8 @@ pub(crate) struct Exchange {
     permit: Option<Permit>,
     response_bytes: u64,
     sse_events: u64,
+    /// Whether the answer is an SSE stream.
+    sse_stream: bool,
     /// The usage meter, for a successful JSON or SSE answer while `PROXY_USAGE` is on.
     meter: Option<Box<Meter>>,
     /// Whether the request body is JSON, for the estimate of its tokens.
@@ -89,6 +93,8 @@ pub(crate) struct Exchange {
     upstream: Option<Arc<str>>,
     /// How many upstreams were tried.
     attempts: u32,
+    /// Its spans, while traces are on.
+    spans: Option<Box<Spans>>,
     /// Whether [`Exchange::end`] has counted it.
     ended: bool,
     drain: Arc<DrainState>,
@@ -120,6 +126,7 @@ impl Exchange {
             permit: None,
             response_bytes: 0,
             sse_events: 0,
+            sse_stream: false,
             meter: None,
             request_is_json: false,
             metered: false,
@@ -129,6 +136,7 @@ impl Exchange {
             error_code: None,
             upstream: None,
             attempts: 0,
+            spans: None,
             ended: false,
             drain,
             metrics,
@@ -203,11 +211,25 @@ impl Exchange {
         self.upstream_id = upstream_id;
     }
 
-    /// The upstream's answer head arrived and is not passed on (its key was rejected).
-    /// Which upstream answered (or was tried last), after how many.
-    pub(crate) fn tried(&mut self, upstream: Option<Arc<str>>, attempts: u32) {
-        self.upstream = upstream;
-        self.attempts = attempts;
+    /// The exchange is traced by these spans.
+    pub(crate) fn traced(&mut self, spans: Box<Spans>) {
+        self.spans = Some(spans);
+    }
+
+    /// The request goes upstream: when traced, its call's span starts, and this is the
+    /// `traceparent` the upstream gets.
+    pub(crate) fn calling_upstream(&mut self, method: &str) -> Option<HeaderValue> {
+        self.spans.as_mut()?.upstream_call(method)
+    }
+
+    /// Which upstream answered (or was tried last), after how many, and each time the request
+    /// was sent again.
+    pub(crate) fn tried(&mut self, tried: Tried) {
+        if let Some(spans) = &mut self.spans {
+            spans.tried(tried.target, &tried.resent);
+        }
+        self.upstream = tried.upstream;
+        self.attempts = tried.attempts;
     }
 
     /// The upstream as the token series label it.
@@ -221,6 +243,11 @@ impl Exchange {
     pub(crate) fn upstream_head(&mut self, status: StatusCode) {
         self.upstream_status = Some(status);
         self.head_after = Some(self.started.elapsed());
+    }
+
+    /// The answer is an SSE stream.
+    pub(crate) fn streaming(&mut self) {
+        self.sse_stream = true;
     }
 
     /// The answer is to be read by this meter.
@@ -237,6 +264,9 @@ impl Exchange {
     /// `sse` carries whether the last frame ended a line, and its usage read.
     pub(crate) fn answer_frame(&mut self, data: &[u8], sse: Option<&mut bool>) {
         self.response_bytes += data.len() as u64;
+        if let Some(spans) = &mut self.spans {
+            spans.chunk();
+        }
         if let Some(after_newline) = sse {
             self.sse_events += count_sse_events(data, after_newline);
         }
@@ -356,6 +386,26 @@ impl Exchange {
             usage = usage.kind,
             usage_reason = usage.reason.unwrap_or("-"),
         );
+        if let Some(spans) = self.spans.take() {
+            let meter = self.meter.as_deref();
+            spans.end(&traces::Ended {
+                status,
+                upstream_status,
+                outcome: outcome.as_str(),
+                completed: outcome == Outcome::Completed,
+                error_code: self.error_code,
+                client: &self.client,
+                request_id: self.log_id(),
+                upstream_request_id: self.upstream_id.as_ref().and_then(|v| v.to_str().ok()),
+                upstream: self.upstream.as_deref(),
+                attempts: self.attempts,
+                model: meter.and_then(Meter::model),
+                response_id: meter.and_then(Meter::response_id),
+                reported: (usage.kind == "reported").then_some(usage.tokens),
+                usage: usage.kind,
+                stream: self.sse_stream,
+            });
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::inbound::connection::Builders;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::proxy::{Admin, Proxy};
+use crate::traces::Tracing;
 
 /// Serves `listener` until `shutdown` completes, then drains: `/ready` answers 503 for
 /// `PROXY_SHUTDOWN_DELAY` while we still accept, then the listener closes, idle connections are
@@ -82,12 +83,15 @@ impl Server {
         let watcher_metrics = metrics.clone();
         let key_watcher =
             tokio::spawn(async move { watch::watch(targets, &watched, watcher_metrics).await });
+        let tracing =
+            Tracing::start(config.traces.as_ref(), metrics.clone()).map_err(io::Error::other)?;
         let proxy = Proxy::new(
             config.clone(),
             keys,
             upstreams,
             drain.clone(),
             metrics.clone(),
+            tracing,
         )
         .map_err(io::Error::other)?;
         let trimmer = tokio::spawn(crate::trim::trim_when_idle());
@@ -188,6 +192,7 @@ impl Server {
         proxy
             .settle_limits(grace_ends.max(Instant::now() + settle_part))
             .await;
+        proxy.flush_traces(TRACE_FLUSH).await;
         for task in admin.into_iter().chain(helpers) {
             task.abort();
         }
@@ -196,6 +201,10 @@ impl Server {
         report
     }
 }
+
+/// The longest a drain waits, at its end, for the spans of the exchanges it finished to be
+/// exported.
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
 
 /// The most of `PROXY_SHUTDOWN_GRACE` kept for writing to the shared limits' Redis at the end
 /// of a drain (a quarter of it, up to this).

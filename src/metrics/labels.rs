@@ -136,3 +136,8 @@ pub(super) struct FailoverLabels {
     pub(super) to: Label,
     pub(super) reason: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ResultLabels {
+    pub(super) result: &'static str,
+}

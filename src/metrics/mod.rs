@@ -12,6 +12,7 @@ mod keys;
 mod labels;
 mod limits;
 mod process;
+mod traces;
 mod upstream;
 mod usage;
 
@@ -22,6 +23,7 @@ pub(crate) use connections::ConnectionMetrics;
 pub(crate) use exchanges::{Ended, ExchangeMetrics, RouteMetrics};
 pub(crate) use keys::KeyMetrics;
 pub(crate) use limits::LimitMetrics;
+pub(crate) use traces::TraceMetrics;
 pub(crate) use upstream::{OpenConnection, UpstreamMetrics, ANSWERED};
 pub(crate) use usage::{UsageMetrics, UsageSeen};
 
@@ -38,6 +40,7 @@ pub(crate) struct Metrics {
     pub keys: KeyMetrics,
     pub limits: LimitMetrics,
     pub usage: UsageMetrics,
+    pub traces: TraceMetrics,
 }
 
 impl Metrics {
@@ -50,6 +53,7 @@ impl Metrics {
         let upstream = UpstreamMetrics::register(&mut registry);
         let keys = KeyMetrics::register(&mut registry);
         let connections = ConnectionMetrics::register(&mut registry);
+        let traces = TraceMetrics::register(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         Metrics {
             registry,
@@ -59,6 +63,7 @@ impl Metrics {
             keys,
             limits,
             usage,
+            traces,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::keys::Keys;
 use crate::metrics::{self, Metrics};
 use crate::policy::headers::{self, UpstreamIdentity};
 use crate::store::Limiter;
+use crate::traces::Tracing;
 use crate::upstreams::Upstreams;
 
 /// The service's state, one per proxy, shared by every connection.
@@ -30,6 +31,7 @@ pub(super) struct Context {
     pub(super) upstreams: Arc<Upstreams<RequestBody>>,
     pub(super) drain: Arc<DrainState>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) tracing: Tracing,
 }
 
 impl Context {
@@ -39,6 +41,7 @@ impl Context {
         upstreams: Arc<Upstreams<RequestBody>>,
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
+        tracing: Tracing,
     ) -> Result<Context, String> {
         let limits = Limiter::new(
             config.client_limits,
@@ -59,6 +62,7 @@ impl Context {
             upstreams,
             drain,
             metrics,
+            tracing,
         })
     }
 
@@ -70,14 +74,21 @@ impl Context {
         started: Instant,
     ) -> Exchange {
         let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
-        Exchange::start(
+        let spans =
+            self.tracing
+                .exchange(request.headers(), request.method().as_str(), &route.name);
+        let mut exchange = Exchange::start(
             id,
             request.method().clone(),
             route,
             started,
             self.drain.clone(),
             self.metrics.clone(),
-        )
+        );
+        if let Some(spans) = spans {
+            exchange.traced(spans);
+        }
+        exchange
     }
 
     /// Who the client is, by its key, and whether its limits let this request through. The

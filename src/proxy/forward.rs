@@ -46,6 +46,9 @@ impl Context {
         pass_head(&mut parts, &mut exchange);
         let content_type = parts.headers.get(header::CONTENT_TYPE);
         let is_sse = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if is_sse {
+            exchange.streaming();
+        }
         if exchange.is_metered() && parts.status.is_success() {
             match usage_meter(&parts.headers, is_sse) {
                 Ok(meter) => exchange.metering(meter),
@@ -95,7 +98,7 @@ impl Context {
         exchange.sending();
 
         let response = self.wait_for_head(sending, exchange).await;
-        exchange.tried(tried.upstream, tried.attempts);
+        exchange.tried(tried);
         let response =
             response.inspect_err(|error| exchange.send_failed(error.upstream_may_have_it()))?;
         self.check_key_accepted(response.0.status(), exchange)?;

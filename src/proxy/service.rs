@@ -16,6 +16,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::cors;
 use crate::policy::routes::{carries_usage, Route, Routes};
 use crate::policy::websocket;
+use crate::traces::Tracing;
 use crate::upstreams::Upstreams;
 
 use super::answers::{health, metrics_response, not_found, ready, unrouted};
@@ -34,8 +35,9 @@ impl Proxy {
         upstreams: Arc<Upstreams<RequestBody>>,
         drain: Arc<DrainState>,
         metrics: Arc<Metrics>,
+        tracing: Tracing,
     ) -> Result<Proxy, String> {
-        Context::new(config, keys, upstreams, drain, metrics)
+        Context::new(config, keys, upstreams, drain, metrics, tracing)
             .map(|context| Proxy(Arc::new(context)))
     }
 
@@ -133,6 +135,11 @@ impl Proxy {
     /// process ends, trying until `deadline`.
     pub(crate) async fn settle_limits(&self, deadline: Instant) {
         self.0.limits.settle_all(deadline).await;
+    }
+
+    /// Exports the spans of every finished exchange, waiting at most `within`.
+    pub(crate) async fn flush_traces(&self, within: std::time::Duration) {
+        self.0.tracing.flush(within).await;
     }
 
     /// Whether finished exchanges leave work for a shared store at the end of a drain.

@@ -110,7 +110,7 @@ impl Context {
         let mut tried = Tried::default();
         let opening = self.upstreams.open_websocket(parts, &mut tried);
         let answer = self.wait_for_head(opening, exchange).await;
-        exchange.tried(tried.upstream, tried.attempts);
+        exchange.tried(tried);
         match answer? {
             WebSocketAnswer::Refused(response) => {
                 self.check_key_accepted(response.status(), exchange)?;

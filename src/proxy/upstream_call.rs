@@ -16,15 +16,22 @@ use crate::upstream::{self, UpstreamError};
 
 use super::context::Context;
 
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 impl Context {
     /// Makes a client's request head fit to go upstream: the headers rewritten, and no key of
     /// the client's left. The upstream chosen puts in its URL and its key.
-    pub(super) fn upstream_head(&self, parts: &mut http::request::Parts, exchange: &Exchange) {
+    pub(super) fn upstream_head(&self, parts: &mut http::request::Parts, exchange: &mut Exchange) {
         // hyper-util picks HTTP/1.1 or HTTP/2 per upstream connection; a request that insists
         // on the client's version would be refused by a connection of the other kind.
         parts.version = Version::HTTP_11;
         parts.extensions.clear();
         headers::rewrite_request(&mut parts.headers, &self.identity, exchange.id());
+        // Traced, the upstream's spans are the upstream call's children; the client's
+        // `tracestate` goes on as it came.
+        if let Some(traceparent) = exchange.calling_upstream(parts.method.as_str()) {
+            parts.headers.insert(TRACEPARENT, traceparent);
+        }
         if self.config.usage.enabled {
             // The meter reads the answer as it passes, which it cannot do compressed.
             parts.headers.insert(

@@ -40,7 +40,7 @@ pub(crate) use outgoing::SendBody;
 
 use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::metrics::Metrics;
-use crate::outcome::{FailureKind, RetryReason};
+use crate::outcome::{FailureKind, Resent, RetryReason};
 use connect::{Connector, Offer};
 use http1::Http1Pool;
 use http2::Http2Pool;
@@ -175,6 +175,7 @@ where
         &self,
         request: Request<Replayable<B>>,
         kept: &mut Option<Recovery<B>>,
+        resent: &mut Vec<Resent>,
     ) -> Result<(Response<Incoming>, Lease<B>), UpstreamError> {
         let (head, mut body) = request.into_parts();
         let (http2, probe_retried) = match self.use_http2().await {
@@ -182,6 +183,7 @@ where
             // The probe's connect failed: nothing was sent; once more.
             Err(error) if error.kind == FailureKind::Connect => {
                 self.metrics.upstream.retry(RetryReason::Connect);
+                resent.push(Resent::retried(RetryReason::Connect));
                 (self.use_http2().await?, true)
             }
             Err(error) => return Err(error),
@@ -236,6 +238,7 @@ where
             attempts += 1;
             connect_retried |= reason == RetryReason::Connect;
             self.metrics.upstream.retry(reason);
+            resent.push(Resent::retried(reason));
             http2 = self.use_http2().await?;
         }
     }

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -20,7 +21,7 @@ use hyper::body::Incoming;
 use super::bounded::{AttemptTimedOut, Bounded};
 use super::{cooldown, Member, Set, Upstreams};
 use crate::metrics::ANSWERED;
-use crate::outcome::FailureKind;
+use crate::outcome::{FailureKind, Resent};
 use crate::upstream::retry::Replayable;
 use crate::upstream::websocket::WebSocketAnswer;
 use crate::upstream::{copy_head, Lease, SendBody, UpstreamError};
@@ -31,6 +32,11 @@ use crate::upstream::{copy_head, Lease, SendBody, UpstreamError};
 pub(crate) struct Tried {
     pub(crate) upstream: Option<Arc<str>>,
     pub(crate) attempts: u32,
+    /// Where the last attempt went (`server.address` and `server.port` in its trace), and
+    /// whether that upstream is Azure OpenAI.
+    pub(crate) target: Option<(Authority, bool)>,
+    /// Each time the request was sent again, on the same upstream or the next.
+    pub(crate) resent: Vec<Resent>,
 }
 
 /// Where a request starts: its turn among the upstreams, and the first it tries.
@@ -81,8 +87,13 @@ impl<B: SendBody> Upstreams<B> {
         }
         tried.upstream = Some(member.entry.name.clone());
         tried.attempts = 1;
+        tried.target = Some(member.target());
         let request = Request::from_parts(parts, Replayable::once(body));
-        self.judged_alone(member, set, member.pools.send(request, &mut None).await)
+        let result = member
+            .pools
+            .send(request, &mut None, &mut tried.resent)
+            .await;
+        self.judged_alone(member, set, result)
     }
 
     /// The one upstream's answer, counted; it goes to the client whatever it is.
@@ -123,10 +134,13 @@ impl<B: SendBody> Upstreams<B> {
             }
             tried.upstream = Some(member.entry.name.clone());
             tried.attempts += 1;
+            tried.target = Some(member.target());
             let result = Bounded::new(
-                member
-                    .pools
-                    .send(Request::from_parts(parts, body), &mut kept),
+                member.pools.send(
+                    Request::from_parts(parts, body),
+                    &mut kept,
+                    &mut tried.resent,
+                ),
                 set.rules.attempt_timeout,
             )
             .await;
@@ -154,6 +168,9 @@ impl<B: SendBody> Upstreams<B> {
             }
             drop(result);
             self.failed_over(&set, member, next, reason);
+            tried
+                .resent
+                .push(Resent::moved_on(member.entry.name.clone(), reason));
             parts = copy_head(&head);
             body = again;
             kept = Some(next_kept);
@@ -197,6 +214,7 @@ impl<B: SendBody> Upstreams<B> {
             }
             tried.upstream = Some(member.entry.name.clone());
             tried.attempts += 1;
+            tried.target = Some(member.target());
             let request = Request::from_parts(parts, Empty::<Bytes>::new());
             let result = member.pools.open_websocket(request).await;
             let verdict = match &result {
@@ -224,6 +242,9 @@ impl<B: SendBody> Upstreams<B> {
             };
             drop(result);
             self.failed_over(&set, member, next, reason);
+            tried
+                .resent
+                .push(Resent::moved_on(member.entry.name.clone(), reason));
             index = next;
         }
     }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::request::Parts;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Uri};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ pub(crate) use failover::Tried;
 
 use crate::config::{FailoverRules, UpstreamEntry, UpstreamSet};
 use crate::metrics::Metrics;
-use crate::policy::headers::Credential;
+use crate::policy::headers::{Credential, UpstreamAuth};
 use crate::policy::routes::upstream_target;
 use crate::upstream::{SendBody, Upstream};
 use budget::Budget;
@@ -235,6 +235,15 @@ impl<B: SendBody> Set<B> {
 }
 
 impl<B: SendBody> Member<B> {
+    /// Where this upstream is, and whether it takes its key as Azure OpenAI does.
+    fn target(&self) -> (Authority, bool) {
+        let settings = &self.entry.settings;
+        (
+            settings.authority.clone(),
+            settings.auth == UpstreamAuth::ApiKey,
+        )
+    }
+
     /// Points a request head at this upstream: its URL under the base URL, with its query, and
     /// its key. `client` is the path and query the client asked for.
     fn aim(&self, parts: &mut Parts, client: Option<&PathAndQuery>) -> bool {

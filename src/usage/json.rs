@@ -22,6 +22,8 @@ enum Key {
     Other,
     Usage,
     Model,
+    /// `id`: the answer's id, for its trace.
+    Id,
     Response,
     /// `content`, `delta`, `refusal`, `arguments`: generated text, for the estimate.
     Text,
@@ -31,6 +33,7 @@ fn classify(name: &[u8]) -> Key {
     match name {
         b"usage" => Key::Usage,
         b"model" => Key::Model,
+        b"id" => Key::Id,
         b"response" => Key::Response,
         b"content" | b"delta" | b"refusal" | b"arguments" => Key::Text,
         _ => Key::Other,
@@ -43,6 +46,7 @@ enum Reading {
     Skip,
     Key,
     Model,
+    Id,
     Text,
 }
 
@@ -60,6 +64,12 @@ pub(crate) trait Sink {
     fn model_bytes(&mut self, bytes: &[u8]);
     /// The `model` string ended.
     fn model_ended(&mut self);
+    /// Whether an `id` string is still wanted.
+    fn wants_id(&self) -> bool;
+    /// Bytes of the `id` string, without its quotes.
+    fn id_bytes(&mut self, bytes: &[u8]);
+    /// The `id` string ended.
+    fn id_ended(&mut self);
     /// Bytes of a generated-text string.
     fn text_bytes(&mut self, len: usize);
 }
@@ -252,6 +262,7 @@ impl JsonScan {
                 }
             }
             Reading::Model => sink.model_bytes(bytes),
+            Reading::Id => sink.id_bytes(bytes),
             Reading::Text => sink.text_bytes(bytes.len()),
         }
     }
@@ -265,6 +276,7 @@ impl JsonScan {
         } else {
             match std::mem::replace(&mut self.value_of, Key::Other) {
                 Key::Model if sink.wants_model() => Reading::Model,
+                Key::Id if sink.wants_id() => Reading::Id,
                 Key::Text => Reading::Text,
                 _ => Reading::Skip,
             }
@@ -284,16 +296,17 @@ impl JsonScan {
                     (1, _) => {
                         self.top = key;
                         match key {
-                            Key::Usage | Key::Model | Key::Text | Key::Response => key,
+                            Key::Usage | Key::Model | Key::Id | Key::Text | Key::Response => key,
                             Key::Other => Key::Other,
                         }
                     }
-                    (2, Key::Usage | Key::Model) if self.top == Key::Response => key,
+                    (2, Key::Usage | Key::Model | Key::Id) if self.top == Key::Response => key,
                     (_, Key::Text) => Key::Text,
                     _ => Key::Other,
                 };
             }
             Reading::Model => sink.model_ended(),
+            Reading::Id => sink.id_ended(),
             Reading::Skip | Reading::Text => {}
         }
         self.reading = Reading::Skip;

@@ -20,6 +20,9 @@ use frames::{Frames, Part};
 /// A `usage` object longer than this is not read (OpenAI's are under 400 bytes). The meter
 /// keeps it in place, so that reading it allocates nothing.
 pub const MAX_USAGE_BYTES: usize = 1024;
+/// An answer's id longer than this is not kept.
+const MAX_ID_BYTES: usize = 64;
+
 /// A model name longer than this is counted as `other`.
 pub const MAX_MODEL_BYTES: usize = 128;
 
@@ -135,6 +138,10 @@ struct Found {
     /// The model's length; `MAX_MODEL_BYTES + 1` when it was longer.
     model_len: usize,
     model_seen: bool,
+    /// The answer's `id`, as far as it fits; `MAX_ID_BYTES + 1` long when it did not.
+    id: [u8; MAX_ID_BYTES],
+    id_len: usize,
+    id_seen: bool,
     /// Bytes of generated text forwarded in a JSON answer.
     text_bytes: u64,
 }
@@ -149,6 +156,9 @@ impl Default for Found {
             model: [0; MAX_MODEL_BYTES],
             model_len: 0,
             model_seen: false,
+            id: [0; MAX_ID_BYTES],
+            id_len: 0,
+            id_seen: false,
             text_bytes: 0,
         }
     }
@@ -204,6 +214,24 @@ impl Sink for Found {
 
     fn model_ended(&mut self) {
         self.model_seen = true;
+    }
+
+    fn wants_id(&self) -> bool {
+        !self.id_seen
+    }
+
+    fn id_bytes(&mut self, bytes: &[u8]) {
+        let end = self.id_len + bytes.len();
+        if end <= MAX_ID_BYTES {
+            self.id[self.id_len..end].copy_from_slice(bytes);
+            self.id_len = end;
+        } else {
+            self.id_len = MAX_ID_BYTES + 1;
+        }
+    }
+
+    fn id_ended(&mut self) {
+        self.id_seen = true;
     }
 }
 
@@ -489,6 +517,15 @@ impl Meter {
     /// Why a session's frames could no longer be read, if they could not.
     pub fn lost(&self) -> Option<&'static str> {
         self.frames.as_ref()?.lost().map(frames::Lost::reason)
+    }
+
+    /// The answer's `id` (`chatcmpl-...`, `resp_...`), if it gave one that fits.
+    pub fn response_id(&self) -> Option<&str> {
+        let found = &self.found;
+        if found.id_len == 0 || found.id_len > MAX_ID_BYTES {
+            return None;
+        }
+        std::str::from_utf8(&found.id[..found.id_len]).ok()
     }
 
     /// Whether the answer named a model too long to keep.

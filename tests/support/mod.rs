@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod goaway_upstream;
 pub mod h2_frames;
 pub mod mock;
+pub mod otlp;
 pub mod redis;
 pub mod tls;
 pub mod usage_answers;

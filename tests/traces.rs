@@ -1,0 +1,544 @@
+//! OpenTelemetry traces as a collector sees them: a real OTLP/HTTP receiver decodes every
+//! export with the official protobuf messages. Each exchange is a `SERVER` span continued from
+//! the client's `traceparent`, with one `CLIENT` span under it named by the GenAI conventions;
+//! the upstream gets the `CLIENT` span as its parent; no key, prompt or answer is ever
+//! exported; and a collector that does not answer slows nothing, its spans dropped and counted.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::otlp::{Exported, OtlpReceiver};
+use support::*;
+use tokio::time::Instant;
+
+/// The client's trace: a W3C `traceparent` with its sampled flag, and a `tracestate`.
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const TRACESTATE: &str = "vendor=opaque-value";
+const PROMPT: &str = "a prompt that must never be exported";
+const COLLECTOR_TOKEN: &str = "collector-token-never-logged";
+const SPAN_KIND_SERVER: i32 = 2;
+const SPAN_KIND_CLIENT: i32 = 3;
+const STATUS_ERROR: i32 = 2;
+
+fn traced(receiver: &OtlpReceiver) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "20".into()),
+        ("OTEL_SERVICE_NAME", "gateway-under-test".into()),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=test,team=ml%20platform".into(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("authorization=Bearer%20{COLLECTOR_TOKEN}"),
+        ),
+    ]
+}
+
+fn vars<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn request(url: &str, id: &str, headers: &[(&str, &str)], body: String) -> Request<Full<Bytes>> {
+    let mut request = chat_request(url, &body);
+    let h = request.headers_mut();
+    h.insert("x-request-id", id.parse().unwrap());
+    for (name, value) in headers {
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+fn chat_body() -> String {
+    format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#)
+}
+
+/// The server and client spans of `id`.
+async fn pair(receiver: &OtlpReceiver, id: &str) -> (Exported, Exported) {
+    let spans = receiver.spans_of(id, 2).await;
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_SERVER)
+        .expect("a SERVER span")
+        .clone();
+    let client = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_CLIENT)
+        .expect("a CLIENT span")
+        .clone();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert_eq!(client.parent_span_id(), server.span_id());
+    assert_eq!(client.trace_id(), server.trace_id());
+    (server, client)
+}
+
+#[tokio::test]
+async fn chat_json_continues_the_clients_trace_and_the_upstream_gets_the_client_span() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = MockUpstream::start().await;
+    let settings = traced(&receiver);
+    let proxy = ProxyStart::before(&upstream)
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let response = client()
+        .request(request(
+            &proxy.url("/v1/chat/completions"),
+            "trace-json",
+            &[
+                ("traceparent", &traceparent),
+                ("tracestate", TRACESTATE),
+                ("x-mock-answer", "chat-json"),
+            ],
+            chat_body(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer = body_string(response).await;
+    let (server, call) = pair(&receiver, "trace-json").await;
+
+    assert_eq!(server.trace_id(), CLIENT_TRACE);
+    assert_eq!(server.parent_span_id(), CLIENT_SPAN);
+    assert_eq!(server.span.name, "POST /v1/chat/completions");
+    assert_eq!(server.int("http.response.status_code"), Some(200));
+    assert_eq!(server.str("http.route"), Some("/v1/chat/completions"));
+    assert_eq!(server.str("memoctopus.outcome"), Some("completed"));
+
+    assert_eq!(call.span.name, "chat gpt-4o-mini-2024-07-18");
+    assert_eq!(call.str("gen_ai.operation.name"), Some("chat"));
+    assert_eq!(call.str("gen_ai.provider.name"), Some("openai"));
+    assert_eq!(
+        call.str("gen_ai.request.model"),
+        Some("gpt-4o-mini-2024-07-18")
+    );
+    assert_eq!(
+        call.str("gen_ai.response.model"),
+        Some("gpt-4o-mini-2024-07-18")
+    );
+    assert_eq!(call.str("gen_ai.response.id"), Some("chatcmpl-u1"));
+    assert_eq!(call.bool("gen_ai.request.stream"), Some(false));
+    assert_eq!(call.int("gen_ai.usage.input_tokens"), Some(31));
+    assert_eq!(call.int("gen_ai.usage.output_tokens"), Some(17));
+    assert_eq!(call.int("gen_ai.usage.cache_read.input_tokens"), Some(8));
+    assert_eq!(call.int("gen_ai.usage.reasoning.output_tokens"), Some(5));
+    assert_eq!(call.str("server.address"), Some("127.0.0.1"));
+    assert_eq!(
+        call.int("server.port"),
+        Some(i64::from(upstream.addr.port()))
+    );
+    assert_eq!(call.int("http.response.status_code"), Some(200));
+    assert_eq!(call.str("memoctopus.client"), Some("anonymous"));
+    assert_eq!(call.str("memoctopus.upstream"), Some("default"));
+    assert_eq!(call.int("memoctopus.attempts"), Some(1));
+    assert_eq!(call.str("memoctopus.usage"), Some("reported"));
+    assert!(call.attribute("error.type").is_none());
+    assert!(call.double("gen_ai.response.time_to_first_chunk").is_none());
+
+    // The upstream's parent is the CLIENT span; the client's tracestate goes on as it came.
+    let seen = upstream.last_request();
+    assert_eq!(
+        seen.headers.get("traceparent").unwrap(),
+        &format!("00-{CLIENT_TRACE}-{}-01", call.span_id())
+    );
+    assert_eq!(seen.headers.get("tracestate").unwrap(), TRACESTATE);
+
+    // The resource, the scope, and the collector's own header.
+    let resource = &server.resource;
+    let text = |key: &str| match resource.get(key) {
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => s.clone(),
+        other => panic!("{key}: {other:?}"),
+    };
+    assert_eq!(text("service.name"), "gateway-under-test");
+    assert_eq!(text("deployment.environment.name"), "test");
+    assert_eq!(text("team"), "ml platform");
+    assert_eq!(
+        server.scope_schema_url,
+        "https://opentelemetry.io/schemas/1.41.0"
+    );
+    assert!(receiver
+        .headers()
+        .iter()
+        .all(|h| h.get("authorization").unwrap() == format!("Bearer {COLLECTOR_TOKEN}").as_str()));
+
+    // Neither key, nor prompt, nor answer in any byte exported.
+    let raw = receiver.raw();
+    for secret in [
+        SERVER_KEY,
+        "client-key-never-forwarded",
+        PROMPT,
+        "prompt_tokens",
+        "Write \\\"usage\\\"",
+        COLLECTOR_TOKEN,
+    ] {
+        assert!(
+            memchr::memmem::find(&raw, secret.as_bytes()).is_none(),
+            "{secret:?} was exported"
+        );
+    }
+    assert!(!answer.is_empty());
+    let logs = capture::logs().text();
+    assert!(
+        !logs.contains(COLLECTOR_TOKEN),
+        "the collector's token was logged"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_with_usage_has_its_time_to_first_chunk_and_tokens() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = MockUpstream::start().await;
+    let settings = traced(&receiver);
+    let proxy = ProxyStart::before(&upstream)
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    let started = Instant::now();
+    let response = client()
+        .request(request(
+            &proxy.url("/v1/chat/completions"),
+            "trace-sse",
+            &[("x-mock-answer", "chat-sse")],
+            chat_body(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = body_string(response).await;
+    let whole = started.elapsed();
+    let (server, call) = pair(&receiver, "trace-sse").await;
+    // Without a client traceparent the trace starts here.
+    assert!(server.parent_span_id().is_empty());
+    assert_eq!(call.span.name, "chat gpt-4o-2024-08-06");
+    assert_eq!(call.bool("gen_ai.request.stream"), Some(true));
+    assert_eq!(call.str("gen_ai.response.id"), Some("c"));
+    assert_eq!(call.int("gen_ai.usage.input_tokens"), Some(12));
+    assert_eq!(call.int("gen_ai.usage.output_tokens"), Some(34));
+    assert_eq!(call.int("gen_ai.usage.cache_read.input_tokens"), Some(2));
+    // The first event comes at once, the last after four more writes 50 ms apart.
+    let first = call.double("gen_ai.response.time_to_first_chunk").unwrap();
+    assert!(first > 0.0 && first < 0.15, "time to first chunk {first}");
+    assert!(
+        whole.as_secs_f64() > first + 0.15,
+        "{whole:?} against {first}"
+    );
+    let span_seconds = (call.span.end_time_unix_nano - call.span.start_time_unix_nano) as f64 / 1e9;
+    assert!(
+        span_seconds >= 0.19,
+        "the CLIENT span ends with the stream: {span_seconds}"
+    );
+}
+
+#[tokio::test]
+async fn a_transcription_is_a_transcription_span() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = MockUpstream::start().await;
+    let settings = traced(&receiver);
+    let proxy = ProxyStart::before(&upstream)
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    let mut upload = transcription_request(
+        &proxy.url("/v1/audio/transcriptions"),
+        "b0undary",
+        multipart(64 * 1024, "b0undary"),
+    );
+    upload
+        .headers_mut()
+        .insert("x-request-id", "trace-transcription".parse().unwrap());
+    let response = client().request(upload).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = body_string(response).await;
+    let (server, call) = pair(&receiver, "trace-transcription").await;
+    assert_eq!(server.span.name, "POST /v1/audio/transcriptions");
+    // The answer names no model: the span is named by its operation alone.
+    assert_eq!(call.span.name, "transcription");
+    assert_eq!(call.str("gen_ai.operation.name"), Some("transcription"));
+    assert_eq!(call.int("gen_ai.usage.input_tokens"), Some(14));
+    assert_eq!(call.int("gen_ai.usage.output_tokens"), Some(45));
+    assert!(call.attribute("gen_ai.request.model").is_none());
+}
+
+#[tokio::test]
+async fn an_upstream_429_is_an_error_of_its_status() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = MockUpstream::start().await;
+    let settings = traced(&receiver);
+    let proxy = ProxyStart::before(&upstream)
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    let response = client()
+        .request(request(
+            &proxy.url("/v1/chat/completions"),
+            "trace-429",
+            &[("x-mock-status", "429")],
+            chat_body(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let _ = body_string(response).await;
+    let (server, call) = pair(&receiver, "trace-429").await;
+    assert_eq!(call.str("error.type"), Some("429"));
+    assert_eq!(
+        call.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_ERROR)
+    );
+    assert_eq!(call.int("http.response.status_code"), Some(429));
+    assert_eq!(server.int("http.response.status_code"), Some(429));
+    assert_eq!(server.str("error.type"), Some("429"));
+    assert!(call.attribute("gen_ai.usage.input_tokens").is_none());
+}
+
+/// An HTTP/2 upstream (h2c) whose first connection answers the first request's HEADERS with
+/// GOAWAY(last-stream-id 0): the stream provably was not processed. Every later connection
+/// answers the chat JSON.
+async fn goaway_once_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use support::h2_frames::{frame, PREFACE};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counted = answered.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            if std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    tcp.read_exact(&mut preface).await.unwrap();
+                    assert_eq!(&preface, PREFACE);
+                    tcp.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+                    loop {
+                        let mut head = [0u8; 9];
+                        if tcp.read_exact(&mut head).await.is_err() {
+                            return;
+                        }
+                        let len = usize::from(head[0]) << 16
+                            | usize::from(head[1]) << 8
+                            | usize::from(head[2]);
+                        let mut payload = vec![0u8; len];
+                        tcp.read_exact(&mut payload).await.unwrap();
+                        match head[3] {
+                            // SETTINGS (not an ACK): acknowledged.
+                            0x4 if head[4] & 1 == 0 => {
+                                tcp.write_all(&frame(0x4, 1, 0, &[])).await.unwrap();
+                            }
+                            // HEADERS: GOAWAY with last-stream-id 0, NO_ERROR.
+                            0x1 => {
+                                tcp.write_all(&frame(0x7, 0, 0, &[0; 8])).await.unwrap();
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+                continue;
+            }
+            let answered = counted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, hyper::Error>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(CHAT_JSON.as_bytes())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    (addr, answered)
+}
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use support::mock::CHAT_JSON;
+
+#[tokio::test]
+async fn a_request_retried_after_goaway_is_one_client_span_with_a_retry_event() {
+    let receiver = OtlpReceiver::start().await;
+    let (addr, answered) = goaway_once_upstream().await;
+    let mut settings = traced(&receiver);
+    settings.push(("PROXY_UPSTREAM_PROTOCOL", "http2".into()));
+    let proxy = ProxyStart::at(&format!("http://{addr}/v1"))
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    let response = client()
+        .request(request(
+            &proxy.url("/v1/chat/completions"),
+            "trace-goaway",
+            &[],
+            chat_body(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_string(response).await, CHAT_JSON);
+    assert_eq!(answered.load(Ordering::SeqCst), 1, "processed once");
+    let (_, call) = pair(&receiver, "trace-goaway").await;
+    let retries: Vec<_> = call
+        .span
+        .events
+        .iter()
+        .filter(|e| e.name == "memoctopus.retry")
+        .collect();
+    assert_eq!(retries.len(), 1, "{:#?}", call.span.events);
+    assert_eq!(
+        support::otlp::find(&retries[0].attributes, "memoctopus.reason"),
+        Some(
+            &opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("goaway".into())
+        )
+    );
+    assert!(retries[0].time_unix_nano >= call.span.start_time_unix_nano);
+    assert_eq!(call.int("memoctopus.attempts"), Some(1));
+    assert_eq!(call.str("gen_ai.response.model"), Some("gpt-4"));
+}
+
+#[tokio::test]
+async fn an_unsampled_client_trace_is_not_exported_but_still_propagated() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = MockUpstream::start().await;
+    let settings = traced(&receiver);
+    let proxy = ProxyStart::before(&upstream)
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
+    for (id, parent) in [
+        ("trace-unsampled", Some(&traceparent)),
+        ("trace-next", None),
+    ] {
+        let mut headers = vec![];
+        if let Some(parent) = parent {
+            headers.push(("traceparent", parent.as_str()));
+        }
+        let response = client()
+            .request(request(
+                &proxy.url("/v1/chat/completions"),
+                id,
+                &headers,
+                chat_body(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = body_string(response).await;
+        if parent.is_some() {
+            let sent = upstream.last_request();
+            let sent = sent.headers.get("traceparent").unwrap().to_str().unwrap();
+            assert!(sent.starts_with(&format!("00-{CLIENT_TRACE}-")), "{sent}");
+            assert!(sent.ends_with("-00"), "{sent}");
+            assert!(!sent.contains(CLIENT_SPAN), "{sent}");
+        }
+    }
+    // The sampled request after it is exported; the unsampled one never is.
+    receiver.spans_of("trace-next", 2).await;
+    assert!(receiver
+        .spans()
+        .iter()
+        .all(|s| s.str("memoctopus.request_id") != Some("trace-unsampled")));
+}
+
+#[tokio::test]
+async fn without_an_endpoint_the_clients_traceparent_passes_untouched() {
+    let upstream = MockUpstream::start().await;
+    let proxy = spawn_proxy(&upstream, &[]).await;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let response = client()
+        .request(request(
+            &proxy.url("/v1/chat/completions"),
+            "untraced",
+            &[("traceparent", &traceparent)],
+            chat_body(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = body_string(response).await;
+    assert_eq!(
+        upstream.last_request().headers.get("traceparent").unwrap(),
+        traceparent.as_str()
+    );
+}
+
+/// A collector that accepts connections and never answers.
+async fn silent_collector() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_slows_nothing_and_its_spans_are_dropped_and_counted() {
+    let (collector, _held) = silent_collector().await;
+    let upstream = MockUpstream::start().await;
+    let endpoint = format!("http://{collector}");
+    let proxy = spawn_proxy(
+        &upstream,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "60000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "1"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "8"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
+        ],
+    )
+    .await;
+    let client = client();
+    let url = proxy.url("/v1/chat/completions");
+    const REQUESTS: usize = 100;
+    let mut slowest = Duration::ZERO;
+    for i in 0..REQUESTS {
+        let started = Instant::now();
+        let response = client
+            .request(request(&url, &format!("stuck-{i}"), &[], chat_body()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = body_string(response).await;
+        slowest = slowest.max(started.elapsed());
+    }
+    // The export in flight waits up to 60 s for the collector; no request waited for it.
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest request {slowest:?}"
+    );
+    // Two spans a request; at most one batch in flight and a full queue are not dropped.
+    let dropped = metric(&proxy, "memoctopus_trace_spans_dropped_total").await;
+    let spans = (2 * REQUESTS) as f64;
+    assert!(
+        dropped >= spans - 4.0 - 8.0 && dropped < spans,
+        "{dropped} of {spans} spans dropped"
+    );
+    assert_eq!(
+        metric(&proxy, "memoctopus_trace_spans_exported_total").await,
+        0.0
+    );
+}
