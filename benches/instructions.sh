@@ -5,7 +5,10 @@
 # mock upstream (plain HTTP/1.1) and oha sends 200 exchanges to warm up, then N; the count is
 # the difference between a run of 3000 and one of 1000, over 2000, so that start-up cancels.
 #
-#   bash benches/instructions.sh target/release/memoctopus [PORT]
+#   bash benches/instructions.sh target/release/memoctopus [PORT [NAME=VALUE...]]
+#
+# Settings after the port go to the proxy; {mock} in one stands for the mock's address, e.g.
+# OTEL_EXPORTER_OTLP_ENDPOINT=http://{mock} for traces at ratio 1.0, exported to the mock.
 #
 # Needs valgrind, oha (cargo install oha --locked) and the mock
 # (cargo build --release --example mock-upstream).
@@ -14,6 +17,10 @@ bin=$(realpath "$1")
 port=${2:-18200}
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mock_port=$((port + 1))
+extra=()
+for setting in "${@:3}"; do
+  extra+=("${setting//\{mock\}/127.0.0.1:$mock_port}")
+done
 body='{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}'
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -23,7 +30,7 @@ total() {
   "$root/target/release/examples/mock-upstream" "127.0.0.1:$mock_port" >/dev/null 2>&1 &
   local mock=$!
   env -i PATH="$PATH" OPENAI_API_KEY=sk-instructions OPENAI_BASE_URL="http://127.0.0.1:$mock_port/v1" \
-    HOST=127.0.0.1 PORT="$port" RUST_LOG=warn \
+    HOST=127.0.0.1 PORT="$port" RUST_LOG=warn "${extra[@]}" \
     valgrind --tool=callgrind --callgrind-out-file="$scratch/out.$n" "$bin" >/dev/null 2>&1 &
   local proxy=$!
   for _ in $(seq 1 100); do

@@ -542,3 +542,41 @@ async fn a_collector_that_never_answers_slows_nothing_and_its_spans_are_dropped_
         0.0
     );
 }
+
+#[test]
+fn a_bad_trace_setting_stops_start_up_naming_it_and_headers_are_never_shown() {
+    let base = [
+        ("OPENAI_API_KEY", SERVER_KEY),
+        ("HOST", "127.0.0.1"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+    ];
+    for (name, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "no-equals-sign"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+    ] {
+        let mut vars = base.to_vec();
+        vars.push((name, value));
+        let (status, _, stderr) = check_config(&vars);
+        assert_eq!(status, Some(64), "{name}={value}: {stderr}");
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+    let mut vars = base.to_vec();
+    let headers = format!("authorization=Bearer%20{COLLECTOR_TOKEN},x-tenant=t1");
+    vars.push(("OTEL_EXPORTER_OTLP_HEADERS", &headers));
+    let (status, stdout, stderr) = check_config(&vars);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("authorization, x-tenant (values hidden)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(COLLECTOR_TOKEN) && !stderr.contains(COLLECTOR_TOKEN));
+    // OTEL_SDK_DISABLED turns them off whatever the endpoint.
+    vars.push(("OTEL_SDK_DISABLED", "true"));
+    let (_, stdout, _) = check_config(&vars);
+    assert!(stdout.contains("traces=(off"), "{stdout}");
+}

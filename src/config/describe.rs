@@ -286,6 +286,39 @@ impl Config {
                 LogFormat::Json => "json",
             },
         );
+        self.describe_traces(lines);
+    }
+
+    /// Where traces go, if anywhere; the export headers by name only.
+    fn describe_traces(&self, lines: &mut Lines) {
+        let Some(traces) = &self.traces else {
+            lines.line(
+                "traces",
+                "(off: OTEL_EXPORTER_OTLP_ENDPOINT unset, or disabled)",
+            );
+            return;
+        };
+        lines.line(
+            "traces",
+            format_args!(
+                "OTLP http/protobuf to {} as {}, sampler {:?}, queue {}, batch {} every {}",
+                traces.endpoint,
+                traces.service_name,
+                traces.sampling,
+                traces.max_queue,
+                traces.max_batch,
+                show(traces.delay)
+            ),
+        );
+        let names: Vec<&str> = traces.headers.iter().map(|(n, _)| n.as_str()).collect();
+        lines.line(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            if names.is_empty() {
+                "(unset)".to_owned()
+            } else {
+                format!("{} (values hidden)", names.join(", "))
+            },
+        );
     }
 }
 

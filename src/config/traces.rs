@@ -223,6 +223,10 @@ fn sampling(sampler: Value<'_>, arg: Value<'_>) -> Result<Sampling, ConfigError>
             _ => Err(arg.invalid(format!("{word:?} is not a ratio from 0 to 1"))),
         }
     };
+    // A ratio set beside a sampler that takes none is still checked: a typo is never ignored.
+    if arg.get().is_some() {
+        ratio()?;
+    }
     Ok(match sampler.or_default() {
         "always_on" => Sampling::AlwaysOn,
         "always_off" => Sampling::AlwaysOff,
