@@ -25,6 +25,9 @@
 //!   `code`, outcome and message, in OpenAI's shape.
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.
+//! - [`traces`]: OpenTelemetry traces: an exchange's `SERVER` span and its upstream call's GenAI
+//!   `CLIENT` span, the bounded queue that drops and counts rather than wait, and the OTLP
+//!   export on a hyper client.
 //! - [`keys`]: the client keys in force.
 //! - [`store`]: where the client limits are counted: in the process (`store::local`), or in a
 //!   Redis that every replica shares (`store::shared`), with the fallback while it does not

@@ -28,6 +28,7 @@ keys=(
   sk-unit-server-key-4242 client-key-unit-77  # src/inbound/connection.rs: the panic hook's unit test (which also checks its own logs)
   pp-egress-secret-4242         # tests/upstream_trust.rs: the forward proxy's password
   sk-fleet-                     # tests/failover.rs, tests/realtime.rs: each upstream's key
+  collector-token-never-logged  # tests/traces.rs: the OTLP collector's token in OTEL_EXPORTER_OTLP_HEADERS
   ZWdyZXNzLXVzZXI6cHAtZWdyZXNzLXNlY3JldC00MjQy  # ...and its Proxy-Authorization
 )
 found=0

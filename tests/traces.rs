@@ -580,3 +580,39 @@ fn a_bad_trace_setting_stops_start_up_naming_it_and_headers_are_never_shown() {
     let (_, stdout, _) = check_config(&vars);
     assert!(stdout.contains("traces=(off"), "{stdout}");
 }
+
+#[tokio::test]
+async fn the_drain_exports_the_spans_still_queued() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = MockUpstream::start().await;
+    let mut settings = traced(&receiver);
+    // A batch would wait a minute: only the drain's flush sends it in time.
+    settings.retain(|(k, _)| *k != "OTEL_BSP_SCHEDULE_DELAY");
+    settings.push(("OTEL_BSP_SCHEDULE_DELAY", "60000".into()));
+    let mut proxy = ProxyStart::before(&upstream)
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    let response = client()
+        .request(request(
+            &proxy.url("/v1/chat/completions"),
+            "trace-drained",
+            &[],
+            chat_body(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = body_string(response).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(receiver.spans().is_empty(), "exported before the drain");
+    proxy.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), &mut proxy.handle)
+        .await
+        .expect("the drain ended")
+        .unwrap()
+        .unwrap();
+    // Exported by the time the drain returned, not a moment later.
+    assert_eq!(receiver.spans().len(), 2, "{:#?}", receiver.spans());
+    pair(&receiver, "trace-drained").await;
+}
