@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 
 use crate::config::TraceSettings;
 
@@ -22,6 +21,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 pub(super) struct Collector {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    endpoint: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
 }
@@ -64,35 +64,43 @@ impl Collector {
             .wrap_connector(http);
         Ok(Collector {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            endpoint: settings.endpoint.clone(),
             headers: settings.headers.clone(),
             timeout: settings.timeout,
         })
     }
 }
 
-#[async_trait]
-impl HttpClient for Collector {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let (mut parts, body) = request.into_parts();
+impl Collector {
+    /// POSTs one encoded `ExportTraceServiceRequest`; an error says why it was not accepted,
+    /// never with a header's value.
+    pub(super) async fn send(&self, body: Vec<u8>) -> Result<(), String> {
+        let mut request = Request::post(self.endpoint.clone())
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
         for (name, value) in &self.headers {
-            parts.headers.insert(name.clone(), value.clone());
+            request.headers_mut().insert(name.clone(), value.clone());
         }
-        let request = Request::from_parts(parts, Full::new(body));
         let exchange = async {
-            let response = self.client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_ANSWER_BYTES)
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("cannot reach the collector: {e}"))?;
+            let status = response.status();
+            // Read to its end, within a bound, so that the connection is kept.
+            let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
-                .await?
-                .to_bytes();
-            Ok::<_, HttpError>(Response::from_parts(parts, body))
+                .await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the collector answered {status}"))
+            }
         };
-        let response = tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| format!("the collector did not answer within {:?}", self.timeout))??;
-        if !response.status().is_success() {
-            return Err(format!("the collector answered {}", response.status()).into());
-        }
-        Ok(response)
+            .map_err(|_| format!("the collector did not answer within {:?}", self.timeout))?
     }
 }

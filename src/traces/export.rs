@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::collector::Collector;
+use super::otlp::{export_request, Preamble};
 use crate::metrics::Metrics;
 
 /// The ends of the queue on the request path's side.
@@ -52,41 +54,46 @@ pub(super) struct Batching {
     pub(super) max_queue: usize,
     pub(super) max_batch: usize,
     pub(super) delay: Duration,
-    pub(super) timeout: Duration,
 }
 
 /// Asks the export task to send every span queued now, and says when it has.
 pub(super) type Flush = oneshot::Sender<()>;
 
-/// The queue, and the task that empties it into `exporter`; the task ends when the queue's
-/// sender is dropped with the last tracer.
-pub(super) fn start<E: SpanExporter + 'static>(
-    exporter: E,
+/// The queue, and the task that empties it into the collector; the task ends when the
+/// queue's sender is dropped with the last tracer.
+pub(super) fn start(
+    collector: Collector,
+    preamble: Preamble,
     batching: Batching,
     metrics: Arc<Metrics>,
 ) -> (Queue, mpsc::Sender<Flush>) {
     let (spans, queued) = mpsc::channel(batching.max_queue);
     let (flush, flushes) = mpsc::channel(4);
     let task = Exporting {
-        exporter,
+        collector,
+        preamble,
         queued,
         flushes,
         batching,
         metrics: metrics.clone(),
+        failing: false,
     };
     tokio::spawn(task.run());
     (Queue { spans, metrics }, flush)
 }
 
-struct Exporting<E> {
-    exporter: E,
+struct Exporting {
+    collector: Collector,
+    preamble: Preamble,
     queued: mpsc::Receiver<SpanData>,
     flushes: mpsc::Receiver<Flush>,
     batching: Batching,
     metrics: Arc<Metrics>,
+    /// Whether the last export failed.
+    failing: bool,
 }
 
-impl<E: SpanExporter> Exporting<E> {
+impl Exporting {
     async fn run(mut self) {
         let max = self.batching.max_batch;
         let mut batch = Vec::with_capacity(max);
@@ -140,16 +147,19 @@ impl<E: SpanExporter> Exporting<E> {
             return;
         }
         let spans = batch.len();
-        let sent = std::mem::replace(batch, Vec::with_capacity(self.batching.max_batch));
-        let result = tokio::time::timeout(self.batching.timeout, self.exporter.export(sent)).await;
-        let ok = matches!(result, Ok(Ok(())));
-        if !ok {
-            let error = match result {
-                Ok(Err(error)) => error.to_string(),
-                _ => format!("no answer within {:?}", self.batching.timeout),
-            };
-            tracing::warn!(spans, %error, "trace export failed; its spans are dropped");
+        // Sized exactly before it is written: one allocation, handed to hyper as it is.
+        let mut body = Vec::new();
+        export_request(&self.preamble, batch, &mut body);
+        batch.clear();
+        let result = self.collector.send(body).await;
+        match &result {
+            Ok(()) => self.failing = false,
+            // Said once while the collector keeps failing, and again when it failed anew.
+            Err(error) if !std::mem::replace(&mut self.failing, true) => {
+                tracing::warn!(spans, %error, "trace export failed; its spans are dropped until the collector takes them")
+            }
+            Err(error) => tracing::debug!(spans, %error, "trace export failed"),
         }
-        self.metrics.traces.exported(spans, ok);
+        self.metrics.traces.exported(spans, result.is_ok());
     }
 }

@@ -5,12 +5,14 @@
 //!
 //! - [`names`]: the operations and the attribute names.
 //! - [`spans`]: one exchange's spans, started, told what happened, and ended.
-//! - [`export`]: the bounded queue that drops and counts rather than wait, and the export task.
+//! - [`otlp`]: a batch of spans as the OTLP protobuf body.
 //! - [`collector`]: the HTTP client that carries the exports, on hyper.
+//! - [`export`]: the bounded queue that drops and counts rather than wait, and the export task.
 
 mod collector;
 mod export;
 mod names;
+mod otlp;
 mod spans;
 
 use std::sync::Arc;
@@ -20,10 +22,8 @@ use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_http::HeaderExtractor;
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanExporter as _};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,30 +72,28 @@ impl Tracing {
                 .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]);
         }
         let resource = resource.build();
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(collector::Collector::new(settings)?)
-            .with_endpoint(settings.endpoint.to_string())
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(settings.timeout)
-            .build()
-            .map_err(|e| format!("the OTLP exporter: {e}"))?;
-        exporter.set_resource(&resource);
+        let attributes: Vec<KeyValue> = resource
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+            .collect();
+        let schema_url = names::schema_url(settings.names);
+        let preamble =
+            otlp::Preamble::new(&attributes, SCOPE, env!("CARGO_PKG_VERSION"), schema_url);
         let batching = export::Batching {
             max_queue: settings.max_queue,
             max_batch: settings.max_batch,
             delay: settings.delay,
-            timeout: settings.timeout,
         };
-        let (queue, flush) = export::start(exporter, batching, metrics);
+        let collector = collector::Collector::new(settings)?;
+        let (queue, flush) = export::start(collector, preamble, batching, metrics);
         let provider = SdkTracerProvider::builder()
             .with_span_processor(queue)
             .with_sampler(sampler(settings.sampling))
             .with_resource(resource)
             .build();
         let mut scope =
-            InstrumentationScope::builder("memoctopus").with_version(env!("CARGO_PKG_VERSION"));
-        if let Some(url) = names::schema_url(settings.names) {
+            InstrumentationScope::builder(SCOPE).with_version(env!("CARGO_PKG_VERSION"));
+        if let Some(url) = schema_url {
             scope = scope.with_schema_url(url);
         }
         let tracer = provider.tracer_with_scope(scope.build());
@@ -118,7 +116,7 @@ impl Tracing {
         route: &str,
     ) -> Option<Box<Spans>> {
         let on = self.on.as_ref()?;
-        let parent = on.propagator.extract(&HeaderExtractor(headers));
+        let parent = on.propagator.extract(&Headers(headers));
         Some(Box::new(Spans::new(
             on.tracer.clone(),
             &parent,
@@ -136,6 +134,22 @@ impl Tracing {
         if on.flush.send(done).await.is_ok() {
             let _ = tokio::time::timeout(within, flushed).await;
         }
+    }
+}
+
+/// The instrumentation scope's name.
+const SCOPE: &str = "memoctopus";
+
+/// A request's headers, as the propagator reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
     }
 }
 
