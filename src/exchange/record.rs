@@ -218,15 +218,15 @@ impl Exchange {
 
     /// The request goes upstream: when traced, its call's span starts, and this is the
     /// `traceparent` the upstream gets.
-    pub(crate) fn calling_upstream(&mut self, method: &str) -> Option<HeaderValue> {
-        self.spans.as_mut()?.upstream_call(method)
+    pub(crate) fn calling_upstream(&mut self) -> Option<HeaderValue> {
+        self.spans.as_mut()?.upstream_call()
     }
 
     /// Which upstream answered (or was tried last), after how many, and each time the request
     /// was sent again.
     pub(crate) fn tried(&mut self, tried: Tried) {
         if let Some(spans) = &mut self.spans {
-            spans.tried(tried.target, &tried.resent);
+            spans.tried(tried.target, tried.resent);
         }
         self.upstream = tried.upstream;
         self.attempts = tried.attempts;
@@ -395,9 +395,9 @@ impl Exchange {
                 completed: outcome == Outcome::Completed,
                 error_code: self.error_code,
                 client: &self.client,
-                request_id: self.log_id(),
-                upstream_request_id: self.upstream_id.as_ref().and_then(|v| v.to_str().ok()),
-                upstream: self.upstream.as_deref(),
+                request_id: &self.id,
+                upstream_request_id: self.upstream_id.as_ref(),
+                upstream: self.upstream.as_ref(),
                 attempts: self.attempts,
                 model: meter.and_then(Meter::model),
                 response_id: meter.and_then(Meter::response_id),

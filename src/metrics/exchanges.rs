@@ -17,7 +17,7 @@ use crate::policy::routes::Routes;
 /// The series of one forwarded route, created at start.
 pub(crate) struct RouteMetrics {
     /// The route's configured pattern, such as `/v1/models/*`.
-    pub name: String,
+    pub name: Arc<str>,
     pub(super) label: Label,
     duration: Histogram,
     head: Histogram,
@@ -124,7 +124,7 @@ impl ExchangeMetrics {
                     route: name.to_owned(),
                 };
                 Arc::new(RouteMetrics {
-                    name: name.to_owned(),
+                    name: Arc::from(name),
                     label: Label(Arc::from(name)),
                     duration: duration.get_or_create_owned(&labels),
                     head: head.get_or_create_owned(&labels),

@@ -74,9 +74,9 @@ impl Context {
         started: Instant,
     ) -> Exchange {
         let id = headers::client_request_id(request.headers()).unwrap_or_else(new_request_id);
-        let spans =
-            self.tracing
-                .exchange(request.headers(), request.method().as_str(), &route.name);
+        let spans = self
+            .tracing
+            .exchange(request.headers(), request.method(), &route.name);
         let mut exchange = Exchange::start(
             id,
             request.method().clone(),

@@ -29,7 +29,7 @@ impl Context {
         headers::rewrite_request(&mut parts.headers, &self.identity, exchange.id());
         // Traced, the upstream's spans are the upstream call's children; the client's
         // `tracestate` goes on as it came.
-        if let Some(traceparent) = exchange.calling_upstream(parts.method.as_str()) {
+        if let Some(traceparent) = exchange.calling_upstream() {
             parts.headers.insert(TRACEPARENT, traceparent);
         }
         if self.config.usage.enabled {

@@ -1,55 +1,21 @@
-//! Spans off the request path: a span that ends goes into a bounded queue, or, when the queue
-//! is full, is dropped and counted; one task takes them out in batches and exports them. The
-//! request path never waits for the collector, however slow or gone it is.
-//!
-//! The SDK's own batch processor counts what it drops only in its logs, and runs on a thread
-//! of its own; this one counts into `memoctopus_trace_spans_dropped_total` and runs on the
-//! proxy's runtime, whose hyper client carries the exports.
+//! Spans off the request path: an exchange's spans, once it ends, go into a bounded queue, or,
+//! when the queue is full, are dropped and counted; one task takes them out in batches, writes
+//! their OTLP body and sends it. The request path never waits for the collector, however slow
+//! or gone it is, and the drops are counted in `memoctopus_trace_spans_dropped_total` (the
+//! SDK's batch processor counts its own only in its logs).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::Context;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::collector::Collector;
 use super::otlp::{export_request, Preamble};
+use super::spans::Finished;
 use crate::metrics::Metrics;
 
-/// The ends of the queue on the request path's side.
-pub(super) struct Queue {
-    spans: mpsc::Sender<SpanData>,
-    metrics: Arc<Metrics>,
-}
-
-impl std::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").finish_non_exhaustive()
-    }
-}
-
-impl SpanProcessor for Queue {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if self.spans.try_send(span).is_err() {
-            self.metrics.traces.dropped.inc();
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// How the export task batches.
+/// How the export task batches: at most `max_queue` exchanges wait, `max_batch` go at once.
 pub(super) struct Batching {
     pub(super) max_queue: usize,
     pub(super) max_batch: usize,
@@ -60,13 +26,13 @@ pub(super) struct Batching {
 pub(super) type Flush = oneshot::Sender<()>;
 
 /// The queue, and the task that empties it into the collector; the task ends when the
-/// queue's sender is dropped with the last tracer.
+/// queue's last sender is dropped.
 pub(super) fn start(
     collector: Collector,
     preamble: Preamble,
     batching: Batching,
     metrics: Arc<Metrics>,
-) -> (Queue, mpsc::Sender<Flush>) {
+) -> (mpsc::Sender<Finished>, mpsc::Sender<Flush>) {
     let (spans, queued) = mpsc::channel(batching.max_queue);
     let (flush, flushes) = mpsc::channel(4);
     let task = Exporting {
@@ -75,17 +41,17 @@ pub(super) fn start(
         queued,
         flushes,
         batching,
-        metrics: metrics.clone(),
+        metrics,
         failing: false,
     };
     tokio::spawn(task.run());
-    (Queue { spans, metrics }, flush)
+    (spans, flush)
 }
 
 struct Exporting {
     collector: Collector,
     preamble: Preamble,
-    queued: mpsc::Receiver<SpanData>,
+    queued: mpsc::Receiver<Finished>,
     flushes: mpsc::Receiver<Flush>,
     batching: Batching,
     metrics: Arc<Metrics>,
@@ -125,7 +91,7 @@ impl Exporting {
 
     /// Adds to `batch` until it is full or its first span has waited the delay; a flush asked
     /// for meanwhile ends the wait and is returned.
-    async fn fill(&mut self, batch: &mut Vec<SpanData>) -> Option<Flush> {
+    async fn fill(&mut self, batch: &mut Vec<Finished>) -> Option<Flush> {
         let max = self.batching.max_batch;
         let deadline = Instant::now() + self.batching.delay;
         while batch.len() < max {
@@ -142,16 +108,28 @@ impl Exporting {
         None
     }
 
-    async fn export(&mut self, batch: &mut Vec<SpanData>) {
+    async fn export(&mut self, batch: &mut Vec<Finished>) {
         if batch.is_empty() {
             return;
         }
-        let spans = batch.len();
+        let mut spans = 0;
+        for finished in batch.iter_mut() {
+            finished.settle();
+            spans += if finished.client_started.is_some() {
+                2
+            } else {
+                1
+            };
+        }
         // Sized exactly before it is written: one allocation, handed to hyper as it is.
         let mut body = Vec::new();
-        export_request(&self.preamble, batch, &mut body);
+        let miscounted = export_request(&self.preamble, batch, &mut body);
         batch.clear();
-        let result = self.collector.send(body).await;
+        let result = if miscounted {
+            Err("the batch's protobuf lengths were miscounted".to_owned())
+        } else {
+            self.collector.send(body).await
+        };
         match &result {
             Ok(()) => self.failing = false,
             // Said once while the collector keeps failing, and again when it failed anew.

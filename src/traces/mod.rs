@@ -1,7 +1,9 @@
 //! OpenTelemetry traces, exported by OTLP: on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or its
 //! traces variant) is set. Each exchange has a `SERVER` span, continued from the client's
 //! W3C `traceparent`, and under it a `CLIENT` span of the upstream call named by the GenAI
-//! semantic conventions, whose context the upstream request carries.
+//! semantic conventions, whose context the upstream request carries. The SDK reads the
+//! `traceparent`, makes the ids and decides the sampling; the spans themselves are kept as
+//! plain records, which cost a fraction of the SDK's (`otlp.rs` says how much).
 //!
 //! - [`names`]: the operations and the attribute names.
 //! - [`spans`]: one exchange's spans, started, told what happened, and ended.
@@ -18,13 +20,13 @@ mod spans;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Root, Sampling, TraceSettings};
@@ -32,18 +34,19 @@ use crate::metrics::Metrics;
 
 pub(crate) use spans::{Ended, Spans};
 
-/// The traces of a proxy: off, or a tracer whose spans go to the export queue.
+/// The traces of a proxy: off, or the ids, the sampler and the export queue.
 #[derive(Clone, Default)]
 pub(crate) struct Tracing {
     on: Option<Arc<On>>,
 }
 
 struct On {
-    tracer: SdkTracer,
-    /// Kept so that the tracer's processor lives as long as the proxy.
-    _provider: SdkTracerProvider,
-    propagator: TraceContextPropagator,
+    queue: mpsc::Sender<spans::Finished>,
     flush: mpsc::Sender<export::Flush>,
+    metrics: Arc<Metrics>,
+    propagator: TraceContextPropagator,
+    ids: RandomIdGenerator,
+    sampler: Sampler,
 }
 
 impl Tracing {
@@ -55,73 +58,76 @@ impl Tracing {
         let Some(settings) = settings else {
             return Ok(Tracing::default());
         };
-        let mut resource = Resource::builder_empty()
-            .with_attributes(
-                settings
-                    .resource
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            )
-            .with_service_name(settings.service_name.clone());
-        if !settings
-            .resource
-            .iter()
-            .any(|(k, _)| k == "service.version")
-        {
-            resource = resource
-                .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]);
+        let mut resource = settings.resource.clone();
+        resource.retain(|(k, _)| k != "service.name");
+        resource.push(("service.name".to_owned(), settings.service_name.clone()));
+        if !resource.iter().any(|(k, _)| k == "service.version") {
+            resource.push((
+                "service.version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ));
         }
-        let resource = resource.build();
-        let attributes: Vec<KeyValue> = resource
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-            .collect();
-        let schema_url = names::schema_url(settings.names);
-        let preamble =
-            otlp::Preamble::new(&attributes, SCOPE, env!("CARGO_PKG_VERSION"), schema_url);
+        let preamble = otlp::Preamble::new(
+            &resource,
+            SCOPE,
+            env!("CARGO_PKG_VERSION"),
+            names::schema_url(settings.names),
+        );
+        // The queue holds exchanges, each of two spans: the span bounds are halved.
         let batching = export::Batching {
-            max_queue: settings.max_queue,
-            max_batch: settings.max_batch,
+            max_queue: settings.max_queue.div_ceil(2),
+            max_batch: settings.max_batch.div_ceil(2),
             delay: settings.delay,
         };
         let collector = collector::Collector::new(settings)?;
-        let (queue, flush) = export::start(collector, preamble, batching, metrics);
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(queue)
-            .with_sampler(sampler(settings.sampling))
-            .with_resource(resource)
-            .build();
-        let mut scope =
-            InstrumentationScope::builder(SCOPE).with_version(env!("CARGO_PKG_VERSION"));
-        if let Some(url) = schema_url {
-            scope = scope.with_schema_url(url);
-        }
-        let tracer = provider.tracer_with_scope(scope.build());
+        let (queue, flush) = export::start(collector, preamble, batching, metrics.clone());
         Ok(Tracing {
             on: Some(Arc::new(On {
-                tracer,
-                _provider: provider,
-                propagator: TraceContextPropagator::new(),
+                queue,
                 flush,
+                metrics,
+                propagator: TraceContextPropagator::new(),
+                ids: RandomIdGenerator::default(),
+                sampler: sampler(settings.sampling),
             })),
         })
     }
 
     /// The spans of an exchange to `route`, continued from the client's `traceparent` and
-    /// `tracestate`; `None` while traces are off.
+    /// `tracestate`, and sampled as the sampler says; `None` while traces are off.
     pub(crate) fn exchange(
         &self,
         headers: &HeaderMap,
-        method: &str,
-        route: &str,
+        method: &Method,
+        route: &Arc<str>,
     ) -> Option<Box<Spans>> {
         let on = self.on.as_ref()?;
-        let parent = on.propagator.extract(&Headers(headers));
+        let parent_cx = on.propagator.extract(&Headers(headers));
+        let parent = parent_cx.span().span_context().clone();
+        let (trace_id, parent_id) = if parent.is_valid() {
+            (parent.trace_id(), Some(parent.span_id().to_bytes()))
+        } else {
+            (on.ids.new_trace_id(), None)
+        };
+        let decision = on
+            .sampler
+            .should_sample(Some(&parent_cx), trace_id, "", &SpanKind::Server, &[], &[])
+            .decision;
+        let ids = spans::Ids {
+            trace: trace_id.to_bytes(),
+            server: on.ids.new_span_id().to_bytes(),
+            client: on.ids.new_span_id().to_bytes(),
+            parent: parent_id,
+            sampled: decision == SamplingDecision::RecordAndSample,
+        };
+        let trace_state = parent_id.and(headers.get("tracestate").cloned());
         Some(Box::new(Spans::new(
-            on.tracer.clone(),
-            &parent,
-            method,
-            route,
+            on.queue.clone(),
+            on.metrics.clone(),
+            ids,
+            trace_state,
+            method_name(method),
+            route.clone(),
         )))
     }
 
@@ -134,6 +140,21 @@ impl Tracing {
         if on.flush.send(done).await.is_ok() {
             let _ = tokio::time::timeout(within, flushed).await;
         }
+    }
+}
+
+/// `http.request.method`: the method's name, as a `&'static str` for the methods the routes
+/// take.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "_OTHER",
     }
 }
 

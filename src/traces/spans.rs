@@ -1,31 +1,78 @@
 //! One exchange's spans: the `SERVER` span of the client's request, and under it the `CLIENT`
-//! span of the upstream call with all its attempts, each retry or failover an event. Both end
-//! where the exchange ends, with what its record knows then. No key, prompt or answer text is
-//! ever put in a span: only names, numbers and the ids the proxy and the upstream give.
+//! span of the upstream call with all its attempts, each retry or failover an event.
+//!
+//! On the request path a span is only ids and times: the SDK gives the ids, reads the client's
+//! `traceparent` and decides the sampling, and the rest waits for the exchange's end, where
+//! its record's facts are copied once into a [`Finished`] for the export task. Its attributes
+//! are made there, off the request path (`otlp.rs`). No key, prompt or answer text is ever
+//! kept: only names, numbers, and the ids the proxy and the upstream give.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::HeaderValue;
 use http::uri::Authority;
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use tokio::sync::mpsc;
 
 use super::names;
+use crate::metrics::Metrics;
 use crate::outcome::Resent;
 use crate::usage::Tokens;
 
+/// At most this much of a model name or a response id is kept for a span.
+const NAME_BYTES: usize = 64;
+
+/// A short string kept inline: a model name or a response id.
+#[derive(Clone, Copy)]
+pub(super) struct Short {
+    bytes: [u8; NAME_BYTES],
+    len: u8,
+}
+
+impl Short {
+    fn new(s: &str) -> Option<Short> {
+        if s.is_empty() || s.len() > NAME_BYTES {
+            return None;
+        }
+        let mut bytes = [0; NAME_BYTES];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(Short {
+            bytes,
+            len: s.len() as u8,
+        })
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+/// The ids and sampling of one exchange's trace.
+#[derive(Clone, Copy)]
+pub(super) struct Ids {
+    pub(super) trace: [u8; 16],
+    pub(super) server: [u8; 8],
+    pub(super) client: [u8; 8],
+    /// The client's span, and whether it came from the client (always, when set).
+    pub(super) parent: Option<[u8; 8]>,
+    pub(super) sampled: bool,
+}
+
 /// The spans of one exchange, while it runs.
 pub(crate) struct Spans {
-    /// Holds the `SERVER` span, and is the upstream call's parent.
-    server: Context,
-    tracer: SdkTracer,
+    queue: mpsc::Sender<Finished>,
+    metrics: Arc<Metrics>,
+    ids: Ids,
+    /// The client's `tracestate`, kept for the spans as it came.
+    trace_state: Option<HeaderValue>,
+    method: &'static str,
+    route: Arc<str>,
     operation: Option<&'static str>,
-    client: Option<Span>,
+    server_started: SystemTime,
     client_started: Option<SystemTime>,
     first_chunk: Option<SystemTime>,
     target: Option<(Authority, bool)>,
+    resent: Vec<Resent>,
 }
 
 /// What the exchange's record knows when it ends.
@@ -35,10 +82,10 @@ pub(crate) struct Ended<'a> {
     pub(crate) outcome: &'static str,
     pub(crate) completed: bool,
     pub(crate) error_code: Option<&'static str>,
-    pub(crate) client: &'a str,
-    pub(crate) request_id: &'a str,
-    pub(crate) upstream_request_id: Option<&'a str>,
-    pub(crate) upstream: Option<&'a str>,
+    pub(crate) client: &'a Arc<str>,
+    pub(crate) request_id: &'a HeaderValue,
+    pub(crate) upstream_request_id: Option<&'a HeaderValue>,
+    pub(crate) upstream: Option<&'a Arc<str>>,
     pub(crate) attempts: u32,
     pub(crate) model: Option<&'a str>,
     pub(crate) response_id: Option<&'a str>,
@@ -49,51 +96,69 @@ pub(crate) struct Ended<'a> {
     pub(crate) stream: bool,
 }
 
+/// An exchange's spans once it ended, as the export task writes them.
+pub(super) struct Finished {
+    pub(super) ids: Ids,
+    pub(super) trace_state: Option<HeaderValue>,
+    pub(super) method: &'static str,
+    pub(super) route: Arc<str>,
+    pub(super) operation: Option<&'static str>,
+    pub(super) server_started: SystemTime,
+    pub(super) client_started: Option<SystemTime>,
+    pub(super) first_chunk: Option<SystemTime>,
+    pub(super) ended: SystemTime,
+    pub(super) target: Option<(Authority, bool)>,
+    pub(super) resent: Vec<Resent>,
+    pub(super) status: u16,
+    pub(super) upstream_status: u16,
+    pub(super) outcome: &'static str,
+    pub(super) completed: bool,
+    pub(super) error_code: Option<&'static str>,
+    pub(super) client: Arc<str>,
+    pub(super) request_id: HeaderValue,
+    pub(super) upstream_request_id: Option<HeaderValue>,
+    pub(super) upstream: Option<Arc<str>>,
+    pub(super) attempts: u32,
+    pub(super) model: Option<Short>,
+    pub(super) response_id: Option<Short>,
+    pub(super) reported: Option<Tokens>,
+    pub(super) usage: &'static str,
+    pub(super) stream: bool,
+    /// `error.type`, once [`Finished::settle`] wrote it.
+    pub(super) error_text: Option<String>,
+}
+
 impl Spans {
-    pub(super) fn new(tracer: SdkTracer, parent: &Context, method: &str, route: &str) -> Spans {
-        let span = tracer
-            .span_builder(format!("{method} {route}"))
-            .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("http.request.method", method.to_owned()),
-                KeyValue::new("http.route", route.to_owned()),
-            ])
-            .start_with_context(&tracer, parent);
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        queue: mpsc::Sender<Finished>,
+        metrics: Arc<Metrics>,
+        ids: Ids,
+        trace_state: Option<HeaderValue>,
+        method: &'static str,
+        route: Arc<str>,
+    ) -> Spans {
         Spans {
-            server: parent.with_span(span),
-            operation: names::operation(route),
-            tracer,
-            client: None,
+            queue,
+            metrics,
+            ids,
+            trace_state,
+            method,
+            operation: names::operation(&route),
+            route,
+            server_started: SystemTime::now(),
             client_started: None,
             first_chunk: None,
             target: None,
+            resent: Vec::new(),
         }
     }
 
     /// Starts the upstream call's span, once, and gives the `traceparent` that makes the
     /// upstream's spans its children.
-    pub(crate) fn upstream_call(&mut self, method: &str) -> Option<HeaderValue> {
-        if self.client.is_none() {
-            let name = self.operation.unwrap_or(method).to_owned();
-            let mut attributes = vec![KeyValue::new("http.request.method", method.to_owned())];
-            if let Some(operation) = self.operation {
-                attributes.push(KeyValue::new(names::OPERATION, operation));
-            }
-            let span = self
-                .tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Client)
-                .with_attributes(attributes)
-                .start_with_context(&self.tracer, &self.server);
-            self.client_started = Some(SystemTime::now());
-            self.client = Some(span);
-        }
-        let context = self
-            .client
-            .as_ref()
-            .map(|span| span.span_context().clone())
-            .unwrap_or_else(|| self.server.span().span_context().clone());
-        traceparent(&context)
+    pub(crate) fn upstream_call(&mut self) -> Option<HeaderValue> {
+        self.client_started.get_or_insert_with(SystemTime::now);
+        traceparent(&self.ids.trace, &self.ids.client, self.ids.sampled)
     }
 
     /// A frame of the answer reached the client.
@@ -104,149 +169,93 @@ impl Spans {
     }
 
     /// Where the upstream call went last, and each time it was sent again.
-    pub(crate) fn tried(&mut self, target: Option<(Authority, bool)>, resent: &[Resent]) {
+    pub(crate) fn tried(&mut self, target: Option<(Authority, bool)>, resent: Vec<Resent>) {
         self.target = target;
-        let Some(span) = &mut self.client else {
+        self.resent = resent;
+    }
+
+    /// Ends both spans with what the record knows: queued for export if sampled, or dropped
+    /// and counted when the queue is full.
+    pub(crate) fn end(self, ended: &Ended<'_>) {
+        if !self.ids.sampled {
             return;
+        }
+        let finished = Finished {
+            ids: self.ids,
+            trace_state: self.trace_state,
+            method: self.method,
+            route: self.route,
+            operation: self.operation,
+            server_started: self.server_started,
+            client_started: self.client_started,
+            first_chunk: self.first_chunk,
+            ended: SystemTime::now(),
+            target: self.target,
+            resent: self.resent,
+            status: ended.status,
+            upstream_status: ended.upstream_status,
+            outcome: ended.outcome,
+            completed: ended.completed,
+            error_code: ended.error_code,
+            client: ended.client.clone(),
+            request_id: ended.request_id.clone(),
+            upstream_request_id: ended.upstream_request_id.cloned(),
+            upstream: ended.upstream.cloned(),
+            attempts: ended.attempts,
+            model: ended.model.and_then(Short::new),
+            response_id: ended.response_id.and_then(Short::new),
+            reported: ended.reported,
+            usage: ended.usage,
+            stream: ended.stream,
+            error_text: None,
         };
-        for again in resent {
-            let mut attributes = vec![KeyValue::new("memoctopus.reason", again.reason)];
-            let name = match &again.from {
-                Some(from) => {
-                    attributes.push(KeyValue::new("memoctopus.upstream", from.to_string()));
-                    "memoctopus.failover"
-                }
-                None => "memoctopus.retry",
-            };
-            span.add_event_with_timestamp(name, again.at, attributes);
+        let spans = if finished.client_started.is_some() {
+            2
+        } else {
+            1
+        };
+        if self.queue.try_send(finished).is_err() {
+            self.metrics.traces.dropped.inc_by(spans);
         }
     }
-
-    /// Ends both spans with what the record knows.
-    pub(crate) fn end(mut self, ended: &Ended<'_>) {
-        let error = error_type(ended);
-        if let Some(mut span) = self.client.take() {
-            self.end_client(&mut span, ended, error.clone());
-        }
-        let span = self.server.span();
-        let mut attributes = vec![
-            KeyValue::new("http.response.status_code", i64::from(ended.status)),
-            KeyValue::new("memoctopus.client", ended.client.to_owned()),
-            KeyValue::new("memoctopus.request_id", ended.request_id.to_owned()),
-            KeyValue::new("memoctopus.outcome", ended.outcome),
-        ];
-        if let Some(code) = ended.error_code {
-            attributes.push(KeyValue::new("memoctopus.error_code", code));
-        }
-        if let Some(error) = &error {
-            attributes.push(KeyValue::new("error.type", error.clone()));
-        }
-        span.set_attributes(attributes);
-        // A server span is an error only when the proxy or the upstream failed the client.
-        if ended.status >= 500 || (!ended.completed && ended.status == 0) {
-            span.set_status(Status::error(error.unwrap_or(Cow::Borrowed(ended.outcome))));
-        }
-        span.end();
-    }
-
-    fn end_client(&self, span: &mut Span, ended: &Ended<'_>, error: Option<Cow<'static, str>>) {
-        let mut attributes = Vec::with_capacity(16);
-        if let Some((authority, azure)) = &self.target {
-            attributes.push(KeyValue::new(names::PROVIDER, names::provider(*azure)));
-            attributes.push(KeyValue::new("server.address", authority.host().to_owned()));
-            let port = authority.port_u16().unwrap_or(443);
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
-        }
-        if ended.upstream_status != 0 {
-            attributes.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(ended.upstream_status),
-            ));
-        }
-        if self.operation.is_some() {
-            attributes.push(KeyValue::new(names::REQUEST_STREAM, ended.stream));
-            if let Some(model) = ended.model {
-                attributes.push(KeyValue::new(names::REQUEST_MODEL, model.to_owned()));
-                attributes.push(KeyValue::new(names::RESPONSE_MODEL, model.to_owned()));
-                if let Some(operation) = self.operation {
-                    span.update_name(format!("{operation} {model}"));
-                }
-            }
-            if let Some(id) = ended.response_id {
-                attributes.push(KeyValue::new(names::RESPONSE_ID, id.to_owned()));
-            }
-            if let Some(tokens) = ended.reported {
-                let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                attributes.push(KeyValue::new(names::INPUT_TOKENS, count(tokens.input)));
-                attributes.push(KeyValue::new(names::OUTPUT_TOKENS, count(tokens.output)));
-                attributes.push(KeyValue::new(
-                    names::CACHE_READ_TOKENS,
-                    count(tokens.cached),
-                ));
-                attributes.push(KeyValue::new(
-                    names::REASONING_TOKENS,
-                    count(tokens.reasoning),
-                ));
-            }
-            if let (true, Some(first), Some(started)) =
-                (ended.stream, self.first_chunk, self.client_started)
-            {
-                let after = first.duration_since(started).unwrap_or_default();
-                attributes.push(KeyValue::new(
-                    names::TIME_TO_FIRST_CHUNK,
-                    after.as_secs_f64(),
-                ));
-            }
-        }
-        attributes.push(KeyValue::new("memoctopus.usage", ended.usage));
-        attributes.push(KeyValue::new("memoctopus.client", ended.client.to_owned()));
-        attributes.push(KeyValue::new(
-            "memoctopus.request_id",
-            ended.request_id.to_owned(),
-        ));
-        if let Some(id) = ended.upstream_request_id {
-            attributes.push(KeyValue::new(
-                "memoctopus.upstream_request_id",
-                id.to_owned(),
-            ));
-        }
-        if let Some(upstream) = ended.upstream {
-            attributes.push(KeyValue::new("memoctopus.upstream", upstream.to_owned()));
-        }
-        attributes.push(KeyValue::new(
-            "memoctopus.attempts",
-            i64::from(ended.attempts),
-        ));
-        if let Some(error) = &error {
-            attributes.push(KeyValue::new("error.type", error.clone()));
-            span.set_status(Status::error(error.clone()));
-        }
-        span.set_attributes(attributes);
-        span.end();
-    }
-}
-
-/// `error.type`: the upstream's status when it refused or failed, else how the exchange
-/// ended when it did not complete.
-fn error_type(ended: &Ended<'_>) -> Option<Cow<'static, str>> {
-    let status = if ended.upstream_status != 0 {
-        ended.upstream_status
-    } else {
-        ended.status
-    };
-    if status >= 400 {
-        return Some(Cow::Owned(status.to_string()));
-    }
-    (!ended.completed).then_some(Cow::Borrowed(ended.outcome))
 }
 
 /// The W3C `traceparent` of a span: version 00, its trace and span ids, and its flags.
-fn traceparent(context: &opentelemetry::trace::SpanContext) -> Option<HeaderValue> {
-    let value = format!(
-        "00-{}-{}-{:02x}",
-        context.trace_id(),
-        context.span_id(),
-        context.trace_flags().to_u8()
-    );
-    HeaderValue::from_str(&value).ok()
+fn traceparent(trace: &[u8; 16], span: &[u8; 8], sampled: bool) -> Option<HeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    for (i, b) in trace.iter().chain(span).enumerate() {
+        // The span id follows the trace id after a dash.
+        let at = 3 + 2 * i + usize::from(i >= 16);
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0xf)];
+    }
+    out[35] = b'-';
+    out[52] = b'-';
+    out[53] = b'0';
+    out[54] = if sampled { b'1' } else { b'0' };
+    HeaderValue::from_bytes(&out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_is_written_as_w3c_says() {
+        let trace = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        let span = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
+        assert_eq!(
+            traceparent(&trace, &span, true).unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            traceparent(&trace, &span, false).unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+    }
 }
