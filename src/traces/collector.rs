@@ -87,7 +87,7 @@ impl Collector {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("cannot reach the collector: {e}"))?;
+                .map_err(|e| format!("cannot reach the collector: {}", with_causes(&e)))?;
             let status = response.status();
             // Read to its end, within a bound, so that the connection is kept.
             let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
@@ -103,4 +103,16 @@ impl Collector {
             .await
             .map_err(|_| format!("the collector did not answer within {:?}", self.timeout))?
     }
+}
+
+/// An error and its causes, `: `-joined: hyper-util's own says only "client error (Connect)".
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }

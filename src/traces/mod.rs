@@ -80,6 +80,11 @@ impl Tracing {
             delay: settings.delay,
         };
         let collector = collector::Collector::new(settings)?;
+        tracing::info!(
+            endpoint = %settings.endpoint,
+            sampler = ?settings.sampling,
+            "traces on: OTLP over HTTP with protobuf"
+        );
         let (queue, flush) = export::start(collector, preamble, batching, metrics.clone());
         Ok(Tracing {
             on: Some(Arc::new(On {
