@@ -45,6 +45,18 @@ fn vars<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)>
     pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// A receiver, the mock upstream, and the proxy in front of it exporting to the receiver.
+async fn traced_proxy() -> (OtlpReceiver, MockUpstream, TestProxy) {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = MockUpstream::start().await;
+    let settings = traced(&receiver);
+    let proxy = ProxyStart::before(&upstream)
+        .settings(&vars(&settings))
+        .start()
+        .await;
+    (receiver, upstream, proxy)
+}
+
 fn request(url: &str, id: &str, headers: &[(&str, &str)], body: String) -> Request<Full<Bytes>> {
     let mut request = chat_request(url, &body);
     let h = request.headers_mut();
@@ -83,13 +95,7 @@ async fn pair(receiver: &OtlpReceiver, id: &str) -> (Exported, Exported) {
 
 #[tokio::test]
 async fn chat_json_continues_the_clients_trace_and_the_upstream_gets_the_client_span() {
-    let receiver = OtlpReceiver::start().await;
-    let upstream = MockUpstream::start().await;
-    let settings = traced(&receiver);
-    let proxy = ProxyStart::before(&upstream)
-        .settings(&vars(&settings))
-        .start()
-        .await;
+    let (receiver, upstream, proxy) = traced_proxy().await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
     let response = client()
         .request(request(
@@ -196,13 +202,7 @@ async fn chat_json_continues_the_clients_trace_and_the_upstream_gets_the_client_
 
 #[tokio::test]
 async fn a_stream_with_usage_has_its_time_to_first_chunk_and_tokens() {
-    let receiver = OtlpReceiver::start().await;
-    let upstream = MockUpstream::start().await;
-    let settings = traced(&receiver);
-    let proxy = ProxyStart::before(&upstream)
-        .settings(&vars(&settings))
-        .start()
-        .await;
+    let (receiver, _upstream, proxy) = traced_proxy().await;
     let started = Instant::now();
     let response = client()
         .request(request(
@@ -241,13 +241,7 @@ async fn a_stream_with_usage_has_its_time_to_first_chunk_and_tokens() {
 
 #[tokio::test]
 async fn a_transcription_is_a_transcription_span() {
-    let receiver = OtlpReceiver::start().await;
-    let upstream = MockUpstream::start().await;
-    let settings = traced(&receiver);
-    let proxy = ProxyStart::before(&upstream)
-        .settings(&vars(&settings))
-        .start()
-        .await;
+    let (receiver, _upstream, proxy) = traced_proxy().await;
     let mut upload = transcription_request(
         &proxy.url("/v1/audio/transcriptions"),
         "b0undary",
@@ -271,13 +265,7 @@ async fn a_transcription_is_a_transcription_span() {
 
 #[tokio::test]
 async fn an_upstream_429_is_an_error_of_its_status() {
-    let receiver = OtlpReceiver::start().await;
-    let upstream = MockUpstream::start().await;
-    let settings = traced(&receiver);
-    let proxy = ProxyStart::before(&upstream)
-        .settings(&vars(&settings))
-        .start()
-        .await;
+    let (receiver, _upstream, proxy) = traced_proxy().await;
     let response = client()
         .request(request(
             &proxy.url("/v1/chat/completions"),
@@ -417,13 +405,7 @@ async fn a_request_retried_after_goaway_is_one_client_span_with_a_retry_event() 
 
 #[tokio::test]
 async fn an_unsampled_client_trace_is_not_exported_but_still_propagated() {
-    let receiver = OtlpReceiver::start().await;
-    let upstream = MockUpstream::start().await;
-    let settings = traced(&receiver);
-    let proxy = ProxyStart::before(&upstream)
-        .settings(&vars(&settings))
-        .start()
-        .await;
+    let (receiver, upstream, proxy) = traced_proxy().await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
     for (id, parent) in [
         ("trace-unsampled", Some(&traceparent)),

@@ -115,7 +115,7 @@ impl Exporting {
         let mut spans = 0;
         for finished in batch.iter_mut() {
             finished.settle();
-            spans += if finished.client_started.is_some() {
+            spans += if finished.started.client_started.is_some() {
                 2
             } else {
                 1

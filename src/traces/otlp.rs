@@ -164,8 +164,9 @@ fn count(n: u64) -> Attr<'static> {
 
 /// The `SERVER` span of an exchange, and its `CLIENT` span if the request went upstream.
 fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
+    let s = &f.started;
     let error: Option<&'a str> = f.error_text.as_deref();
-    let trace_state = f
+    let trace_state = s
         .trace_state
         .as_ref()
         .and_then(|v| v.to_str().ok())
@@ -174,8 +175,8 @@ fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
     let end = nanos(f.ended);
 
     let mut server = vec![
-        ("http.request.method", Attr::Str(f.method)),
-        ("http.route", Attr::Str(&f.route)),
+        ("http.request.method", Attr::Str(s.method)),
+        ("http.route", Attr::Str(&s.route)),
         ("http.response.status_code", Attr::Int(i64::from(f.status))),
         ("memoctopus.client", Attr::Str(&f.client)),
         ("memoctopus.request_id", Attr::Str(request_id)),
@@ -190,26 +191,26 @@ fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
     // A server span is an error only when the proxy or the upstream failed the client.
     let server_failed = f.status >= 500 || (!f.completed && f.status == 0);
     out.push(SpanOut {
-        trace_id: &f.ids.trace,
-        span_id: &f.ids.server,
-        parent: f.ids.parent.as_ref(),
+        trace_id: &s.ids.trace,
+        span_id: &s.ids.server,
+        parent: s.ids.parent.as_ref(),
         parent_remote: true,
         trace_state,
-        name: [f.method, " ", &f.route],
+        name: [s.method, " ", &s.route],
         kind: SERVER,
-        start: nanos(f.server_started),
+        start: nanos(s.server_started),
         end,
         attributes: server,
         events: Vec::new(),
         error: server_failed.then(|| error.unwrap_or(f.outcome)),
     });
 
-    let Some(client_started) = f.client_started else {
+    let Some(client_started) = s.client_started else {
         return;
     };
     let mut client: Attrs<'a> = Vec::with_capacity(24);
-    client.push(("http.request.method", Attr::Str(f.method)));
-    if let Some((authority, azure)) = &f.target {
+    client.push(("http.request.method", Attr::Str(s.method)));
+    if let Some((authority, azure)) = &s.target {
         client.push((names::PROVIDER, Attr::Str(names::provider(*azure))));
         client.push(("server.address", Attr::Str(authority.host())));
         let port = authority.port_u16().unwrap_or(443);
@@ -222,7 +223,7 @@ fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
         ));
     }
     let model = f.model.as_ref().map(|m| m.as_str());
-    if let Some(operation) = f.operation {
+    if let Some(operation) = s.operation {
         client.push((names::OPERATION, Attr::Str(operation)));
         client.push((names::REQUEST_STREAM, Attr::Bool(f.stream)));
         if let Some(model) = model {
@@ -238,7 +239,7 @@ fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
             client.push((names::CACHE_READ_TOKENS, count(tokens.cached)));
             client.push((names::REASONING_TOKENS, count(tokens.reasoning)));
         }
-        if let (true, Some(first)) = (f.stream, f.first_chunk) {
+        if let (true, Some(first)) = (f.stream, s.first_chunk) {
             let after = first.duration_since(client_started).unwrap_or_default();
             client.push((
                 names::TIME_TO_FIRST_CHUNK,
@@ -259,7 +260,7 @@ fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
     if let Some(error) = error {
         client.push(("error.type", Attr::Str(error)));
     }
-    let events = f
+    let events = s
         .resent
         .iter()
         .map(|again| {
@@ -278,15 +279,15 @@ fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
             }
         })
         .collect();
-    let name = match (f.operation, model) {
+    let name = match (s.operation, model) {
         (Some(operation), Some(model)) => [operation, " ", model],
         (Some(operation), None) => [operation, "", ""],
-        (None, _) => [f.method, "", ""],
+        (None, _) => [s.method, "", ""],
     };
     out.push(SpanOut {
-        trace_id: &f.ids.trace,
-        span_id: &f.ids.client,
-        parent: Some(&f.ids.server),
+        trace_id: &s.ids.trace,
+        span_id: &s.ids.client,
+        parent: Some(&s.ids.server),
         parent_remote: false,
         trace_state,
         name,

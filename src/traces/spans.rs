@@ -62,17 +62,22 @@ pub(super) struct Ids {
 pub(crate) struct Spans {
     queue: mpsc::Sender<Finished>,
     metrics: Arc<Metrics>,
-    ids: Ids,
+    started: Started,
+}
+
+/// What the spans know of themselves, from their start: ids, names and times.
+pub(super) struct Started {
+    pub(super) ids: Ids,
     /// The client's `tracestate`, kept for the spans as it came.
-    trace_state: Option<HeaderValue>,
-    method: &'static str,
-    route: Arc<str>,
-    operation: Option<&'static str>,
-    server_started: SystemTime,
-    client_started: Option<SystemTime>,
-    first_chunk: Option<SystemTime>,
-    target: Option<(Authority, bool)>,
-    resent: Vec<Resent>,
+    pub(super) trace_state: Option<HeaderValue>,
+    pub(super) method: &'static str,
+    pub(super) route: Arc<str>,
+    pub(super) operation: Option<&'static str>,
+    pub(super) server_started: SystemTime,
+    pub(super) client_started: Option<SystemTime>,
+    pub(super) first_chunk: Option<SystemTime>,
+    pub(super) target: Option<(Authority, bool)>,
+    pub(super) resent: Vec<Resent>,
 }
 
 /// What the exchange's record knows when it ends.
@@ -98,17 +103,8 @@ pub(crate) struct Ended<'a> {
 
 /// An exchange's spans once it ended, as the export task writes them.
 pub(super) struct Finished {
-    pub(super) ids: Ids,
-    pub(super) trace_state: Option<HeaderValue>,
-    pub(super) method: &'static str,
-    pub(super) route: Arc<str>,
-    pub(super) operation: Option<&'static str>,
-    pub(super) server_started: SystemTime,
-    pub(super) client_started: Option<SystemTime>,
-    pub(super) first_chunk: Option<SystemTime>,
+    pub(super) started: Started,
     pub(super) ended: SystemTime,
-    pub(super) target: Option<(Authority, bool)>,
-    pub(super) resent: Vec<Resent>,
     pub(super) status: u16,
     pub(super) upstream_status: u16,
     pub(super) outcome: &'static str,
@@ -129,7 +125,6 @@ pub(super) struct Finished {
 }
 
 impl Spans {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         queue: mpsc::Sender<Finished>,
         metrics: Arc<Metrics>,
@@ -141,57 +136,56 @@ impl Spans {
         Spans {
             queue,
             metrics,
-            ids,
-            trace_state,
-            method,
-            operation: names::operation(&route),
-            route,
-            server_started: SystemTime::now(),
-            client_started: None,
-            first_chunk: None,
-            target: None,
-            resent: Vec::new(),
+            started: Started {
+                ids,
+                trace_state,
+                method,
+                operation: names::operation(&route),
+                route,
+                server_started: SystemTime::now(),
+                client_started: None,
+                first_chunk: None,
+                target: None,
+                resent: Vec::new(),
+            },
         }
     }
 
     /// Starts the upstream call's span, once, and gives the `traceparent` that makes the
     /// upstream's spans its children.
     pub(crate) fn upstream_call(&mut self) -> Option<HeaderValue> {
-        self.client_started.get_or_insert_with(SystemTime::now);
-        traceparent(&self.ids.trace, &self.ids.client, self.ids.sampled)
+        let started = &mut self.started;
+        started.client_started.get_or_insert_with(SystemTime::now);
+        traceparent(&started.ids.trace, &started.ids.client, started.ids.sampled)
     }
 
     /// A frame of the answer reached the client.
     pub(crate) fn chunk(&mut self) {
-        if self.first_chunk.is_none() {
-            self.first_chunk = Some(SystemTime::now());
+        if self.started.first_chunk.is_none() {
+            self.started.first_chunk = Some(SystemTime::now());
         }
     }
 
     /// Where the upstream call went last, and each time it was sent again.
     pub(crate) fn tried(&mut self, target: Option<(Authority, bool)>, resent: Vec<Resent>) {
-        self.target = target;
-        self.resent = resent;
+        self.started.target = target;
+        self.started.resent = resent;
     }
 
     /// Ends both spans with what the record knows: queued for export if sampled, or dropped
     /// and counted when the queue is full.
     pub(crate) fn end(self, ended: &Ended<'_>) {
-        if !self.ids.sampled {
+        if !self.started.ids.sampled {
             return;
         }
+        let spans = if self.started.client_started.is_some() {
+            2
+        } else {
+            1
+        };
         let finished = Finished {
-            ids: self.ids,
-            trace_state: self.trace_state,
-            method: self.method,
-            route: self.route,
-            operation: self.operation,
-            server_started: self.server_started,
-            client_started: self.client_started,
-            first_chunk: self.first_chunk,
+            started: self.started,
             ended: SystemTime::now(),
-            target: self.target,
-            resent: self.resent,
             status: ended.status,
             upstream_status: ended.upstream_status,
             outcome: ended.outcome,
@@ -208,11 +202,6 @@ impl Spans {
             usage: ended.usage,
             stream: ended.stream,
             error_text: None,
-        };
-        let spans = if finished.client_started.is_some() {
-            2
-        } else {
-            1
         };
         if self.queue.try_send(finished).is_err() {
             self.metrics.traces.dropped.inc_by(spans);

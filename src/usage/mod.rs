@@ -199,13 +199,7 @@ impl Sink for Found {
     }
 
     fn model_bytes(&mut self, bytes: &[u8]) {
-        let end = self.model_len + bytes.len();
-        if end <= MAX_MODEL_BYTES {
-            self.model[self.model_len..end].copy_from_slice(bytes);
-            self.model_len = end;
-        } else {
-            self.model_len = MAX_MODEL_BYTES + 1;
-        }
+        append(&mut self.model, &mut self.model_len, bytes);
     }
 
     fn text_bytes(&mut self, len: usize) {
@@ -221,17 +215,23 @@ impl Sink for Found {
     }
 
     fn id_bytes(&mut self, bytes: &[u8]) {
-        let end = self.id_len + bytes.len();
-        if end <= MAX_ID_BYTES {
-            self.id[self.id_len..end].copy_from_slice(bytes);
-            self.id_len = end;
-        } else {
-            self.id_len = MAX_ID_BYTES + 1;
-        }
+        append(&mut self.id, &mut self.id_len, bytes);
     }
 
     fn id_ended(&mut self) {
         self.id_seen = true;
+    }
+}
+
+/// Appends `bytes` to the `len` bytes kept in `kept`; past its size, `len` becomes one more than
+/// the size, which says "too long" and keeps nothing more.
+fn append<const N: usize>(kept: &mut [u8; N], len: &mut usize, bytes: &[u8]) {
+    let end = *len + bytes.len();
+    if end <= N {
+        kept[*len..end].copy_from_slice(bytes);
+        *len = end;
+    } else {
+        *len = N + 1;
     }
 }
 
