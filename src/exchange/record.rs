@@ -240,6 +240,7 @@ impl Exchange {
             .unwrap_or_else(|| DEFAULT.get_or_init(|| Arc::from(DEFAULT_UPSTREAM)))
     }
 
+    /// The upstream's answer head arrived, passed on or not (a rejected key's is not).
     pub(crate) fn upstream_head(&mut self, status: StatusCode) {
         self.upstream_status = Some(status);
         self.head_after = Some(self.started.elapsed());
