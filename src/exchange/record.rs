@@ -389,19 +389,21 @@ impl Exchange {
         );
         if let Some(spans) = self.spans.take() {
             let meter = self.meter.as_deref();
-            spans.end(&traces::Ended {
+            spans.end(traces::Ended {
                 status,
                 upstream_status,
                 outcome: outcome.as_str(),
                 completed: outcome == Outcome::Completed,
                 error_code: self.error_code,
-                client: &self.client,
-                request_id: &self.id,
-                upstream_request_id: self.upstream_id.as_ref(),
-                upstream: self.upstream.as_ref(),
+                client: self.client.clone(),
+                request_id: self.id.clone(),
+                upstream_request_id: self.upstream_id.clone(),
+                upstream: self.upstream.clone(),
                 attempts: self.attempts,
-                model: meter.and_then(Meter::model),
-                response_id: meter.and_then(Meter::response_id),
+                model: meter.and_then(Meter::model).and_then(traces::Short::new),
+                response_id: meter
+                    .and_then(Meter::response_id)
+                    .and_then(traces::Short::new),
                 reported: (usage.kind == "reported").then_some(usage.tokens),
                 usage: usage.kind,
                 stream: self.sse_stream,

@@ -44,13 +44,13 @@ impl TraceMetrics {
     }
 
     /// A batch of `spans` sent, accepted or not.
-    pub(crate) fn exported(&self, spans: usize, ok: bool) {
+    pub(crate) fn exported(&self, spans: u64, ok: bool) {
         let result = if ok { "success" } else { "error" };
         self.exports.get_or_create(&ResultLabels { result }).inc();
         if ok {
-            self.exported.inc_by(spans as u64);
+            self.exported.inc_by(spans);
         } else {
-            self.dropped.inc_by(spans as u64);
+            self.dropped.inc_by(spans);
         }
     }
 }

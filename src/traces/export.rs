@@ -112,15 +112,7 @@ impl Exporting {
         if batch.is_empty() {
             return;
         }
-        let mut spans = 0;
-        for finished in batch.iter_mut() {
-            finished.settle();
-            spans += if finished.started.client_started.is_some() {
-                2
-            } else {
-                1
-            };
-        }
+        let spans: u64 = batch.iter().map(|f| f.started.spans()).sum();
         // Sized exactly before it is written: one allocation, handed to hyper as it is.
         let mut body = Vec::new();
         let miscounted = export_request(&self.preamble, batch, &mut body);

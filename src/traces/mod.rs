@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Root, Sampling, TraceSettings};
 use crate::metrics::Metrics;
 
-pub(crate) use spans::{Ended, Spans};
+pub(crate) use spans::{Ended, Short, Spans};
 
 /// The traces of a proxy: off, or the ids, the sampler and the export queue.
 #[derive(Clone, Default)]
@@ -41,9 +41,8 @@ pub(crate) struct Tracing {
 }
 
 struct On {
-    queue: mpsc::Sender<spans::Finished>,
+    sink: Arc<spans::Sink>,
     flush: mpsc::Sender<export::Flush>,
-    metrics: Arc<Metrics>,
     propagator: TraceContextPropagator,
     ids: RandomIdGenerator,
     sampler: Sampler,
@@ -88,9 +87,8 @@ impl Tracing {
         let (queue, flush) = export::start(collector, preamble, batching, metrics.clone());
         Ok(Tracing {
             on: Some(Arc::new(On {
-                queue,
+                sink: Arc::new(spans::Sink { queue, metrics }),
                 flush,
-                metrics,
                 propagator: TraceContextPropagator::new(),
                 ids: RandomIdGenerator::default(),
                 sampler: sampler(settings.sampling),
@@ -127,8 +125,7 @@ impl Tracing {
         };
         let trace_state = parent_id.and(headers.get("tracestate").cloned());
         Some(Box::new(Spans::new(
-            on.queue.clone(),
-            on.metrics.clone(),
+            on.sink.clone(),
             ids,
             trace_state,
             method_name(method),

@@ -9,10 +9,11 @@
 //! written, so nothing is copied twice. The resource is encoded once, at start. The tests decode
 //! every export with the official generated messages (`opentelemetry-proto`).
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use super::names;
-use super::spans::Finished;
+use super::spans::{Ended, Finished};
 
 /// The span flags' bits that say the parent's remoteness is known, and that it is remote.
 const HAS_IS_REMOTE: u32 = 0x100;
@@ -97,9 +98,12 @@ pub(super) fn export_request(
     exchanges: &[Finished],
     out: &mut Vec<u8>,
 ) -> bool {
+    // Each exchange's `error.type`, which both its spans borrow.
+    let errors: Vec<Option<Cow<'static, str>>> =
+        exchanges.iter().map(|f| error_type(&f.ended)).collect();
     let mut spans = Vec::with_capacity(exchanges.len() * 2);
-    for finished in exchanges {
-        spans_of(finished, &mut spans);
+    for (finished, error) in exchanges.iter().zip(&errors) {
+        spans_of(finished, error.as_deref(), &mut spans);
     }
     let lens: Vec<usize> = spans.iter().map(span_len).collect();
     let schema = preamble.schema_url;
@@ -136,21 +140,17 @@ pub(super) fn export_request(
 
 /// `error.type`: the upstream's status when it refused or failed, else how the exchange ended
 /// when it did not complete.
-fn error_type(f: &Finished, text: &mut String) -> bool {
-    let status = if f.upstream_status != 0 {
-        f.upstream_status
+fn error_type(e: &Ended) -> Option<Cow<'static, str>> {
+    let status = if e.upstream_status != 0 {
+        e.upstream_status
     } else {
-        f.status
+        e.status
     };
     if status >= 400 {
-        text.push_str(&status.to_string());
-        return true;
+        Some(Cow::Owned(status.to_string()))
+    } else {
+        (!e.completed).then_some(Cow::Borrowed(e.outcome))
     }
-    if !f.completed {
-        text.push_str(f.outcome);
-        return true;
-    }
-    false
 }
 
 fn nanos(at: SystemTime) -> u64 {
@@ -163,16 +163,16 @@ fn count(n: u64) -> Attr<'static> {
 }
 
 /// The `SERVER` span of an exchange, and its `CLIENT` span if the request went upstream.
-fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
-    let s = &f.started;
-    let error: Option<&'a str> = f.error_text.as_deref();
+fn spans_of<'a>(finished: &'a Finished, error: Option<&'a str>, out: &mut Vec<SpanOut<'a>>) {
+    let s = &finished.started;
+    let f = &finished.ended;
     let trace_state = s
         .trace_state
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let request_id = f.request_id.to_str().unwrap_or("-");
-    let end = nanos(f.ended);
+    let end = nanos(finished.at);
 
     let mut server = vec![
         ("http.request.method", Attr::Str(s.method)),
@@ -298,16 +298,6 @@ fn spans_of<'a>(f: &'a Finished, out: &mut Vec<SpanOut<'a>>) {
         events,
         error,
     });
-}
-
-impl Finished {
-    /// Fills in `error_text` from the record, before the spans borrow it.
-    pub(super) fn settle(&mut self) {
-        let mut text = String::new();
-        if error_type(self, &mut text) {
-            self.error_text = Some(text);
-        }
-    }
 }
 
 fn name_len(name: &[&str; 3]) -> usize {

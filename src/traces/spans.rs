@@ -24,13 +24,14 @@ const NAME_BYTES: usize = 64;
 
 /// A short string kept inline: a model name or a response id.
 #[derive(Clone, Copy)]
-pub(super) struct Short {
+pub(crate) struct Short {
     bytes: [u8; NAME_BYTES],
     len: u8,
 }
 
 impl Short {
-    fn new(s: &str) -> Option<Short> {
+    /// `s`, if it is neither empty nor longer than [`NAME_BYTES`].
+    pub(crate) fn new(s: &str) -> Option<Short> {
         if s.is_empty() || s.len() > NAME_BYTES {
             return None;
         }
@@ -53,15 +54,14 @@ pub(super) struct Ids {
     pub(super) trace: [u8; 16],
     pub(super) server: [u8; 8],
     pub(super) client: [u8; 8],
-    /// The client's span, and whether it came from the client (always, when set).
+    /// The client's span, from its `traceparent`.
     pub(super) parent: Option<[u8; 8]>,
     pub(super) sampled: bool,
 }
 
 /// The spans of one exchange, while it runs.
 pub(crate) struct Spans {
-    queue: mpsc::Sender<Finished>,
-    metrics: Arc<Metrics>,
+    sink: Arc<Sink>,
     started: Started,
 }
 
@@ -80,20 +80,20 @@ pub(super) struct Started {
     pub(super) resent: Vec<Resent>,
 }
 
-/// What the exchange's record knows when it ends.
-pub(crate) struct Ended<'a> {
+/// What the exchange's record knows when it ends, as the spans keep it.
+pub(crate) struct Ended {
     pub(crate) status: u16,
     pub(crate) upstream_status: u16,
     pub(crate) outcome: &'static str,
     pub(crate) completed: bool,
     pub(crate) error_code: Option<&'static str>,
-    pub(crate) client: &'a Arc<str>,
-    pub(crate) request_id: &'a HeaderValue,
-    pub(crate) upstream_request_id: Option<&'a HeaderValue>,
-    pub(crate) upstream: Option<&'a Arc<str>>,
+    pub(crate) client: Arc<str>,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) upstream_request_id: Option<HeaderValue>,
+    pub(crate) upstream: Option<Arc<str>>,
     pub(crate) attempts: u32,
-    pub(crate) model: Option<&'a str>,
-    pub(crate) response_id: Option<&'a str>,
+    pub(crate) model: Option<Short>,
+    pub(crate) response_id: Option<Short>,
     /// The tokens the upstream reported, if it did.
     pub(crate) reported: Option<Tokens>,
     /// How the exchange was charged: reported, estimated or none.
@@ -104,38 +104,34 @@ pub(crate) struct Ended<'a> {
 /// An exchange's spans once it ended, as the export task writes them.
 pub(super) struct Finished {
     pub(super) started: Started,
-    pub(super) ended: SystemTime,
-    pub(super) status: u16,
-    pub(super) upstream_status: u16,
-    pub(super) outcome: &'static str,
-    pub(super) completed: bool,
-    pub(super) error_code: Option<&'static str>,
-    pub(super) client: Arc<str>,
-    pub(super) request_id: HeaderValue,
-    pub(super) upstream_request_id: Option<HeaderValue>,
-    pub(super) upstream: Option<Arc<str>>,
-    pub(super) attempts: u32,
-    pub(super) model: Option<Short>,
-    pub(super) response_id: Option<Short>,
-    pub(super) reported: Option<Tokens>,
-    pub(super) usage: &'static str,
-    pub(super) stream: bool,
-    /// `error.type`, once [`Finished::settle`] wrote it.
-    pub(super) error_text: Option<String>,
+    pub(super) at: SystemTime,
+    pub(super) ended: Ended,
+}
+
+/// Where ended spans go, shared by every exchange of a proxy: the export queue, and the
+/// counter of what it had no room for.
+pub(super) struct Sink {
+    pub(super) queue: mpsc::Sender<Finished>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Started {
+    /// The spans of the exchange: its `SERVER` span, and its `CLIENT` span if it went upstream.
+    pub(super) fn spans(&self) -> u64 {
+        1 + u64::from(self.client_started.is_some())
+    }
 }
 
 impl Spans {
     pub(super) fn new(
-        queue: mpsc::Sender<Finished>,
-        metrics: Arc<Metrics>,
+        sink: Arc<Sink>,
         ids: Ids,
         trace_state: Option<HeaderValue>,
         method: &'static str,
         route: Arc<str>,
     ) -> Spans {
         Spans {
-            queue,
-            metrics,
+            sink,
             started: Started {
                 ids,
                 trace_state,
@@ -174,37 +170,18 @@ impl Spans {
 
     /// Ends both spans with what the record knows: queued for export if sampled, or dropped
     /// and counted when the queue is full.
-    pub(crate) fn end(self, ended: &Ended<'_>) {
+    pub(crate) fn end(self, ended: Ended) {
         if !self.started.ids.sampled {
             return;
         }
-        let spans = if self.started.client_started.is_some() {
-            2
-        } else {
-            1
-        };
+        let spans = self.started.spans();
         let finished = Finished {
             started: self.started,
-            ended: SystemTime::now(),
-            status: ended.status,
-            upstream_status: ended.upstream_status,
-            outcome: ended.outcome,
-            completed: ended.completed,
-            error_code: ended.error_code,
-            client: ended.client.clone(),
-            request_id: ended.request_id.clone(),
-            upstream_request_id: ended.upstream_request_id.cloned(),
-            upstream: ended.upstream.cloned(),
-            attempts: ended.attempts,
-            model: ended.model.and_then(Short::new),
-            response_id: ended.response_id.and_then(Short::new),
-            reported: ended.reported,
-            usage: ended.usage,
-            stream: ended.stream,
-            error_text: None,
+            at: SystemTime::now(),
+            ended,
         };
-        if self.queue.try_send(finished).is_err() {
-            self.metrics.traces.dropped.inc_by(spans);
+        if self.sink.queue.try_send(finished).is_err() {
+            self.sink.metrics.traces.dropped.inc_by(spans);
         }
     }
 }
