@@ -7,11 +7,11 @@
 //! # Layout
 //! From the bottom layer up; each layer uses only the ones listed before it, and no two files
 //! import each other.
-//! - [`bounds`], [`outcome`], [`drain`], [`trim`]: the protocol bounds more than one layer
-//!   needs (head sizes, HTTP/2 settings and request bounds, the retry buffer, the admin
+//! - [`bounds`], [`outcome`], [`drain`], [`trim`], [`tls`]: the protocol bounds more than one
+//!   layer needs (head sizes, HTTP/2 settings and request bounds, the retry buffer, the admin
 //!   listener's cap, the upstream pools' idle time), the words for how things end (outcomes,
-//!   retry reasons, failure kinds), what graceful shutdown counts, and handing freed heap back
-//!   to the OS.
+//!   retry reasons, failure kinds), what graceful shutdown counts, handing freed heap back to
+//!   the OS, and the TLS client configuration every outbound connection starts from.
 //! - [`usage`]: the usage meter, which reads an answer's `usage` object as its bytes pass, and
 //!   the estimate for an answer without one.
 //! - [`policy`]: pure rules: routes and the upstream query, header rewriting, the key swap and
@@ -76,6 +76,7 @@ pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod store;
 pub mod telemetry;
+pub(crate) mod tls;
 pub(crate) mod traces;
 pub(crate) mod trim;
 pub(crate) mod upstream;

@@ -176,13 +176,7 @@ impl Connector {
 
 impl Tls {
     fn new(config: &UpstreamSettings) -> Result<Tls, rustls::Error> {
-        let roots = root_store(config)?;
-        let base = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let base = crate::tls::client_config(&config.extra_roots)?;
         let with_alpn = |protocols: &[&[u8]]| {
             let mut config = base.clone();
             config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
@@ -200,19 +194,6 @@ impl Tls {
             http2: with_alpn(&[b"h2"]),
         })
     }
-}
-
-/// The certificates trusted upstream: the built-in webpki roots, and `PROXY_UPSTREAM_CA`'s
-/// added to them, never instead of them, so that public endpoints keep working.
-pub(crate) fn root_store(
-    config: &UpstreamSettings,
-) -> Result<rustls::RootCertStore, rustls::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in &config.extra_roots {
-        roots.add(cert.clone())?;
-    }
-    Ok(roots)
 }
 
 /// Whether the upstream ended the handshake because it shares no ALPN protocol with us.
@@ -308,8 +289,6 @@ impl AsyncWrite for Io {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn the_extra_ca_adds_to_the_built_in_roots() {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -327,7 +306,7 @@ mod tests {
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(config.upstream.extra_roots.len(), 1);
-        let roots = root_store(&config.upstream).unwrap();
+        let roots = crate::tls::roots(&config.upstream.extra_roots).unwrap();
         assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len() + 1);
     }
 }
