@@ -182,8 +182,7 @@ where
             Ok(http2) => (http2, false),
             // The probe's connect failed: nothing was sent; once more.
             Err(error) if error.kind == FailureKind::Connect => {
-                self.metrics.upstream.retry(RetryReason::Connect);
-                resent.push(Resent::retried(RetryReason::Connect));
+                self.retrying(RetryReason::Connect, resent);
                 (self.use_http2().await?, true)
             }
             Err(error) => return Err(error),
@@ -237,10 +236,15 @@ where
             };
             attempts += 1;
             connect_retried |= reason == RetryReason::Connect;
-            self.metrics.upstream.retry(reason);
-            resent.push(Resent::retried(reason));
+            self.retrying(reason, resent);
             http2 = self.use_http2().await?;
         }
+    }
+
+    /// The request is sent again, for `reason`: counted, and recorded for its trace.
+    fn retrying(&self, reason: RetryReason, resent: &mut Vec<Resent>) {
+        self.metrics.upstream.retry(reason);
+        resent.push(Resent::retried(reason));
     }
 
     /// Whether this request goes over HTTP/2. Under `auto`, the first request probes: one

@@ -39,6 +39,15 @@ pub(crate) struct Tried {
     pub(crate) resent: Vec<Resent>,
 }
 
+impl Tried {
+    /// The request goes to `member`, one attempt more.
+    fn attempting<B: SendBody>(&mut self, member: &Member<B>) {
+        self.upstream = Some(member.entry.name.clone());
+        self.attempts += 1;
+        self.target = Some(member.target());
+    }
+}
+
 /// Where a request starts: its turn among the upstreams, and the first it tries.
 struct Start {
     turn: u64,
@@ -85,9 +94,7 @@ impl<B: SendBody> Upstreams<B> {
         if !member.aim(&mut parts, client.as_ref()) {
             return Err(unroutable());
         }
-        tried.upstream = Some(member.entry.name.clone());
-        tried.attempts = 1;
-        tried.target = Some(member.target());
+        tried.attempting(member);
         let request = Request::from_parts(parts, Replayable::once(body));
         let result = member
             .pools
@@ -132,9 +139,7 @@ impl<B: SendBody> Upstreams<B> {
             if !member.aim(&mut parts, client.as_ref()) {
                 return Err(unroutable());
             }
-            tried.upstream = Some(member.entry.name.clone());
-            tried.attempts += 1;
-            tried.target = Some(member.target());
+            tried.attempting(member);
             let result = Bounded::new(
                 member.pools.send(
                     Request::from_parts(parts, body),
@@ -167,10 +172,7 @@ impl<B: SendBody> Upstreams<B> {
                 return self.last(&set, result);
             }
             drop(result);
-            self.failed_over(&set, member, next, reason);
-            tried
-                .resent
-                .push(Resent::moved_on(member.entry.name.clone(), reason));
+            self.failed_over(&set, member, next, reason, tried);
             parts = copy_head(&head);
             body = again;
             kept = Some(next_kept);
@@ -212,9 +214,7 @@ impl<B: SendBody> Upstreams<B> {
             if !member.aim(&mut parts, client.as_ref()) {
                 return Err(unroutable());
             }
-            tried.upstream = Some(member.entry.name.clone());
-            tried.attempts += 1;
-            tried.target = Some(member.target());
+            tried.attempting(member);
             let request = Request::from_parts(parts, Empty::<Bytes>::new());
             let result = member.pools.open_websocket(request).await;
             let verdict = match &result {
@@ -241,10 +241,7 @@ impl<B: SendBody> Upstreams<B> {
                 });
             };
             drop(result);
-            self.failed_over(&set, member, next, reason);
-            tried
-                .resent
-                .push(Resent::moved_on(member.entry.name.clone(), reason));
+            self.failed_over(&set, member, next, reason, tried);
             index = next;
         }
     }
@@ -264,7 +261,17 @@ impl<B: SendBody> Upstreams<B> {
     }
 
     /// Counts a request moving from `member` to the upstream at `next`.
-    fn failed_over(&self, set: &Set<B>, member: &Member<B>, next: usize, reason: &'static str) {
+    fn failed_over(
+        &self,
+        set: &Set<B>,
+        member: &Member<B>,
+        next: usize,
+        reason: &'static str,
+        tried: &mut Tried,
+    ) {
+        tried
+            .resent
+            .push(Resent::moved_on(member.entry.name.clone(), reason));
         if let Some(to) = set.members.get(next) {
             self.metrics
                 .upstream
