@@ -115,11 +115,10 @@ pub(super) fn validate(found: &Found<'_>) -> Result<Option<TraceSettings>, Confi
             ))
         })?;
     }
-    let headers_setting = if found.otel_exporter_otlp_traces_headers.get().is_some() {
-        found.otel_exporter_otlp_traces_headers
-    } else {
-        found.otel_exporter_otlp_headers
-    };
+    let headers_setting = for_traces(
+        found.otel_exporter_otlp_traces_headers,
+        found.otel_exporter_otlp_headers,
+    );
     let headers = pairs(headers_setting, false)?
         .into_iter()
         .map(|(name, value)| {
@@ -134,11 +133,10 @@ pub(super) fn validate(found: &Found<'_>) -> Result<Option<TraceSettings>, Confi
             Ok((name, value))
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
-    let timeout_setting = if found.otel_exporter_otlp_traces_timeout.get().is_some() {
-        found.otel_exporter_otlp_traces_timeout
-    } else {
-        found.otel_exporter_otlp_timeout
-    };
+    let timeout_setting = for_traces(
+        found.otel_exporter_otlp_traces_timeout,
+        found.otel_exporter_otlp_timeout,
+    );
     Ok(Some(TraceSettings {
         endpoint,
         headers,
@@ -160,6 +158,16 @@ pub(super) fn validate(found: &Found<'_>) -> Result<Option<TraceSettings>, Confi
         max_batch: found.otel_bsp_max_export_batch_size.at_least_one()?,
         delay: Duration::from_millis(millis(found.otel_bsp_schedule_delay)?),
     }))
+}
+
+/// The traces' own variant of a setting where it is set, else the one for every signal, as the
+/// OTLP exporter specification orders them.
+fn for_traces<'a>(traces: Value<'a>, every: Value<'a>) -> Value<'a> {
+    if traces.get().is_some() {
+        traces
+    } else {
+        every
+    }
 }
 
 /// An `http://` or `https://` URL; `path` is appended to the base URL's path, as the OTLP
