@@ -113,14 +113,11 @@ impl Exporting {
             return;
         }
         let spans: u64 = batch.iter().map(|f| f.started.spans()).sum();
-        // Sized exactly before it is written: one allocation, handed to hyper as it is.
-        let mut body = Vec::new();
-        let miscounted = export_request(&self.preamble, batch, &mut body);
+        let body = export_request(&self.preamble, batch);
         batch.clear();
-        let result = if miscounted {
-            Err("the batch's protobuf lengths were miscounted".to_owned())
-        } else {
-            self.collector.send(body).await
+        let result = match body {
+            Some(body) => self.collector.send(body).await,
+            None => Err("the batch's protobuf lengths were miscounted".to_owned()),
         };
         match &result {
             Ok(()) => self.failing = false,

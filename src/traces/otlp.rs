@@ -52,14 +52,17 @@ impl Preamble {
             .iter()
             .map(|(k, v)| (k.as_str(), Attr::Str(v.as_str())))
             .collect();
-        let encoded = written(key_values_len(1, &attrs), |b| key_values(b, 1, &attrs));
+        // Its lengths are those the tests decode: a miscount would be a bug, not an input.
+        let encoded =
+            written(key_values_len(1, &attrs), |b| key_values(b, 1, &attrs)).unwrap_or_default();
         let scope = written(
             string_len(1, scope_name) + string_len(2, scope_version),
             |b| {
                 string(b, 1, scope_name);
                 string(b, 2, scope_version);
             },
-        );
+        )
+        .unwrap_or_default();
         Preamble {
             resource: encoded,
             scope,
@@ -91,13 +94,9 @@ struct EventOut<'a> {
     attributes: Attrs<'a>,
 }
 
-/// An `ExportTraceServiceRequest` of the spans of `exchanges`, into `out`; `true` if its
-/// lengths were miscounted, which no test has seen, and then `out` is not to be sent.
-pub(super) fn export_request(
-    preamble: &Preamble,
-    exchanges: &[Finished],
-    out: &mut Vec<u8>,
-) -> bool {
+/// An `ExportTraceServiceRequest` of the spans of `exchanges`, sized exactly before it is
+/// written: one allocation, handed to hyper as it is; `None` if its lengths were miscounted.
+pub(super) fn export_request(preamble: &Preamble, exchanges: &[Finished]) -> Option<Vec<u8>> {
     // Each exchange's `error.type`, which both its spans borrow.
     let errors: Vec<Option<Cow<'static, str>>> =
         exchanges.iter().map(|f| error_type(&f.ended)).collect();
@@ -113,29 +112,22 @@ pub(super) fn export_request(
     let resource_spans_len = field_len(1, preamble.resource.len())
         + field_len(2, scope_spans_len)
         + string_len(3, schema);
-    let total = field_len(1, resource_spans_len);
-    out.clear();
-    out.resize(total, 0);
-    let mut b = Writer {
-        buf: out,
-        at: 0,
-        overflow: false,
-    };
     // ExportTraceServiceRequest.resource_spans = 1
-    message(&mut b, 1, resource_spans_len, |b| {
-        // ResourceSpans.resource = 1, .scope_spans = 2, .schema_url = 3
-        bytes(b, 1, &preamble.resource);
-        message(b, 2, scope_spans_len, |b| {
-            // ScopeSpans.scope = 1, .spans = 2, .schema_url = 3
-            bytes(b, 1, &preamble.scope);
-            for (span, &len) in spans.iter().zip(&lens) {
-                message(b, 2, len, |b| write_span(b, span));
-            }
+    written(field_len(1, resource_spans_len), |b| {
+        message(b, 1, resource_spans_len, |b| {
+            // ResourceSpans.resource = 1, .scope_spans = 2, .schema_url = 3
+            bytes(b, 1, &preamble.resource);
+            message(b, 2, scope_spans_len, |b| {
+                // ScopeSpans.scope = 1, .spans = 2, .schema_url = 3
+                bytes(b, 1, &preamble.scope);
+                for (span, &len) in spans.iter().zip(&lens) {
+                    message(b, 2, len, |b| write_span(b, span));
+                }
+                string(b, 3, schema);
+            });
             string(b, 3, schema);
-        });
-        string(b, 3, schema);
-    });
-    b.overflow || b.at != total
+        })
+    })
 }
 
 /// `error.type`: the upstream's status when it refused or failed, else how the exchange ended
@@ -534,8 +526,9 @@ impl Writer<'_> {
     }
 }
 
-/// A message of `len` bytes, written by `body` into a buffer of its own.
-fn written(len: usize, body: impl FnOnce(&mut Writer<'_>)) -> Vec<u8> {
+/// A message of `len` bytes, written by `body` into a buffer of its own; `None` if `body`
+/// wrote another length than `len` (a miscount, which no test has seen).
+fn written(len: usize, body: impl FnOnce(&mut Writer<'_>)) -> Option<Vec<u8>> {
     let mut out = vec![0; len];
     let mut b = Writer {
         buf: &mut out,
@@ -543,8 +536,9 @@ fn written(len: usize, body: impl FnOnce(&mut Writer<'_>)) -> Vec<u8> {
         overflow: false,
     };
     body(&mut b);
-    debug_assert!(!b.overflow && b.at == len);
-    out
+    let exact = !b.overflow && b.at == len;
+    debug_assert!(exact, "wrote {} of {len} bytes", b.at);
+    exact.then_some(out)
 }
 
 #[cfg(test)]
@@ -564,7 +558,7 @@ mod tests {
             u64::from(u32::MAX),
             u64::MAX,
         ] {
-            let out = written(encoded_len_varint(value), |b| b.varint(value));
+            let out = written(encoded_len_varint(value), |b| b.varint(value)).unwrap();
             assert_eq!(out.len(), encoded_len_varint(value), "{value}");
             assert!(out[..out.len() - 1].iter().all(|b| b & 0x80 != 0));
             assert_eq!(out[out.len() - 1] & 0x80, 0);
