@@ -235,6 +235,14 @@ fn append<const N: usize>(kept: &mut [u8; N], len: &mut usize, bytes: &[u8]) {
     }
 }
 
+/// What [`append`] kept, if anything, and if it all fit.
+fn kept<const N: usize>(kept: &[u8; N], len: usize) -> Option<&str> {
+    if len == 0 || len > N {
+        return None;
+    }
+    std::str::from_utf8(&kept[..len]).ok()
+}
+
 /// Where an SSE line is: at its start (with how much of `data:` matched), at the start of a
 /// data line's value, in a value the scanner reads, or in a line the meter skips.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -507,11 +515,7 @@ impl Meter {
 
     /// The model the answer named, if it named one that fits.
     pub fn model(&self) -> Option<&str> {
-        let found = &self.found;
-        if found.model_len == 0 || found.model_len > MAX_MODEL_BYTES {
-            return None;
-        }
-        std::str::from_utf8(&found.model[..found.model_len]).ok()
+        kept(&self.found.model, self.found.model_len)
     }
 
     /// Why a session's frames could no longer be read, if they could not.
@@ -521,11 +525,7 @@ impl Meter {
 
     /// The answer's `id` (`chatcmpl-...`, `resp_...`), if it gave one that fits.
     pub fn response_id(&self) -> Option<&str> {
-        let found = &self.found;
-        if found.id_len == 0 || found.id_len > MAX_ID_BYTES {
-            return None;
-        }
-        std::str::from_utf8(&found.id[..found.id_len]).ok()
+        kept(&self.found.id, self.found.id_len)
     }
 
     /// Whether the answer named a model too long to keep.
