@@ -10,7 +10,7 @@ use super::labels::ResultLabels;
 pub(crate) struct TraceMetrics {
     pub dropped: Counter,
     exports: Family<ResultLabels, Counter>,
-    pub exported: Counter,
+    exported: Counter,
 }
 
 impl TraceMetrics {
@@ -18,7 +18,7 @@ impl TraceMetrics {
         let dropped = Counter::default();
         registry.register(
             "trace_spans_dropped",
-            "Spans dropped, never waited for, because the export queue was full (the collector slow or gone)",
+            "Spans dropped, never waited for: the export queue was full (the collector slow or gone), or their batch failed",
             dropped.clone(),
         );
         let exported = Counter::default();
