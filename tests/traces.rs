@@ -74,6 +74,23 @@ fn chat_body() -> String {
     format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#)
 }
 
+/// A chat completion through `proxy`, with request id `id` and `headers`.
+async fn chat(
+    proxy: &TestProxy,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> http::Response<hyper::body::Incoming> {
+    client()
+        .request(request(
+            &proxy.url("/v1/chat/completions"),
+            id,
+            headers,
+            chat_body(),
+        ))
+        .await
+        .unwrap()
+}
+
 /// The server and client spans of `id`.
 async fn pair(receiver: &OtlpReceiver, id: &str) -> (Exported, Exported) {
     let spans = receiver.spans_of(id, 2).await;
@@ -97,19 +114,16 @@ async fn pair(receiver: &OtlpReceiver, id: &str) -> (Exported, Exported) {
 async fn chat_json_continues_the_clients_trace_and_the_upstream_gets_the_client_span() {
     let (receiver, upstream, proxy) = traced_proxy().await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
-    let response = client()
-        .request(request(
-            &proxy.url("/v1/chat/completions"),
-            "trace-json",
-            &[
-                ("traceparent", &traceparent),
-                ("tracestate", TRACESTATE),
-                ("x-mock-answer", "chat-json"),
-            ],
-            chat_body(),
-        ))
-        .await
-        .unwrap();
+    let response = chat(
+        &proxy,
+        "trace-json",
+        &[
+            ("traceparent", &traceparent),
+            ("tracestate", TRACESTATE),
+            ("x-mock-answer", "chat-json"),
+        ],
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let answer = body_string(response).await;
     let (server, call) = pair(&receiver, "trace-json").await;
@@ -204,15 +218,7 @@ async fn chat_json_continues_the_clients_trace_and_the_upstream_gets_the_client_
 async fn a_stream_with_usage_has_its_time_to_first_chunk_and_tokens() {
     let (receiver, _upstream, proxy) = traced_proxy().await;
     let started = Instant::now();
-    let response = client()
-        .request(request(
-            &proxy.url("/v1/chat/completions"),
-            "trace-sse",
-            &[("x-mock-answer", "chat-sse")],
-            chat_body(),
-        ))
-        .await
-        .unwrap();
+    let response = chat(&proxy, "trace-sse", &[("x-mock-answer", "chat-sse")]).await;
     assert_eq!(response.status(), 200);
     let _ = body_string(response).await;
     let whole = started.elapsed();
@@ -266,15 +272,7 @@ async fn a_transcription_is_a_transcription_span() {
 #[tokio::test]
 async fn an_upstream_429_is_an_error_of_its_status() {
     let (receiver, _upstream, proxy) = traced_proxy().await;
-    let response = client()
-        .request(request(
-            &proxy.url("/v1/chat/completions"),
-            "trace-429",
-            &[("x-mock-status", "429")],
-            chat_body(),
-        ))
-        .await
-        .unwrap();
+    let response = chat(&proxy, "trace-429", &[("x-mock-status", "429")]).await;
     assert_eq!(response.status(), 429);
     let _ = body_string(response).await;
     let (server, call) = pair(&receiver, "trace-429").await;
@@ -372,15 +370,7 @@ async fn a_request_retried_after_goaway_is_one_client_span_with_a_retry_event() 
         .settings(&vars(&settings))
         .start()
         .await;
-    let response = client()
-        .request(request(
-            &proxy.url("/v1/chat/completions"),
-            "trace-goaway",
-            &[],
-            chat_body(),
-        ))
-        .await
-        .unwrap();
+    let response = chat(&proxy, "trace-goaway", &[]).await;
     assert_eq!(response.status(), 200);
     assert_eq!(body_string(response).await, CHAT_JSON);
     assert_eq!(answered.load(Ordering::SeqCst), 1, "processed once");
@@ -415,15 +405,7 @@ async fn an_unsampled_client_trace_is_not_exported_but_still_propagated() {
         if let Some(parent) = parent {
             headers.push(("traceparent", parent.as_str()));
         }
-        let response = client()
-            .request(request(
-                &proxy.url("/v1/chat/completions"),
-                id,
-                &headers,
-                chat_body(),
-            ))
-            .await
-            .unwrap();
+        let response = chat(&proxy, id, &headers).await;
         assert_eq!(response.status(), 200);
         let _ = body_string(response).await;
         if parent.is_some() {
@@ -447,15 +429,7 @@ async fn without_an_endpoint_the_clients_traceparent_passes_untouched() {
     let upstream = MockUpstream::start().await;
     let proxy = spawn_proxy(&upstream, &[]).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
-    let response = client()
-        .request(request(
-            &proxy.url("/v1/chat/completions"),
-            "untraced",
-            &[("traceparent", &traceparent)],
-            chat_body(),
-        ))
-        .await
-        .unwrap();
+    let response = chat(&proxy, "untraced", &[("traceparent", &traceparent)]).await;
     assert_eq!(response.status(), 200);
     let _ = body_string(response).await;
     assert_eq!(
@@ -575,15 +549,7 @@ async fn the_drain_exports_the_spans_still_queued() {
         .settings(&vars(&settings))
         .start()
         .await;
-    let response = client()
-        .request(request(
-            &proxy.url("/v1/chat/completions"),
-            "trace-drained",
-            &[],
-            chat_body(),
-        ))
-        .await
-        .unwrap();
+    let response = chat(&proxy, "trace-drained", &[]).await;
     assert_eq!(response.status(), 200);
     let _ = body_string(response).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
