@@ -10,8 +10,9 @@
 //! - [`bounds`], [`outcome`], [`drain`], [`trim`], [`tls`]: the protocol bounds more than one
 //!   layer needs (head sizes, HTTP/2 settings and request bounds, the retry buffer, the admin
 //!   listener's cap, the upstream pools' idle time), the words for how things end (outcomes,
-//!   retry reasons, failure kinds), what graceful shutdown counts, handing freed heap back to
-//!   the OS, and the TLS client configuration every outbound connection starts from.
+//!   retry reasons, failure kinds, and for traces where an upstream is and each resend), what
+//!   graceful shutdown counts, handing freed heap back to the OS, and the TLS client
+//!   configuration every outbound connection starts from.
 //! - [`usage`]: the usage meter, which reads an answer's `usage` object as its bytes pass, and
 //!   the estimate for an answer without one.
 //! - [`policy`]: pure rules: routes and the upstream query, header rewriting, the key swap and
@@ -26,8 +27,8 @@
 //! - [`metrics`]: the Prometheus series behind `/metrics`.
 //! - [`telemetry`]: log setup.
 //! - [`traces`]: OpenTelemetry traces: an exchange's `SERVER` span and its upstream call's GenAI
-//!   `CLIENT` span, the bounded queue that drops and counts rather than wait, and the OTLP
-//!   export on a hyper client.
+//!   `CLIENT` span, the bounded queue that drops and counts rather than wait and wakes its
+//!   exporter only for a full batch, and the OTLP export on a hyper client.
 //! - [`keys`]: the client keys in force.
 //! - [`store`]: where the client limits are counted: in the process (`store::local`), or in a
 //!   Redis that every replica shares (`store::shared`), with the fallback while it does not

@@ -94,6 +94,34 @@ impl RetryReason {
     }
 }
 
+/// Where an upstream is, as its calls' trace says: `server.address` and `server.port`, and
+/// whether it is Azure OpenAI. Made once per upstream, so that a trace reads it, not parses.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) host: Box<str>,
+    pub(crate) port: u16,
+    pub(crate) azure: bool,
+}
+
+impl Target {
+    pub(crate) fn new(
+        scheme: &http::uri::Scheme,
+        authority: &http::uri::Authority,
+        azure: bool,
+    ) -> Target {
+        let default_port = if *scheme == http::uri::Scheme::HTTP {
+            80
+        } else {
+            443
+        };
+        Target {
+            host: authority.host().into(),
+            port: authority.port_u16().unwrap_or(default_port),
+            azure,
+        }
+    }
+}
+
 /// A request sent again, for its trace: on the same upstream for a reason that proves the
 /// first try went unprocessed, or to the next upstream after `from` refused or failed it.
 #[derive(Debug, Clone)]

@@ -47,9 +47,18 @@ fn vars<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)>
 
 /// A receiver, the mock upstream, and the proxy in front of it exporting to the receiver.
 async fn traced_proxy() -> (OtlpReceiver, MockUpstream, TestProxy) {
+    traced_proxy_with(&[]).await
+}
+
+/// [`traced_proxy`], with `extra` settings in place of the same-named ones.
+async fn traced_proxy_with(
+    extra: &[(&'static str, &str)],
+) -> (OtlpReceiver, MockUpstream, TestProxy) {
     let receiver = OtlpReceiver::start().await;
     let upstream = MockUpstream::start().await;
-    let settings = traced(&receiver);
+    let mut settings = traced(&receiver);
+    settings.retain(|(k, _)| !extra.iter().any(|(name, _)| name == k));
+    settings.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let proxy = ProxyStart::before(&upstream)
         .settings(&vars(&settings))
         .start()
@@ -134,6 +143,9 @@ async fn chat_json_continues_the_clients_trace_and_the_upstream_gets_the_client_
     assert_eq!(server.int("http.response.status_code"), Some(200));
     assert_eq!(server.str("http.route"), Some("/v1/chat/completions"));
     assert_eq!(server.str("memoctopus.outcome"), Some("completed"));
+    // The client and the request id are said once in a trace, by the client span.
+    assert!(server.attribute("memoctopus.client").is_none());
+    assert!(server.attribute("memoctopus.request_id").is_none());
 
     assert_eq!(call.span.name, "chat gpt-4o-mini-2024-07-18");
     assert_eq!(call.str("gen_ai.operation.name"), Some("chat"));
@@ -160,7 +172,8 @@ async fn chat_json_continues_the_clients_trace_and_the_upstream_gets_the_client_
     assert_eq!(call.int("http.response.status_code"), Some(200));
     assert_eq!(call.str("memoctopus.client"), Some("anonymous"));
     assert_eq!(call.str("memoctopus.upstream"), Some("default"));
-    assert_eq!(call.int("memoctopus.attempts"), Some(1));
+    // One attempt goes unsaid.
+    assert_eq!(call.int("memoctopus.attempts"), None);
     assert_eq!(call.str("memoctopus.usage"), Some("reported"));
     assert!(call.attribute("error.type").is_none());
     assert!(call.double("gen_ai.response.time_to_first_chunk").is_none());
@@ -287,6 +300,24 @@ async fn an_upstream_429_is_an_error_of_its_status() {
     assert!(call.attribute("gen_ai.usage.input_tokens").is_none());
 }
 
+#[tokio::test]
+async fn a_request_refused_before_the_upstream_is_a_server_span_alone_naming_its_client() {
+    let (receiver, upstream, proxy) = traced_proxy_with(&[("PROXY_MAX_BODY_BYTES", "64")]).await;
+    let response = chat(&proxy, "trace-too-large", &[]).await;
+    assert_eq!(response.status(), 413);
+    let _ = body_string(response).await;
+    // An exchange's spans are exported together: a client span would be here.
+    let spans = receiver.spans_of("trace-too-large", 1).await;
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let server = &spans[0];
+    assert_eq!(server.span.kind, SPAN_KIND_SERVER);
+    assert_eq!(server.str("memoctopus.client"), Some("anonymous"));
+    assert_eq!(server.str("memoctopus.request_id"), Some("trace-too-large"));
+    assert_eq!(server.int("http.response.status_code"), Some(413));
+    assert_eq!(server.str("error.type"), Some("413"));
+    assert!(upstream.requests().is_empty());
+}
+
 /// An HTTP/2 upstream (h2c) whose first connection answers the first request's HEADERS with
 /// GOAWAY(last-stream-id 0): the stream provably was not processed. Every later connection
 /// answers the chat JSON.
@@ -389,7 +420,8 @@ async fn a_request_retried_after_goaway_is_one_client_span_with_a_retry_event() 
         )
     );
     assert!(retries[0].time_unix_nano >= call.span.start_time_unix_nano);
-    assert_eq!(call.int("memoctopus.attempts"), Some(1));
+    // One attempt goes unsaid.
+    assert_eq!(call.int("memoctopus.attempts"), None);
     assert_eq!(call.str("gen_ai.response.model"), Some("gpt-4"));
 }
 
@@ -539,16 +571,9 @@ fn a_bad_trace_setting_stops_start_up_naming_it_and_headers_are_never_shown() {
 
 #[tokio::test]
 async fn the_drain_exports_the_spans_still_queued() {
-    let receiver = OtlpReceiver::start().await;
-    let upstream = MockUpstream::start().await;
-    let mut settings = traced(&receiver);
     // A batch would wait a minute: only the drain's flush sends it in time.
-    settings.retain(|(k, _)| *k != "OTEL_BSP_SCHEDULE_DELAY");
-    settings.push(("OTEL_BSP_SCHEDULE_DELAY", "60000".into()));
-    let mut proxy = ProxyStart::before(&upstream)
-        .settings(&vars(&settings))
-        .start()
-        .await;
+    let (receiver, _upstream, mut proxy) =
+        traced_proxy_with(&[("OTEL_BSP_SCHEDULE_DELAY", "60000")]).await;
     let response = chat(&proxy, "trace-drained", &[]).await;
     assert_eq!(response.status(), 200);
     let _ = body_string(response).await;

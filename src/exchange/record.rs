@@ -396,8 +396,11 @@ impl Exchange {
                 completed: outcome == Outcome::Completed,
                 error_code: self.error_code,
                 client: self.client.clone(),
-                request_id: self.id.clone(),
-                upstream_request_id: self.upstream_id.clone(),
+                request_id: traces::Short::from_bytes(self.id.as_bytes()),
+                upstream_request_id: self
+                    .upstream_id
+                    .as_ref()
+                    .and_then(|id| traces::Short::from_bytes(id.as_bytes())),
                 upstream: self.upstream.clone(),
                 attempts: self.attempts,
                 model: meter.and_then(Meter::model).and_then(traces::Short::new),

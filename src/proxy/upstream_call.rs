@@ -16,8 +16,6 @@ use crate::upstream::{self, UpstreamError};
 
 use super::context::Context;
 
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-
 impl Context {
     /// Makes a client's request head fit to go upstream: the headers rewritten, and no key of
     /// the client's left. The upstream chosen puts in its URL and its key.
@@ -30,7 +28,9 @@ impl Context {
         // Traced, the upstream's spans are the upstream call's children; the client's
         // `tracestate` goes on as it came.
         if let Some(traceparent) = exchange.calling_upstream() {
-            parts.headers.insert(TRACEPARENT, traceparent);
+            parts
+                .headers
+                .insert(crate::traces::TRACEPARENT, traceparent);
         }
         if self.config.usage.enabled {
             // The meter reads the answer as it passes, which it cannot do compressed.

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::MissedTickBehavior;
 
 use super::collector::Collector;
 use super::otlp::{export_request, Preamble};
-use super::spans::Finished;
+use super::spans::{Finished, Sink};
 use crate::metrics::Metrics;
 
-/// How the export task batches: at most `max_queue` exchanges wait, `max_batch` go at once.
+/// How the export task batches: at most `max_queue` exchanges wait, `max_batch` go at once,
+/// and what waits goes every `delay` even when no batch is full.
 pub(super) struct Batching {
     pub(super) max_queue: usize,
     pub(super) max_batch: usize,
@@ -25,100 +26,83 @@ pub(super) struct Batching {
 /// Asks the export task to send every span queued now, and says when it has.
 pub(super) type Flush = oneshot::Sender<()>;
 
-/// The queue, and the task that empties it into the collector; the task ends when the
-/// queue's last sender is dropped.
+/// The task that empties `sink`'s queue into the collector; it ends, once it has sent what
+/// waits, when the flush's last sender is dropped.
 pub(super) fn start(
     collector: Collector,
     preamble: Preamble,
-    batching: Batching,
-    metrics: Arc<Metrics>,
-) -> (mpsc::Sender<Finished>, mpsc::Sender<Flush>) {
-    let (spans, queued) = mpsc::channel(batching.max_queue);
+    sink: Arc<Sink>,
+    batching: &Batching,
+) -> mpsc::Sender<Flush> {
     let (flush, flushes) = mpsc::channel(4);
     let task = Exporting {
         collector,
         preamble,
-        queued,
+        metrics: sink.metrics.clone(),
+        sink,
         flushes,
-        batching,
-        metrics,
+        max_batch: batching.max_batch,
+        delay: batching.delay,
         failing: false,
+        body_len: 0,
     };
     tokio::spawn(task.run());
-    (spans, flush)
+    flush
 }
 
 struct Exporting {
     collector: Collector,
     preamble: Preamble,
-    queued: mpsc::Receiver<Finished>,
+    sink: Arc<Sink>,
     flushes: mpsc::Receiver<Flush>,
-    batching: Batching,
+    max_batch: usize,
+    delay: Duration,
     metrics: Arc<Metrics>,
     /// Whether the last export failed.
     failing: bool,
+    /// The last body's length: the next one's room.
+    body_len: usize,
 }
 
 impl Exporting {
     async fn run(mut self) {
-        let max = self.batching.max_batch;
-        let mut batch = Vec::with_capacity(max);
+        let mut ticks = tokio::time::interval(self.delay);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // What waited, swapped for an empty queue with the same room.
+        let mut batch = Vec::with_capacity(self.max_batch);
         loop {
-            // A first span, or a flush with nothing waiting.
             let flush = tokio::select! {
-                n = self.queued.recv_many(&mut batch, max) => {
-                    if n == 0 {
+                () = self.sink.queue.batch_full() => None,
+                _ = ticks.tick() => None,
+                flush = self.flushes.recv() => match flush {
+                    Some(flush) => Some(flush),
+                    None => {
+                        self.export_waiting(&mut batch).await;
                         return;
                     }
-                    None
-                }
-                Some(flush) = self.flushes.recv() => Some(flush),
+                },
             };
-            let flush = match flush {
-                Some(flush) => Some(flush),
-                None => self.fill(&mut batch).await,
-            };
-            self.export(&mut batch).await;
+            self.export_waiting(&mut batch).await;
             if let Some(flush) = flush {
-                while !self.queued.is_empty() {
-                    self.queued.recv_many(&mut batch, max).await;
-                    self.export(&mut batch).await;
-                }
                 let _ = flush.send(());
             }
         }
     }
 
-    /// Adds to `batch` until it is full or its first span has waited the delay; a flush asked
-    /// for meanwhile ends the wait and is returned.
-    async fn fill(&mut self, batch: &mut Vec<Finished>) -> Option<Flush> {
-        let max = self.batching.max_batch;
-        let deadline = Instant::now() + self.batching.delay;
-        while batch.len() < max {
-            tokio::select! {
-                n = self.queued.recv_many(batch, max - batch.len()) => {
-                    if n == 0 {
-                        return None;
-                    }
-                }
-                Some(flush) = self.flushes.recv() => return Some(flush),
-                () = tokio::time::sleep_until(deadline) => return None,
-            }
+    /// Sends everything that waits, in batches of at most `max_batch` exchanges.
+    async fn export_waiting(&mut self, batch: &mut Vec<Finished>) {
+        self.sink.queue.take(batch);
+        for exchanges in batch.chunks(self.max_batch) {
+            self.export(exchanges).await;
         }
-        None
+        batch.clear();
     }
 
-    async fn export(&mut self, batch: &mut Vec<Finished>) {
-        if batch.is_empty() {
-            return;
-        }
+    async fn export(&mut self, batch: &[Finished]) {
         let spans: u64 = batch.iter().map(|f| f.started.spans()).sum();
-        let body = export_request(&self.preamble, batch);
-        batch.clear();
-        let result = match body {
-            Some(body) => self.collector.send(body).await,
-            None => Err("the batch's protobuf lengths were miscounted".to_owned()),
-        };
+        let body = export_request(&self.preamble, batch, self.body_len);
+        self.body_len = body.len();
+        let result = self.collector.send(body).await;
         match &result {
             Ok(()) => self.failing = false,
             // Said once while the collector keeps failing, and again when it failed anew.

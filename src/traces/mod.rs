@@ -5,21 +5,24 @@
 //! `traceparent`, makes the ids and decides the sampling; the spans themselves are kept as
 //! plain records, which cost a fraction of the SDK's (`otlp.rs` says how much).
 //!
+//! - [`queue`]: the bounded queue of ended spans, which wakes its taker only for a full batch.
 //! - [`names`]: the operations and the attribute names.
 //! - [`spans`]: one exchange's spans, started, told what happened, and ended.
 //! - [`otlp`]: a batch of spans as the OTLP protobuf body.
 //! - [`collector`]: the HTTP client that carries the exports, on hyper.
-//! - [`export`]: the bounded queue that drops and counts rather than wait, and the export task.
+//! - [`export`]: the export task, which sends what the queue holds in batches.
 
 mod collector;
 mod export;
 mod names;
 mod otlp;
+mod queue;
 mod spans;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::{HeaderMap, Method};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
@@ -84,10 +87,14 @@ impl Tracing {
             sampler = ?settings.sampling,
             "traces on: OTLP over HTTP with protobuf"
         );
-        let (queue, flush) = export::start(collector, preamble, batching, metrics.clone());
+        let sink = Arc::new(spans::Sink {
+            queue: queue::Queue::new(batching.max_queue, batching.max_batch),
+            metrics,
+        });
+        let flush = export::start(collector, preamble, sink.clone(), &batching);
         Ok(Tracing {
             on: Some(Arc::new(On {
-                sink: Arc::new(spans::Sink { queue, metrics }),
+                sink,
                 flush,
                 propagator: TraceContextPropagator::new(),
                 ids: RandomIdGenerator::default(),
@@ -105,16 +112,28 @@ impl Tracing {
         route: &Arc<str>,
     ) -> Option<Box<Spans>> {
         let on = self.on.as_ref()?;
-        let parent_cx = on.propagator.extract(&Headers(headers));
-        let parent = parent_cx.span().span_context().clone();
-        let (trace_id, parent_id) = if parent.is_valid() {
-            (parent.trace_id(), Some(parent.span_id().to_bytes()))
-        } else {
-            (on.ids.new_trace_id(), None)
+        // Most requests carry no `traceparent`: they skip the propagator's context.
+        let parent_cx = headers
+            .contains_key(TRACEPARENT)
+            .then(|| on.propagator.extract(&Headers(headers)));
+        let parent = parent_cx
+            .as_ref()
+            .map(|cx| cx.span().span_context().clone())
+            .filter(|parent| parent.is_valid());
+        let (trace_id, parent_id) = match &parent {
+            Some(parent) => (parent.trace_id(), Some(parent.span_id().to_bytes())),
+            None => (on.ids.new_trace_id(), None),
         };
         let decision = on
             .sampler
-            .should_sample(Some(&parent_cx), trace_id, "", &SpanKind::Server, &[], &[])
+            .should_sample(
+                parent_cx.as_ref(),
+                trace_id,
+                "",
+                &SpanKind::Server,
+                &[],
+                &[],
+            )
             .decision;
         let ids = spans::Ids {
             trace: trace_id.to_bytes(),
@@ -159,6 +178,9 @@ fn method_name(method: &Method) -> &'static str {
         _ => "_OTHER",
     }
 }
+
+/// The header of a W3C trace context.
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The instrumentation scope's name.
 const SCOPE: &str = "memoctopus";

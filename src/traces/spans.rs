@@ -10,19 +10,20 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::HeaderValue;
-use http::uri::Authority;
-use tokio::sync::mpsc;
-
 use super::names;
+use super::queue::Queue;
 use crate::metrics::Metrics;
-use crate::outcome::Resent;
+use crate::outcome::{Resent, Target};
 use crate::usage::Tokens;
+use http::header::HeaderValue;
 
-/// At most this much of a model name or a response id is kept for a span.
-const NAME_BYTES: usize = 64;
+/// At most this much of a model name or an id is kept for a span: the upstream's request ids
+/// are at most 128 bytes (a longer one is logged as `invalid`), and so are the names OpenAI
+/// gives.
+const NAME_BYTES: usize = 128;
 
-/// A short string kept inline: a model name or a response id.
+/// A short string kept inline: a model name or an id. Copied, it keeps nothing else alive,
+/// such as the read buffer a header value is a slice of.
 #[derive(Clone, Copy)]
 pub(crate) struct Short {
     bytes: [u8; NAME_BYTES],
@@ -32,19 +33,25 @@ pub(crate) struct Short {
 impl Short {
     /// `s`, if it is neither empty nor longer than [`NAME_BYTES`].
     pub(crate) fn new(s: &str) -> Option<Short> {
+        Short::from_bytes(s.as_bytes())
+    }
+
+    /// A header's value, as [`Short::new`] takes a string; one that is not UTF-8 is written
+    /// as none.
+    pub(crate) fn from_bytes(s: &[u8]) -> Option<Short> {
         if s.is_empty() || s.len() > NAME_BYTES {
             return None;
         }
         let mut bytes = [0; NAME_BYTES];
-        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        bytes[..s.len()].copy_from_slice(s);
         Some(Short {
             bytes,
             len: s.len() as u8,
         })
     }
 
-    pub(super) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    pub(super) fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).ok()
     }
 }
 
@@ -76,7 +83,7 @@ pub(super) struct Started {
     pub(super) server_started: SystemTime,
     pub(super) client_started: Option<SystemTime>,
     pub(super) first_chunk: Option<SystemTime>,
-    pub(super) target: Option<(Authority, bool)>,
+    pub(super) target: Option<Arc<Target>>,
     pub(super) resent: Vec<Resent>,
 }
 
@@ -88,8 +95,9 @@ pub(crate) struct Ended {
     pub(crate) completed: bool,
     pub(crate) error_code: Option<&'static str>,
     pub(crate) client: Arc<str>,
-    pub(crate) request_id: HeaderValue,
-    pub(crate) upstream_request_id: Option<HeaderValue>,
+    /// The request id, unless it is longer than a [`Short`] (a client's may be).
+    pub(crate) request_id: Option<Short>,
+    pub(crate) upstream_request_id: Option<Short>,
     pub(crate) upstream: Option<Arc<str>>,
     pub(crate) attempts: u32,
     pub(crate) model: Option<Short>,
@@ -111,7 +119,7 @@ pub(super) struct Finished {
 /// Where ended spans go, shared by every exchange of a proxy: the export queue, and the
 /// counter of what it had no room for.
 pub(super) struct Sink {
-    pub(super) queue: mpsc::Sender<Finished>,
+    pub(super) queue: Queue<Finished>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -163,7 +171,7 @@ impl Spans {
     }
 
     /// Where the upstream call went last, and each time it was sent again.
-    pub(crate) fn tried(&mut self, target: Option<(Authority, bool)>, resent: Vec<Resent>) {
+    pub(crate) fn tried(&mut self, target: Option<Arc<Target>>, resent: Vec<Resent>) {
         self.started.target = target;
         self.started.resent = resent;
     }
@@ -180,7 +188,7 @@ impl Spans {
             at: SystemTime::now(),
             ended,
         };
-        if self.sink.queue.try_send(finished).is_err() {
+        if self.sink.queue.push(finished).is_err() {
             self.sink.metrics.traces.dropped.inc_by(spans);
         }
     }
@@ -188,20 +196,24 @@ impl Spans {
 
 /// The W3C `traceparent` of a span: version 00, its trace and span ids, and its flags.
 fn traceparent(trace: &[u8; 16], span: &[u8; 8], sampled: bool) -> Option<HeaderValue> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 55];
     out[..3].copy_from_slice(b"00-");
-    for (i, b) in trace.iter().chain(span).enumerate() {
-        // The span id follows the trace id after a dash.
-        let at = 3 + 2 * i + usize::from(i >= 16);
-        out[at] = HEX[usize::from(b >> 4)];
-        out[at + 1] = HEX[usize::from(b & 0xf)];
-    }
+    hex(&mut out[3..35], trace);
+    hex(&mut out[36..52], span);
     out[35] = b'-';
     out[52] = b'-';
     out[53] = b'0';
     out[54] = if sampled { b'1' } else { b'0' };
     HeaderValue::from_bytes(&out).ok()
+}
+
+/// `bytes` in lowercase hexadecimal, into `out`, twice as long.
+fn hex(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -21,7 +20,7 @@ use hyper::body::Incoming;
 use super::bounded::{AttemptTimedOut, Bounded};
 use super::{cooldown, Member, Set, Upstreams};
 use crate::metrics::ANSWERED;
-use crate::outcome::{FailureKind, Resent};
+use crate::outcome::{FailureKind, Resent, Target};
 use crate::upstream::retry::Replayable;
 use crate::upstream::websocket::WebSocketAnswer;
 use crate::upstream::{copy_head, Lease, SendBody, UpstreamError};
@@ -34,7 +33,7 @@ pub(crate) struct Tried {
     pub(crate) attempts: u32,
     /// Where the last attempt went (`server.address` and `server.port` in its trace), and
     /// whether that upstream is Azure OpenAI.
-    pub(crate) target: Option<(Authority, bool)>,
+    pub(crate) target: Option<Arc<Target>>,
     /// Each time the request was sent again, on the same upstream or the next.
     pub(crate) resent: Vec<Resent>,
 }
@@ -44,7 +43,7 @@ impl Tried {
     fn attempting<B: SendBody>(&mut self, member: &Member<B>) {
         self.upstream = Some(member.entry.name.clone());
         self.attempts += 1;
-        self.target = Some(member.target());
+        self.target = Some(member.target.clone());
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
@@ -32,6 +32,7 @@ pub(crate) use failover::Tried;
 
 use crate::config::{FailoverRules, UpstreamEntry, UpstreamSet};
 use crate::metrics::Metrics;
+use crate::outcome::Target;
 use crate::policy::headers::{Credential, UpstreamAuth};
 use crate::policy::routes::upstream_target;
 use crate::upstream::{SendBody, Upstream};
@@ -64,6 +65,8 @@ struct Member<B: SendBody> {
     rest: Arc<Rest>,
     /// Its `memoctopus_upstream_attempts_total{result="answered"}`.
     answered: Counter,
+    /// Where it is, for the traces.
+    target: Arc<Target>,
 }
 
 /// An upstream's cooldown, kept across reloads that keep it.
@@ -128,7 +131,11 @@ impl<B: SendBody> Upstreams<B> {
                 Some(kept) if kept.entry.api_key == entry.api_key => kept.rest.clone(),
                 _ => Arc::default(),
             };
+            let settings = &entry.settings;
+            let azure = settings.auth == UpstreamAuth::ApiKey;
+            let target = Arc::new(Target::new(&settings.scheme, &settings.authority, azure));
             members.push(Member {
+                target,
                 answered: self.metrics.upstream.answered(&entry.name),
                 credential: Credential::new(entry.settings.auth, &entry.api_key),
                 entry,
@@ -235,15 +242,6 @@ impl<B: SendBody> Set<B> {
 }
 
 impl<B: SendBody> Member<B> {
-    /// Where this upstream is, and whether it takes its key as Azure OpenAI does.
-    fn target(&self) -> (Authority, bool) {
-        let settings = &self.entry.settings;
-        (
-            settings.authority.clone(),
-            settings.auth == UpstreamAuth::ApiKey,
-        )
-    }
-
     /// Points a request head at this upstream: its URL under the base URL, with its query, and
     /// its key. `client` is the path and query the client asked for.
     fn aim(&self, parts: &mut Parts, client: Option<&PathAndQuery>) -> bool {

@@ -143,15 +143,28 @@ impl OtlpReceiver {
         self.received.lock().unwrap().headers.clone()
     }
 
-    /// The spans whose `memoctopus.request_id` is `id`, once `count` of them arrived.
+    /// The spans of the exchange whose `memoctopus.request_id` is `id` (said by one of its
+    /// spans: the client span, or the server span alone), once `count` of them arrived.
     pub async fn spans_of(&self, id: &str, count: usize) -> Vec<Exported> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let spans: Vec<Exported> = self
-                .spans()
-                .into_iter()
-                .filter(|s| s.str("memoctopus.request_id") == Some(id))
-                .collect();
+            let all = self.spans();
+            let named = all
+                .iter()
+                .find(|s| s.str("memoctopus.request_id") == Some(id));
+            let spans: Vec<Exported> = match named {
+                Some(named) => {
+                    // Its own span, and the spans it is the parent or the child of.
+                    let of_it = |s: &Exported| {
+                        s.span.trace_id == named.span.trace_id
+                            && (s.span.span_id == named.span.span_id
+                                || s.span.span_id == named.span.parent_span_id
+                                || s.span.parent_span_id == named.span.span_id)
+                    };
+                    all.iter().filter(|s| of_it(s)).cloned().collect()
+                }
+                None => Vec::new(),
+            };
             if spans.len() >= count {
                 return spans;
             }
