@@ -2,6 +2,7 @@
 //! and the access log line written when it ends, however it ends.
 
 use std::hash::{BuildHasher, Hasher};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -30,9 +31,36 @@ pub(crate) fn new_request_id() -> HeaderValue {
             .finish()
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("memo-{process:016x}-{n:x}");
-    // Only hex digits and dashes: always a valid header value.
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("memo-invalid"))
+    let mut id = Id {
+        bytes: [0; ID_BYTES],
+        len: 0,
+    };
+    let mut rest = &mut id.bytes[..];
+    // Always fits: 5 + 16 + 1 + 16 bytes.
+    if write!(rest, "memo-{process:016x}-{n:x}").is_err() {
+        return HeaderValue::from_static("memo-invalid");
+    }
+    id.len = ID_BYTES - rest.len();
+    // Only hex digits and dashes: always a valid header value. Its one allocation is shared by
+    // every copy the headers and the log take; a `String`'s bytes would be copied, and then
+    // moved again the first time they were shared.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("memo-invalid"))
+}
+
+/// The longest id [`new_request_id`] writes.
+const ID_BYTES: usize = 38;
+
+/// A fresh request id's bytes, kept inline.
+struct Id {
+    bytes: [u8; ID_BYTES],
+    len: usize,
+}
+
+impl AsRef<[u8]> for Id {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 fn unauthenticated() -> Arc<str> {

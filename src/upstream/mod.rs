@@ -300,10 +300,10 @@ where
         mut request: Request<Outgoing<B>>,
         retry: bool,
     ) -> Result<(Response<Incoming>, Lease<B>), Attempt<B>> {
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
+        // Taken, not cloned: the first clone of bytes built from a `String` allocates.
+        let path = std::mem::take(request.uri_mut())
+            .into_parts()
+            .path_and_query
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         if http2 {
             // HTTP/2 takes :scheme and :authority from an absolute URI; Host would repeat it.
