@@ -4,7 +4,8 @@
 //!
 //! `stream-quality URL [STREAMS] [SECONDS] [EVENTS] [INTERVAL_MS]` prints one JSON object:
 //! TTFT p50/p99, the added gap (observed minus the upstream's interval) p50/p99/p99.9, the
-//! largest gap per stream (p50/p99/max), and how many streams completed or failed.
+//! largest gap per stream (p50/p99/max), how many streams got their first event, and how many
+//! completed or failed.
 
 use std::time::{Duration, Instant};
 
@@ -149,7 +150,7 @@ fn report(mut t: Tally, interval: Duration) {
     t.largest_gap.sort();
     let added = |p: f64| percentile(&t.gaps, p) - interval.as_secs_f64() * 1e3;
     println!(
-        "{{\"ttft_p50_ms\":{:.3},\"ttft_p99_ms\":{:.3},\"added_gap_p50_ms\":{:.3},\"added_gap_p99_ms\":{:.3},\"added_gap_p999_ms\":{:.3},\"largest_gap_p50_ms\":{:.3},\"largest_gap_p99_ms\":{:.3},\"largest_gap_max_ms\":{:.3},\"events\":{},\"completed\":{},\"failed\":{}}}",
+        "{{\"ttft_p50_ms\":{:.3},\"ttft_p99_ms\":{:.3},\"added_gap_p50_ms\":{:.3},\"added_gap_p99_ms\":{:.3},\"added_gap_p999_ms\":{:.3},\"largest_gap_p50_ms\":{:.3},\"largest_gap_p99_ms\":{:.3},\"largest_gap_max_ms\":{:.3},\"events\":{},\"streams_started\":{},\"completed\":{},\"failed\":{}}}",
         percentile(&t.ttft, 0.5),
         percentile(&t.ttft, 0.99),
         added(0.5),
@@ -159,6 +160,7 @@ fn report(mut t: Tally, interval: Duration) {
         percentile(&t.largest_gap, 0.99),
         percentile(&t.largest_gap, 1.0),
         t.gaps.len() + t.ttft.len(),
+        t.ttft.len(),
         t.completed,
         t.failed
     );
