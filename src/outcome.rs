@@ -103,25 +103,6 @@ pub(crate) struct Target {
     pub(crate) azure: bool,
 }
 
-impl Target {
-    pub(crate) fn new(
-        scheme: &http::uri::Scheme,
-        authority: &http::uri::Authority,
-        azure: bool,
-    ) -> Target {
-        let default_port = if *scheme == http::uri::Scheme::HTTP {
-            80
-        } else {
-            443
-        };
-        Target {
-            host: authority.host().into(),
-            port: authority.port_u16().unwrap_or(default_port),
-            azure,
-        }
-    }
-}
-
 /// A request sent again, for its trace: on the same upstream for a reason that proves the
 /// first try went unprocessed, or to the next upstream after `from` refused or failed it.
 #[derive(Debug, Clone)]

@@ -47,6 +47,19 @@ pub(crate) struct UpstreamSettings {
     pub project: Option<HeaderValue>,
 }
 
+impl UpstreamSettings {
+    /// The upstream's port: the base URL's, or its scheme's default.
+    pub(crate) fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
+}
+
 /// Which HTTP version is spoken to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum UpstreamProtocol {
@@ -201,14 +214,7 @@ pub(super) fn not_this_proxy(
 
 /// Whether `upstream` is the address the proxy listens on.
 pub(super) fn points_here(upstream: &UpstreamSettings, listen: SocketAddr) -> bool {
-    let port = upstream
-        .authority
-        .port_u16()
-        .unwrap_or(if upstream.scheme == Scheme::HTTPS {
-            443
-        } else {
-            80
-        });
+    let port = upstream.port();
     let host = upstream
         .authority
         .host()

@@ -13,7 +13,6 @@ use tokio::time::MissedTickBehavior;
 use super::collector::Collector;
 use super::otlp::{export_request, Preamble};
 use super::spans::{Finished, Sink};
-use crate::metrics::Metrics;
 
 /// How the export task batches: at most `max_queue` exchanges wait, `max_batch` go at once,
 /// and what waits goes every `delay` even when no batch is full.
@@ -38,7 +37,6 @@ pub(super) fn start(
     let task = Exporting {
         collector,
         preamble,
-        metrics: sink.metrics.clone(),
         sink,
         flushes,
         max_batch: batching.max_batch,
@@ -57,7 +55,6 @@ struct Exporting {
     flushes: mpsc::Receiver<Flush>,
     max_batch: usize,
     delay: Duration,
-    metrics: Arc<Metrics>,
     /// Whether the last export failed.
     failing: bool,
     /// The last body's length: the next one's room.
@@ -111,6 +108,6 @@ impl Exporting {
             }
             Err(error) => tracing::debug!(spans, %error, "trace export failed"),
         }
-        self.metrics.traces.exported(spans, result.is_ok());
+        self.sink.metrics.traces.exported(spans, result.is_ok());
     }
 }

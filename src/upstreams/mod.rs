@@ -133,7 +133,11 @@ impl<B: SendBody> Upstreams<B> {
             };
             let settings = &entry.settings;
             let azure = settings.auth == UpstreamAuth::ApiKey;
-            let target = Arc::new(Target::new(&settings.scheme, &settings.authority, azure));
+            let target = Arc::new(Target {
+                host: settings.authority.host().into(),
+                port: settings.port(),
+                azure,
+            });
             members.push(Member {
                 target,
                 answered: self.metrics.upstream.answered(&entry.name),
