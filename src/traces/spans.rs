@@ -10,12 +10,13 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use http::header::HeaderValue;
+
 use super::names;
 use super::queue::Queue;
 use crate::metrics::Metrics;
 use crate::outcome::{Resent, Target};
 use crate::usage::Tokens;
-use http::header::HeaderValue;
 
 /// At most this much of a model name or an id is kept for a span: the upstream's request ids
 /// are at most 128 bytes (a longer one is logged as `invalid`), and so are the names OpenAI
